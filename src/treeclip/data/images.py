@@ -1,0 +1,195 @@
+"""The project's one image decoder, plus resizing, JPEG encoding and hashing.
+
+`decode_image` turns whatever a source holds (JPEG, PNG, TIFF, GIF, WebP ... in any pixel mode) into an
+8-bit RGB `PIL.Image.Image` with the EXIF orientation applied, or raises `ImageError` with a short reason:
+
+- modes: CMYK → RGB (Pillow's conversion, Adobe-inverted JPEGs handled; embedded ICC profiles are not
+  applied); LAB → sRGB through littleCMS; palette (with or without transparency), grayscale, LA/RGBA and
+  other alpha modes → composited on white; 16-bit (``I;16*``) → 8-bit by ``v / 257``; 32-bit ``I``/``F`` → 8-bit: values
+  that already fit in 0..255 are kept, larger ones are read as 16-bit (``/ 257``), floats in 0..1 as
+  fractions (``* 255``);
+- refused: empty, missing or non-image files, truncated data, and images with more than `max_pixels`
+  pixels (checked from the header, before any pixel is decoded). PIL's own decompression-bomb
+  warning/error (global ``Image.MAX_IMAGE_PIXELS``) is also turned into `ImageError`, so the effective
+  limit is the smaller of the two.
+
+With ``draft_size=N`` a JPEG at least twice as large as N on both sides is decoded directly at 1/2, 1/4 or
+1/8 scale (libjpeg's DCT scaling), never below N on either side: the cheap way to make BioCLIP-sized
+shards from multi-megapixel photos.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import os
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+from PIL import ExifTags, Image, ImageOps
+
+if TYPE_CHECKING:
+    from PIL import ImageCms
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default bomb limit: 0.25 GiB of 24-bit pixels
+WHITE = (255, 255, 255, 255)
+ResizeMode = Literal["squash", "shorter"]
+RESIZE_MODES: tuple[str, ...] = ("squash", "shorter")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is a short human reason."""
+
+
+def decode_image(
+    source: bytes | str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode image bytes or a file into an oriented 8-bit RGB image; `ImageError` if unusable."""
+    with _open_source(source) as fp, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as image:
+                _check_size(image, max_pixels)
+                if draft_size and image.format == "JPEG":
+                    image.draft(None, (draft_size, draft_size))
+                image.load()
+                return _to_rgb(_orient(image))
+        except ImageError:
+            raise
+        except Image.UnidentifiedImageError:
+            raise ImageError("not an image (unknown format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"decompression bomb: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - plugins raise many types on broken data
+            raise ImageError(_broken_reason(exc)) from None
+
+
+def _open_source(source: bytes | str | os.PathLike[str]) -> io.BytesIO | io.BufferedReader:
+    """A binary file object over `source`; `ImageError` for empty or unreadable input."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("empty file")
+        return io.BytesIO(bytes(source))
+    try:
+        if os.path.getsize(source) == 0:
+            raise ImageError("empty file")
+        return open(source, "rb")
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(f"too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+
+
+def _broken_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
+        return f"truncated or corrupt image data ({text or type(exc).__name__})"
+    return f"cannot decode: {text or type(exc).__name__}"
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored."""
+    try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not lose the image
+        log.debug("ignoring malformed EXIF orientation: %s", exc)
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB; transparency composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if image.mode == "LAB":
+        return _lab_to_srgb(image)
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _lab_to_srgb(image: Image.Image) -> Image.Image:
+    from PIL import ImageCms  # littleCMS is optional in Pillow builds; only LAB images need it
+
+    return ImageCms.applyTransform(image, _lab_transform())
+
+
+@functools.cache
+def _lab_transform() -> ImageCms.ImageCmsTransform:
+    from PIL import ImageCms
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float single-channel image → mode L, scaled as the module docstring says."""
+    if image.mode.startswith("I;16"):
+        image, scale = image.convert("I"), 1 / 257
+    else:
+        high = image.getextrema()[1]
+        if image.mode == "F" and high <= 1.0:
+            scale = 255.0
+        else:
+            scale = 1.0 if high <= 255 else 1 / 257
+    return image.point(lambda value: value * scale).convert("L")
+
+
+def resize(image: Image.Image, size: int, mode: ResizeMode = "squash") -> Image.Image:
+    """Resize to ``size``: "squash" stretches to size×size (what BioCLIP's shards hold), "shorter" keeps
+    the aspect ratio with the shorter side = size.
+
+    Bicubic, as BioCLIP's own shard writer used: Pillow widens the kernel when downscaling, so it is
+    antialiased, and it is close to LANCZOS in quality at a lower cost.
+    """
+    if size < 1:
+        raise ValueError(f"resize size must be >= 1, got {size}")
+    width, height = image.size
+    if mode == "squash":
+        target = (size, size)
+    elif mode == "shorter":
+        scale = size / min(width, height)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    if target == image.size:
+        return image
+    return image.resize(target, Image.Resampling.BICUBIC)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    """Baseline JPEG bytes of an image (converted to RGB if needed); no metadata is copied."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

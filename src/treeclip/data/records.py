@@ -1,0 +1,30 @@
+"""What a source reader yields: a `Record` per image, or a `Problem` per bad row or file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from treeclip.taxonomy import Taxon
+
+
+@dataclass
+class Record:
+    """One image from one source, before alignment."""
+
+    source: str  # source kind: inat21, bioscan, eol, tol10m, csv, folder, wds
+    source_id: str  # stable within the source (relative path, content id, key)
+    path: str  # absolute local image path ("" when the image lives inside a shard)
+    taxon: Taxon  # cleaned, possibly partial lineage + common name
+    split_hint: str = ""  # the source's own split, if any
+    license: str = ""
+    owner: str = ""
+    origin: str = ""  # "file:line" for error messages
+    payload: bytes | None = None  # image bytes when the source holds them (wds)
+
+
+@dataclass
+class Problem:
+    """A bad source row or file: reported, never fatal."""
+
+    origin: str  # "file:line" or "file"
+    reason: str

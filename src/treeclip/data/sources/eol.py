@@ -1,0 +1,229 @@
+"""``eol:MANIFEST_CSV[,IMAGE_ROOT],TAXONOMY`` — Encyclopedia of Life media joined to a taxonomy.
+
+Spec: ``eol:MANIFEST_CSV,IMAGE_ROOT,TAXONOMY_FILE``, or with names ``eol:MANIFEST_CSV,taxonomy=FILE[,images=DIR]``
+(IMAGE_ROOT defaults to the manifest's folder; the taxonomy is required, EOL media carry only page ids).
+
+The manifest has ``EOL content ID, EOL page ID, Medium Source URL, EOL Full-Size Copy URL, License Name,
+Copyright Owner``; licence and owner are kept on each Record, the content id is its ``source_id``.
+
+The taxonomy file (CSV or tab-separated) is one of:
+- a 7-rank table keyed by page id: a ``page_id`` / ``eol_page_id`` / ``eolid`` column, rank columns
+  ``kingdom ... species`` (``class`` or ``cls``), optional ``common`` / ``vernacular_name``;
+- a Darwin Core parent-pointer table (EOL Dynamic Hierarchy ``taxon.tab``, GBIF backbone ...):
+  ``taxonID, parentNameUsageID, taxonRank, scientificName`` (``canonicalName`` preferred when present),
+  optional ``eolID`` and ``vernacularName``. Page ids match ``eolID`` when the column exists, else ``taxonID``.
+  Each page's node is walked up its parents, filling kingdom/phylum (or division)/class/order/family/
+  genus/species from the first node of each rank; other ranks are passed through. A walk stops at an
+  unknown or empty parent (partial lineage); a cycle makes the page a Problem. When the ranks found leave a
+  gap (a chain with no order node, say), the deepest contiguous run is kept, since the genus and species
+  identify the organism and the alignment can refill the higher ranks.
+
+Images are found under IMAGE_ROOT as ``{content_id}.jpg`` (or another image extension),
+``{content_id}_{page_id}_eol_full-size-copy.jpg`` (TreeOfLife-10M's download naming), or the basename of
+either URL; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import NamedTuple, Protocol
+from urllib.parse import unquote, urlparse
+
+from treeclip.taxonomy import RANK_NAMES, Taxon, parse_binomial, taxon_from_fields
+
+from ..records import Problem, Record
+from .base import (
+    IMAGE_EXTENSIONS,
+    Source,
+    checked_taxon,
+    fields_taxon,
+    find_column,
+    first_existing,
+    int_text,
+    open_table,
+    origin,
+    rank_columns,
+)
+
+PAGE_COLUMNS = ("page_id", "eol_page_id", "eolid", "eol_id", "pageid")
+DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank")
+RANK_INDEX = {**{name: index for index, name in enumerate(RANK_NAMES)}, "division": 1}
+MAX_DEPTH = 1_000  # no real taxonomy is this deep; stops a walk in a pathological file
+Rows = Iterator[tuple[int, dict[str, str]] | Problem]
+
+
+class PageTaxa(Protocol):
+    """page id → its Taxon, a Problem (a bad lineage), or None (unknown page)."""
+
+    def get(self, page: str, /) -> Taxon | Problem | None: ...
+
+
+class _Node(NamedTuple):
+    parent: str
+    rank: int  # index into RANK_NAMES, -1 for ranks outside the seven
+    name: str
+    vernacular: str
+
+
+class EolSource(Source):
+    """EOL media manifest rows with lineages from a page-id taxonomy."""
+
+    kind = "eol"
+    params = ("images", "taxonomy")
+    required = ("taxonomy",)
+    usage = "eol:MANIFEST_CSV[,IMAGE_ROOT],TAXONOMY_FILE or eol:MANIFEST_CSV,taxonomy=FILE[,images=DIR]"
+
+    def locate(self, path: str) -> Path:
+        manifest = self.existing(path, "media manifest", directory=False)
+        images = self.options.get("images")
+        self.image_root = self.existing(images, "image root", directory=True) if images else manifest.parent
+        self.taxonomy = self.existing(self.options["taxonomy"], "taxonomy", directory=False)
+        return manifest
+
+    def records(self) -> Iterator[Record | Problem]:
+        pages = yield from self._load_taxonomy()
+        with open_table(self.path) as (header, rows):
+            content = find_column(header, ("eol_content_id", "content_id"))
+            page = find_column(header, ("eol_page_id", "page_id"))
+            if header and (content is None or page is None):
+                yield Problem(origin(self.path, 1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
+                return
+            for item in rows:
+                yield item if isinstance(item, Problem) else self._record(*item, content, page, pages)
+
+    def _record(self, line: int, row: dict[str, str], content: str, page: str, pages: PageTaxa) -> Record | Problem:
+        where = origin(self.path, line)
+        content_id, page_id = int_text(row[content]), int_text(row[page])
+        if not content_id or not page_id:
+            return Problem(where, "empty content id or page id")
+        taxon = pages.get(page_id)
+        if taxon is None:
+            return Problem(where, f"EOL page {page_id} is not in the taxonomy {self.taxonomy}")
+        if isinstance(taxon, Problem):
+            return Problem(where, f"EOL page {page_id}: {taxon.reason}")
+        image = first_existing(self._candidates(row, content_id, page_id))
+        if image is None:
+            return Problem(where, f"image for content {content_id} not found under {self.image_root}")
+        return Record(
+            self.kind,
+            content_id,
+            str(image),
+            taxon,
+            license=row.get("license_name", ""),
+            owner=row.get("copyright_owner", ""),
+            origin=where,
+        )
+
+    def _candidates(self, row: dict[str, str], content_id: str, page_id: str) -> Iterator[Path]:
+        root = self.image_root
+        yield root / f"{content_id}.jpg"
+        yield root / f"{content_id}_{page_id}_eol_full-size-copy.jpg"
+        for column in ("eol_full_size_copy_url", "medium_source_url"):
+            name = Path(unquote(urlparse(row.get(column, "")).path)).name
+            if name:
+                yield root / name
+        yield from (root / f"{content_id}{ext}" for ext in sorted(IMAGE_EXTENSIONS - {".jpg"}))
+
+    def _load_taxonomy(self) -> Generator[Problem, None, PageTaxa]:
+        """Yield the taxonomy file's Problems; return its page id → taxon lookup."""
+        with open_table(self.taxonomy) as (header, rows):
+            if all(column in header for column in DWC_COLUMNS):
+                return (yield from _parent_pointer_pages(self.taxonomy, header, rows))
+            if find_column(header, PAGE_COLUMNS) and rank_columns(header):
+                return (yield from _rank_table_pages(self.taxonomy, header, rows))
+            if header:
+                yield Problem(
+                    origin(self.taxonomy, 1),
+                    "taxonomy is neither a 7-rank table with a page_id column nor a parent-pointer table "
+                    "(taxonID, parentNameUsageID, taxonRank, scientificName)",
+                )
+            else:
+                yield from (item for item in rows if isinstance(item, Problem))
+        return {}
+
+
+def _rank_table_pages(path: Path, header: list[str], rows: Rows) -> Generator[Problem, None, PageTaxa]:
+    """page id → Taxon for every usable row of a 7-rank table."""
+    pages: dict[str, Taxon | Problem] = {}
+    page_column = find_column(header, PAGE_COLUMNS)
+    columns = rank_columns(header)
+    for item in rows:
+        if isinstance(item, Problem):
+            yield item
+            continue
+        line, row = item
+        taxon = fields_taxon(origin(path, line), {keyword: row[column] for keyword, column in columns.items()})
+        if isinstance(taxon, Problem):
+            yield taxon
+        else:
+            pages[int_text(row[page_column])] = taxon  # type: ignore[index]
+    return pages
+
+
+class _ParentPointers:
+    """Page lineages from a parent-pointer table, walked on first use and remembered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.nodes: dict[str, _Node] = {}
+        self.page_to_node: dict[str, str] = {}
+        self.walked: dict[str, Taxon | Problem | None] = {}
+
+    def get(self, page: str) -> Taxon | Problem | None:
+        if page not in self.walked:
+            node = self.page_to_node.get(page)
+            self.walked[page] = None if node is None else _walk(self.nodes, node, self.path)
+        return self.walked[page]
+
+
+def _parent_pointer_pages(path: Path, header: list[str], rows: Rows) -> Generator[Problem, None, PageTaxa]:
+    """Every node of a Darwin Core table, indexed by page id (eolID when present, else taxonID)."""
+    table = _ParentPointers(path)
+    name_column = "canonicalname" if "canonicalname" in header else "scientificname"
+    for item in rows:
+        if isinstance(item, Problem):
+            yield item
+            continue
+        _, row = item
+        taxon_id = row["taxonid"]
+        rank = RANK_INDEX.get(row["taxonrank"].strip().lower(), -1)
+        name = row.get(name_column, "") or row.get("scientificname", "")
+        table.nodes[taxon_id] = _Node(row["parentnameusageid"], rank, name, row.get("vernacularname", ""))
+        page = int_text(row.get("eolid", "")) if "eolid" in header else taxon_id
+        if page:
+            table.page_to_node.setdefault(page, taxon_id)
+    return table
+
+
+def _walk(nodes: dict[str, _Node], start: str, path: Path) -> Taxon | Problem:
+    """The lineage of node `start` from its ancestors (see the module docstring)."""
+    names = [""] * len(RANK_NAMES)
+    seen: set[str] = set()
+    node_id = start
+    while node_id in nodes and len(seen) < MAX_DEPTH:
+        if node_id in seen:
+            return Problem(str(path), f"parent cycle through taxonID {node_id}")
+        seen.add(node_id)
+        node = nodes[node_id]
+        if node.rank >= 0 and not names[node.rank]:
+            names[node.rank] = node.name
+        node_id = node.parent
+    if names[6] and not names[5]:  # a species node under no genus node: its binomial names the genus
+        with contextlib.suppress(ValueError):  # an unusable species name is reported below
+            names[5] = parse_binomial(names[6]).genus
+    names = _deepest_run(names)
+    fields = dict(zip(("kingdom", "phylum", "cls", "order", "family", "genus", "species"), names))
+    return checked_taxon(str(path), taxon_from_fields, **fields, common=nodes[start].vernacular)
+
+
+def _deepest_run(names: list[str]) -> list[str]:
+    """Names with everything above the deepest contiguous run of present ranks emptied."""
+    present = [index for index, name in enumerate(names) if name]
+    if not present:
+        return names
+    top = present[-1]
+    while top > 0 and names[top - 1]:
+        top -= 1
+    return [""] * top + names[top:]

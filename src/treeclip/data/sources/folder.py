@@ -1,0 +1,92 @@
+"""``folder:ROOT[,TAXONOMY_CSV]`` — one folder per class, images anywhere below it.
+
+Layouts: ``ROOT/CLASS/**/image`` or, when every folder in ROOT is a split name (train, train_mini, val,
+validation, test), ``ROOT/SPLIT/CLASS/**/image`` with the split kept as the split hint.
+
+A class folder's name is looked up in the optional TAXONOMY_CSV first (a ``folder``/``label``/``name``/
+``dirname`` column matched case-insensitively with ``_`` = space, plus rank columns as in ``csv:``), and is
+otherwise parsed as a taxon label (``treeclip.taxonomy.parse_label``: binomials, taxonomic strings, iNat
+folder names ...). A folder that is neither is one Problem, and its images are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from treeclip.taxonomy import Taxon, parse_label
+
+from ..records import Problem, Record
+from .base import (
+    Source,
+    checked_taxon,
+    fields_taxon,
+    find_column,
+    iter_images,
+    open_table,
+    origin,
+    rank_columns,
+    subdirs,
+)
+
+SPLIT_NAMES = frozenset({"train", "train_mini", "val", "validation", "test"})
+KEY_COLUMNS = ("folder", "label", "name", "dirname", "directory", "class_name")
+
+
+def folder_key(name: str) -> str:
+    """Case- and separator-insensitive key of a folder name."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+class FolderSource(Source):
+    """Class folders named by taxon or mapped to lineages by a CSV."""
+
+    kind = "folder"
+    params = ("taxonomy",)
+    usage = "folder:ROOT[,TAXONOMY_CSV]"
+
+    def locate(self, path: str) -> Path:
+        if self.options.get("taxonomy"):
+            self.options["taxonomy"] = str(self.existing(self.options["taxonomy"], "taxonomy CSV", directory=False))
+        return self.existing(path, "image", directory=True)
+
+    def records(self) -> Iterator[Record | Problem]:
+        mapping: dict[str, Taxon] = {}
+        if self.options.get("taxonomy"):
+            yield from self._read_mapping(Path(self.options["taxonomy"]), mapping)
+        for split, class_dir in self._class_dirs():
+            taxon = mapping.get(folder_key(class_dir.name))
+            taxon = taxon or checked_taxon(str(class_dir), parse_label, class_dir.name)
+            if isinstance(taxon, Problem):
+                yield Problem(str(class_dir), f"folder name {class_dir.name!r} is not a taxon name and is not mapped")
+                continue
+            for image in iter_images(class_dir):
+                relative = image.relative_to(self.path).as_posix()
+                yield Record(self.kind, relative, str(image), taxon, split_hint=split, origin=str(image))
+
+    def _class_dirs(self) -> Iterator[tuple[str, Path]]:
+        top = subdirs(self.path)
+        if top and all(folder.name.lower() in SPLIT_NAMES for folder in top):
+            for split_dir in top:
+                yield from ((split_dir.name, class_dir) for class_dir in subdirs(split_dir))
+        else:
+            yield from (("", class_dir) for class_dir in top)
+
+    def _read_mapping(self, path: Path, mapping: dict[str, Taxon]) -> Iterator[Problem]:
+        with open_table(path) as (header, rows):
+            key = find_column(header, KEY_COLUMNS)
+            if header and key is None:
+                yield Problem(origin(path, 1), f"no folder name column (one of {', '.join(KEY_COLUMNS)})")
+                return
+            columns = rank_columns(header)
+            for item in rows:
+                if isinstance(item, Problem):
+                    yield item
+                    continue
+                line, row = item
+                fields = {keyword: row[column] for keyword, column in columns.items()}
+                taxon = fields_taxon(origin(path, line), fields)
+                if isinstance(taxon, Problem):
+                    yield taxon
+                else:
+                    mapping[folder_key(row[key])] = taxon  # type: ignore[index]

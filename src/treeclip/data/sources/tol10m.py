@@ -1,0 +1,88 @@
+"""``tol10m:CATALOG_CSV,IMAGE_ROOT`` — the TreeOfLife-10M ``metadata/catalog.csv`` layout.
+
+Columns: ``split, treeoflife_id, eol_content_id, eol_page_id, bioscan_part, bioscan_filename,
+inat21_filename, inat21_cls_name, inat21_cls_num, kingdom, phylum, class, order, family, genus, species,
+common``. ``source_id`` is ``treeoflife_id``; ``split_hint`` is ``split``. Rows with split ``train_small``
+are skipped: the dataset card describes them as a duplicated 1M subset of ``train``. A ``common`` that
+only repeats the scientific or taxonomic name (the catalog's fallback) is dropped.
+
+Images are found under IMAGE_ROOT in the layout of BioCLIP's reproduction scripts
+(``Imageomics/bioclip`` ``src/imageomics/disk_reproduce.py``: ``dataset/{eol,inat21/train,bioscan}``):
+- EOL rows: ``eol/{treeoflife_id}.jpg`` (the released ``EOL/image_set_NN.tar.gz`` hold files named
+  ``<treeoflife_id>.jpg``; ``EOL/`` works too) or ``eol/{content_id}_{page_id}_eol_full-size-copy.jpg``;
+- BIOSCAN-1M rows: ``bioscan/part{bioscan_part}/{bioscan_filename}``;
+- iNat21 rows: ``inat21/train/{inat21_cls_num:05d}_{inat21_cls_name}/{inat21_filename}`` (or without
+  ``train/``);
+- any row: ``{treeoflife_id}.jpg`` directly under IMAGE_ROOT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..records import Problem, Record
+from .base import Source, fields_taxon, first_existing, int_text, open_table, origin, rank_columns
+
+SKIPPED_SPLITS = frozenset({"train_small"})
+
+
+class Tol10mSource(Source):
+    """TreeOfLife-10M catalog rows joined to locally extracted images."""
+
+    kind = "tol10m"
+    params = ("images",)
+    required = ("images",)
+    usage = "tol10m:CATALOG_CSV,IMAGE_ROOT"
+
+    def locate(self, path: str) -> Path:
+        self.image_root = self.existing(self.options["images"], "image root", directory=True)
+        return self.existing(path, "catalog", directory=False)
+
+    def records(self) -> Iterator[Record | Problem]:
+        with open_table(self.path) as (header, rows):
+            if header and "treeoflife_id" not in header:
+                yield Problem(origin(self.path, 1), "no treeoflife_id column: not a TreeOfLife-10M catalog")
+                return
+            columns = rank_columns(header)
+            for item in rows:
+                if isinstance(item, Problem):
+                    yield item
+                elif item[1].get("split", "") not in SKIPPED_SPLITS:
+                    yield self._record(*item, columns)
+
+    def _record(self, line: int, row: dict[str, str], columns: dict[str, str]) -> Record | Problem:
+        where = origin(self.path, line)
+        tol_id = row["treeoflife_id"]
+        if not tol_id:
+            return Problem(where, "empty treeoflife_id")
+        image = first_existing(self._candidates(row, tol_id))
+        if image is None:
+            return Problem(where, f"image for {tol_id} not found under {self.image_root}")
+        fields = {keyword: row[column] for keyword, column in columns.items()}
+        taxon = fields_taxon(where, fields)
+        if isinstance(taxon, Problem):
+            return taxon
+        return Record(self.kind, tol_id, str(image), taxon, split_hint=row.get("split", ""), origin=where)
+
+    def _candidates(self, row: dict[str, str], tol_id: str) -> Iterator[Path]:
+        root = self.image_root
+        content, page = int_text(row.get("eol_content_id", "")), int_text(row.get("eol_page_id", ""))
+        if content:
+            yield from (root / folder / f"{tol_id}.jpg" for folder in ("eol", "EOL"))
+            yield root / "eol" / f"{content}_{page}_eol_full-size-copy.jpg"
+        if row.get("bioscan_filename"):
+            yield root / "bioscan" / f"part{int_text(row.get('bioscan_part', ''))}" / row["bioscan_filename"]
+        if row.get("inat21_filename"):
+            class_dir = _inat21_class_dir(row)
+            yield root / "inat21" / "train" / class_dir / row["inat21_filename"]
+            yield root / "inat21" / class_dir / row["inat21_filename"]
+        yield root / f"{tol_id}.jpg"
+
+
+def _inat21_class_dir(row: dict[str, str]) -> str:
+    """iNat21's class folder: the 5-digit class number, '_', then the class name (unless it has the number)."""
+    name, number = row.get("inat21_cls_name", ""), int_text(row.get("inat21_cls_num", ""))
+    if name[:1].isdigit() or not number.isdigit():
+        return name
+    return f"{int(number):05d}_{name}"

@@ -1,0 +1,168 @@
+"""``wds:GLOB`` — existing WebDataset shards (ours, or the released TreeOfLife-10M ones), to filter, re-split
+or re-shard.
+
+GLOB is a shard file, a glob (``shards/train/*.tar``, ``**`` allowed), a webdataset brace range
+(``shard-{000000..000165}.tar``) or a folder (every ``.tar``/``.tar.gz``/``.tgz`` below it). Tars are read
+with the standard `tarfile` module in streaming mode; a sample is the run of consecutive members sharing a
+key (the member path up to the first dot of its basename), as webdataset defines it.
+
+Each sample becomes a Record with the image bytes as ``payload`` (first of ``.jpg .jpeg .png .webp``) and
+the taxon recovered from, in order: ``taxon.json`` (an object with the rank names as keys, ``class`` or
+``cls``, plus ``common``/``common_name``, or ``{"lineage": [...7...], "common": ...}``); the tagged caption
+``taxonTag.txt`` (unambiguous even when ranks are missing); ``taxonomic_name.txt``;
+``scientific_name.txt``. The common name comes from ``taxon.json`` or ``common_name.txt``.
+``source_id`` is the key, ``origin`` is ``shard:key``, ``split_hint`` the shard's folder name when it is
+a split name (``SHARDS/train/shard-000000.tar`` → ``train``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from treeclip.errors import UsageError
+from treeclip.taxonomy import Taxon, clean_common, parse_label, taxon_from_fields
+
+from ..records import Problem, Record
+from .base import RANK_ALIASES, Source, checked_taxon, normalise_header, one_line
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+NAME_KEYS = ("taxonTag.txt", "taxonomic_name.txt", "scientific_name.txt")
+SPLIT_NAMES = frozenset({"train", "train_small", "train_mini", "val", "validation", "test"})
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_KEYWORDS = ("kingdom", "phylum", "cls", "order", "family", "genus", "species")
+
+
+class WdsSource(Source):
+    """Samples of WebDataset tar shards, with their image bytes."""
+
+    kind = "wds"
+    usage = "wds:GLOB (a .tar file, a glob, a {000000..000009} range or a folder of shards)"
+
+    def locate(self, path: str) -> Path:
+        self.shards = expand_shards(path)
+        if not self.shards:
+            raise UsageError(f"source {self.spec!r}: no shard files match {path} (syntax: {self.usage})")
+        return Path(path)
+
+    def records(self) -> Iterator[Record | Problem]:
+        for shard in self.shards:
+            split = shard.parent.name if shard.parent.name in SPLIT_NAMES else ""
+            for sample in read_samples(shard):
+                if isinstance(sample, Problem):
+                    yield sample
+                else:
+                    yield self._record(shard, split, *sample)
+
+    def _record(self, shard: Path, split: str, key: str, files: dict[str, bytes]) -> Record | Problem:
+        where = f"{shard}:{key}"
+        payload = next((files[ext] for ext in IMAGE_KEYS if ext in files), None)
+        if payload is None:
+            return Problem(where, f"sample has no image ({', '.join(IMAGE_KEYS)})")
+        taxon = sample_taxon(where, files)
+        if isinstance(taxon, Problem):
+            return taxon
+        return Record(self.kind, key, "", taxon, split_hint=split, origin=where, payload=payload)
+
+
+def expand_shards(pattern: str) -> list[Path]:
+    """Shard files named by a folder, a glob or a brace range, sorted and de-duplicated."""
+    root = Path(pattern).expanduser()
+    if root.is_dir():
+        found = [path for path in root.rglob("*") if path.is_file() and path.name.endswith(SHARD_SUFFIXES)]
+    else:
+        found = [Path(name) for each in _expand_braces(str(root)) for name in glob.glob(each, recursive=True)]
+    return sorted({path.resolve() for path in found if path.is_file()})
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    match = _BRACE_RANGE.search(pattern)
+    if not match:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first)
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [
+        expanded
+        for number in range(int(first), int(last) + 1)
+        for expanded in _expand_braces(f"{head}{number:0{width}d}{tail}")
+    ]
+
+
+def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem]:
+    """(key, {extension: bytes}) per sample of a tar, streaming; a Problem if the tar breaks (the
+    sample being read when it broke is dropped)."""
+    key, files = "", {}
+    try:
+        with tarfile.open(shard, "r|*") as tar:
+            for member in tar:
+                split = _split_name(member.name) if member.isfile() else None
+                if split is None:
+                    continue
+                if split[0] != key and files:
+                    yield key, files
+                    files = {}
+                key = split[0]
+                handle = tar.extractfile(member)
+                files[split[1]] = handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        yield Problem(str(shard), f"unreadable shard: {one_line(exc)}")
+        return
+    if files:
+        yield key, files
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """('dir/key', 'ext.txt') for 'dir/key.ext.txt'; None for names without an extension."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
+    """The taxon of a sample from taxon.json, else from its name texts (see the module docstring)."""
+    if "taxon.json" in files:
+        try:
+            data = json.loads(files["taxon.json"])
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Problem(where, f"unreadable taxon.json: {one_line(exc)}")
+        return checked_taxon(where, _taxon_from_json, data)
+    common = files.get("common_name.txt", b"").decode("utf-8", "replace").strip()
+    for name in NAME_KEYS:
+        if name in files:
+            text = files[name].decode("utf-8", "replace").strip()
+            return checked_taxon(where, _taxon_from_text, text, common)
+    return Problem(where, f"no taxon.json nor any of {', '.join(NAME_KEYS)}")
+
+
+def _taxon_from_json(data: Any) -> Taxon:
+    if not isinstance(data, dict):
+        raise ValueError(f"taxon.json holds {type(data).__name__}, not an object")
+    if "lineage" in data:
+        lineage = data["lineage"]
+        if not isinstance(lineage, list) or len(lineage) > len(_KEYWORDS):
+            raise ValueError("taxon.json 'lineage' is not a list of at most 7 names")
+        fields = dict(zip(_KEYWORDS, (_text(value) for value in lineage)))
+        return taxon_from_fields(**fields, common=_text(data.get("common")))
+    values = {normalise_header(str(key)): _text(value) for key, value in data.items()}
+    fields = {}
+    for keyword, aliases in RANK_ALIASES.items():
+        fields[keyword] = next((values[alias] for alias in aliases if values.get(alias)), "")
+    return taxon_from_fields(**fields)
+
+
+def _taxon_from_text(text: str, common: str) -> Taxon | None:
+    taxon = parse_label(text)
+    return None if taxon is None else Taxon(taxon.lineage, clean_common(common) or taxon.common)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
