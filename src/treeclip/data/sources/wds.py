@@ -128,7 +128,11 @@ def _split_name(name: str) -> tuple[str, str] | None:
 
 
 def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
-    """The taxon of a sample from taxon.json, else from its name texts (see the module docstring)."""
+    """The taxon of a sample from taxon.json, else from its name texts (see the module docstring).
+
+    Member names are matched case-insensitively (webdataset lower-cases them: ``taxontag.txt``).
+    """
+    files = {name.lower(): data for name, data in files.items()}
     if "taxon.json" in files:
         try:
             data = json.loads(files["taxon.json"])
@@ -137,8 +141,8 @@ def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
         return checked_taxon(where, _taxon_from_json, data)
     common = files.get("common_name.txt", b"").decode("utf-8", "replace").strip()
     for name in NAME_KEYS:
-        if name in files:
-            text = files[name].decode("utf-8", "replace").strip()
+        if name.lower() in files:
+            text = files[name.lower()].decode("utf-8", "replace").strip()
             return checked_taxon(where, _taxon_from_text, text, common)
     return Problem(where, f"no taxon.json nor any of {', '.join(NAME_KEYS)}")
 

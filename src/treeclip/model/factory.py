@@ -1,0 +1,254 @@
+"""Create and load CLIP models through open_clip.
+
+A model id is one of:
+
+- an architecture name: any open_clip config (``ViT-B-16`` is BioCLIP's) or one shipped as JSON in
+  ``configs/`` (``treeclip-test``, ``treeclip-tiny``, ``treeclip-small``), registered with open_clip when
+  this package is imported; `pretrained` then names weights: an open_clip tag such as ``"openai"``
+  (downloaded), a weights file, or a treeclip training checkpoint;
+- ``hf-hub:ORG/NAME``: open_clip's hub layout on the Hugging Face Hub (downloaded by open_clip);
+- a folder in the hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``), optionally
+  written ``local-dir:PATH``;
+- a training checkpoint file: ``{"model": state_dict, "config": {"model": {...}}, ...}`` whose model section
+  holds the architecture as ``"model_cfg"`` (with an optional ``"preprocess_cfg"``) or names it as ``"name"``
+  (any model id above).
+
+Image size and normalisation always come from the model's own config (open_clip's ``preprocess_cfg``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from treeclip.errors import UsageError
+
+from .hub import is_hub_dir, write_hub_config
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+Created = tuple[torch.nn.Module, Callable, Callable, Callable]
+
+
+def register_configs() -> None:
+    """Add the shipped JSON architectures to open_clip's registry (idempotent)."""
+    shipped = {path.stem for path in CONFIG_DIR.glob("*.json")}
+    if not shipped <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name `create_model` accepts (open_clip's plus treeclip's)."""
+    return open_clip.list_models()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A classified model id: kind is "arch", "hub", "local_dir" or "checkpoint"; `name` is what
+    open_clip accepts for the first three, the file path for a checkpoint."""
+
+    kind: str
+    name: str
+
+
+def parse_model_id(model_id: str | os.PathLike[str]) -> ModelRef:
+    """Classify a model id (see the module docstring); UsageError when it is none of them."""
+    text = os.fspath(model_id)
+    if text.startswith(HF_HUB_PREFIX):
+        return ModelRef("hub", text)
+    path = text[len(LOCAL_DIR_PREFIX):] if text.startswith(LOCAL_DIR_PREFIX) else text
+    if os.path.isdir(path):
+        if not is_hub_dir(path):
+            raise UsageError(f"model folder {path} has no open_clip_config.json; export a checkpoint with "
+                             "`treeclip export` or name a checkpoint file")
+        return ModelRef("local_dir", LOCAL_DIR_PREFIX + path)
+    if os.path.isfile(path):
+        return ModelRef("checkpoint", path)
+    if text.replace("/", "-") in open_clip.list_models():
+        return ModelRef("arch", text.replace("/", "-"))
+    raise UsageError(f"unknown model {text!r}: not a file, a model folder, an hf-hub:ORG/NAME id or an "
+                     f"architecture (treeclip ones: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.json')))})")
+
+
+def create_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    pretrained: str | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    aug_cfg: Mapping[str, Any] | None = None,
+    cache_dir: str | None = None,
+) -> Created:
+    """(model, preprocess_train, preprocess_val, tokenizer) for any model id (see the module docstring).
+
+    `pretrained` applies to architecture names only; without it the model is initialised from scratch.
+    A training checkpoint given as `pretrained` must hold that architecture. A tag whose weights were trained with QuickGELU (``"openai"``) switches the architecture to QuickGELU.
+    `aug_cfg` is open_clip's training augmentation (e.g. ``{"scale": (0.9, 1.0)}``).
+    """
+    ref = parse_model_id(name_or_path)
+    opts = {"precision": precision, "device": device, "aug_cfg": aug_cfg, "cache_dir": cache_dir}
+    if pretrained is not None and ref.kind != "arch":
+        raise UsageError(f"pretrained={pretrained!r} applies only to architecture names, not to {ref.name!r}")
+    if ref.kind == "checkpoint":
+        return _from_checkpoint(read_checkpoint(ref.name), ref.name, opts)
+    checkpoint = _training_checkpoint(pretrained)
+    if checkpoint is not None:
+        return _from_checkpoint(checkpoint, pretrained, opts, expect=ref.name)
+    return _open_clip(ref.name, pretrained, opts, quick_gelu=_needs_quick_gelu(ref.name, pretrained))
+
+
+def load_model(model_id: str | os.PathLike[str], *, precision: str = "fp32",
+               device: str | torch.device = "cpu", cache_dir: str | None = None) -> Created:
+    """An existing model for inference: `create_model` without pretrained weights to choose, in eval mode."""
+    created = create_model(model_id, precision=precision, device=device, cache_dir=cache_dir)
+    created[0].eval()
+    return created
+
+
+def model_config(model_id: str | os.PathLike[str], *, pretrained: str | None = None) -> dict[str, Any]:
+    """The open_clip architecture config (``model_cfg``) of any model id, as `create_model` builds it."""
+    ref = parse_model_id(model_id)
+    if ref.kind == "checkpoint":
+        spec = checkpoint_model_spec(read_checkpoint(ref.name), ref.name)
+        if spec.get("model_cfg"):
+            return copy.deepcopy(dict(spec["model_cfg"]))
+        return model_config(spec["name"], pretrained=spec.get("pretrained"))
+    config = open_clip.get_model_config(ref.name)
+    if config is None:
+        raise UsageError(f"no architecture config found for {ref.name!r}")
+    config = copy.deepcopy(config)
+    if ref.kind == "arch" and _needs_quick_gelu(ref.name, pretrained):
+        config["quick_gelu"] = True
+    return config
+
+
+def _needs_quick_gelu(arch: str, pretrained: str | None) -> bool:
+    """True when `pretrained` is an open_clip tag of weights trained with QuickGELU (e.g. OpenAI's)."""
+    return bool(pretrained) and bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+
+
+def _open_clip(name: str, pretrained: str | None, opts: Mapping[str, Any], *, load_weights: bool = True,
+               quick_gelu: bool = False) -> Created:
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, load_weights=load_weights, precision=opts["precision"],
+        device=opts["device"], aug_cfg=opts["aug_cfg"], cache_dir=opts["cache_dir"], force_quick_gelu=quick_gelu,
+    )
+    return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name, cache_dir=opts["cache_dir"])
+
+
+def _from_checkpoint(checkpoint: Any, path: str, opts: Mapping[str, Any], expect: str | None = None) -> Created:
+    """The model of a training checkpoint with its weights; `expect` names the architecture it must be."""
+    spec = checkpoint_model_spec(checkpoint, path)
+    if expect is not None and _arch_of(spec) != _arch_of({"name": expect}):
+        raise UsageError(f"checkpoint {path} holds a different architecture than {expect!r}; "
+                         f"load it by its path instead")
+    created = _create_from_spec(spec, opts)
+    load_state(created[0], checkpoint["model"])
+    return created
+
+
+def _arch_of(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint spec's architecture without the activation flag (which follows the weights)."""
+    config = dict(spec["model_cfg"]) if spec.get("model_cfg") else model_config(spec["name"])
+    config.pop("quick_gelu", None)
+    return config
+
+
+def _create_from_spec(spec: Mapping[str, Any], opts: Mapping[str, Any]) -> Created:
+    """An untrained model of a checkpoint's architecture (its weights are loaded by the caller)."""
+    if spec.get("model_cfg"):
+        with tempfile.TemporaryDirectory(prefix="treeclip-model-") as tmp:
+            write_hub_config(tmp, model_cfg=spec["model_cfg"], preprocess_cfg=spec.get("preprocess_cfg") or {})
+            return _open_clip(LOCAL_DIR_PREFIX + tmp, None, opts, load_weights=False)
+    ref = parse_model_id(spec["name"])
+    if ref.kind == "checkpoint":
+        return create_model(ref.name, **opts)
+    quick_gelu = ref.kind == "arch" and _needs_quick_gelu(ref.name, spec.get("pretrained"))
+    return _open_clip(ref.name, None, opts, load_weights=False, quick_gelu=quick_gelu)
+
+
+# ---------------------------------------------------------------- checkpoints and state dicts
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """A torch checkpoint, loaded tensors-only (memory-mapped when the file allows); UsageError if unreadable.
+
+    A local checkpoint that holds other Python objects (e.g. NumPy RNG states) is our own training output,
+    so it is then unpickled in full, with a logged note.
+    """
+    try:
+        try:
+            return _torch_load(path, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            log.info("unpickling %s in full (it holds non-tensor objects): %s", path, str(exc).splitlines()[0])
+            return _torch_load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise UsageError(f"cannot read checkpoint {os.fspath(path)}: {str(exc).splitlines()[0]}") from exc
+
+
+def _torch_load(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def checkpoint_model_spec(checkpoint: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config["model"]`` section of a training checkpoint; UsageError when it is not one."""
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
+        raise UsageError(f"{path} is not a treeclip training checkpoint (a dict with 'model' and 'config'); "
+                         f"for a plain state dict use create_model(ARCH, pretrained={os.fspath(path)!r})")
+    section = (checkpoint.get("config") or {}).get("model")
+    if isinstance(section, str):
+        section = {"name": section}
+    if not isinstance(section, Mapping) or not (section.get("model_cfg") or section.get("name")):
+        raise UsageError(f"{path}: config['model'] names no architecture (expected 'name' or 'model_cfg')")
+    return dict(section)
+
+
+def _training_checkpoint(pretrained: str | None) -> Mapping[str, Any] | None:
+    """The checkpoint when `pretrained` is a training checkpoint file, else None (open_clip's job)."""
+    if pretrained is None or not os.path.isfile(pretrained) or pretrained.endswith((".safetensors", ".npz")):
+        return None
+    checkpoint = read_checkpoint(pretrained)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+        return checkpoint
+    return None
+
+
+def load_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict strictly, dropping DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes."""
+    clean = {}
+    for name, value in state_dict.items():
+        for prefix in WRAPPER_PREFIXES:
+            name = name.removeprefix(prefix)
+        clean[name] = value
+    unwrap_model(model).load_state_dict(clean, strict=True)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+register_configs()

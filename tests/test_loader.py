@@ -1,0 +1,246 @@
+"""The shard loader: splitting across ranks and workers, text-type choice, our and released-style shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from treeclip.data.loader import list_shards, make_loader, num_samples, split_shards
+from treeclip.errors import UsageError
+from treeclip.taxonomy import Taxon, shard_texts
+
+SIZE = 8
+
+
+def transform(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.resize((SIZE, SIZE)), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class RecordingTokenizer:
+    """Codes of the first 12 characters; remembers every caption it was asked to tokenise."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        self.seen.extend(texts)
+        out = torch.zeros(len(texts), 12, dtype=torch.long)
+        for row, text in enumerate(texts):
+            codes = [ord(c) for c in text[:12]]
+            out[row, : len(codes)] = torch.tensor(codes)
+        return out
+
+
+def image_bytes(index: int, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 10), (index * 7 % 256, 40, 200)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def taxon(index: int) -> Taxon:
+    return Taxon(("Animalia", "Chordata", "Aves", "Passeriformes", f"Fam{index % 3}idae", f"Genus{index % 5}",
+                  f"epithet{index}"), common=f"Bird {index}")
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for suffix, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def our_members(index: int) -> dict[str, bytes]:
+    t = taxon(index)
+    members = {"jpg": image_bytes(index)}
+    members.update({name: text.encode() for name, text in shard_texts(t).items()})
+    members["taxon.json"] = json.dumps({**t.ranks(), "common": t.common}).encode()
+    return members
+
+
+def make_shards(root: Path, n_shards: int, per_shard: int) -> list[str]:
+    """Our shard layout under root/train, plus root/manifest.json; returns all keys."""
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    keys, manifest = [], []
+    for shard in range(n_shards):
+        samples = []
+        for i in range(per_shard):
+            index = shard * per_shard + i
+            samples.append((f"id{index:05d}", our_members(index)))
+        write_tar(root / "train" / f"shard-{shard:06d}.tar", samples)
+        manifest.append({"name": f"train/shard-{shard:06d}.tar", "split": "train", "samples": per_shard})
+        keys += [key for key, _ in samples]
+    (root / "manifest.json").write_text(json.dumps({"shards": manifest}))
+    return keys
+
+
+def batches(urls, **kwargs) -> list[dict]:
+    options = {"transform": transform, "tokenizer": RecordingTokenizer(), "batch_size": 4, "shuffle_buffer": 8}
+    options.update(kwargs)
+    return list(make_loader(urls, **options))
+
+
+def keys_of(result: list[dict]) -> list[str]:
+    return [key for batch in result for key in batch["__key__"]]
+
+
+@pytest.mark.parametrize("n_shards,per_shard", [(6, 5), (3, 7), (1, 13)])
+def test_two_ranks_two_workers_see_every_key_once(tmp_path: Path, n_shards: int, per_shard: int) -> None:
+    keys = make_shards(tmp_path, n_shards, per_shard)
+    seen = []
+    for rank in range(2):
+        result = batches(tmp_path / "train", rank=rank, world_size=2, num_workers=2, seed=3)
+        assert all(batch["image"].shape[1:] == (3, SIZE, SIZE) for batch in result)
+        seen += keys_of(result)
+    assert len(seen) == len(keys)
+    assert sorted(seen) == sorted(keys)
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 1), (2, 2), (3, 4), (4, 3), (8, 1)])
+@pytest.mark.parametrize("n_shards", [1, 2, 5, 12, 13])
+def test_split_shards_partitions_samples(world_size: int, workers: int, n_shards: int) -> None:
+    counts = [3 + (i * 5) % 7 for i in range(n_shards)]  # uneven shard sizes
+    stream = [(shard, i) for shard in range(n_shards) for i in range(counts[shard])]
+    seen = []
+    for rank in range(world_size):
+        for worker in range(workers):
+            indices, stride, offset = split_shards(n_shards, rank=rank, world_size=world_size, worker=worker,
+                                                   num_workers=workers)
+            assert indices, "every consumer gets input"
+            mine = [sample for sample in stream if sample[0] in indices]
+            seen += mine[offset::stride]
+    assert sorted(seen) == sorted(stream)
+
+
+def test_per_sample_choice_follows_weights_and_tokenises_only_the_choice(tmp_path: Path) -> None:
+    keys = make_shards(tmp_path, 2, 20)
+    texts = {key: shard_texts(taxon(int(key[2:]))) for key in keys}
+    counts: Counter[str] = Counter()
+    mixed_batches = 0
+    for epoch in range(10):
+        tokenizer = RecordingTokenizer()
+        result = batches(tmp_path / "train", tokenizer=tokenizer, text_weights={"sci": 3, "com": 1, "taxon": 0},
+                         text_types=["sci", "com", "taxon"], epoch=epoch)
+        chosen = [t for batch in result for t in batch["text_type"]]
+        expected = [texts[k][f"{t}.txt"] for k, t in zip(keys_of(result), chosen)]
+        assert tokenizer.seen == expected
+        counts.update(chosen)
+        mixed_batches += sum(len(set(batch["text_type"])) > 1 for batch in result)
+    assert counts["taxon"] == 0
+    assert abs(counts["sci"] / 400 - 0.75) < 0.08
+    assert mixed_batches > 0
+
+
+def test_per_batch_choice_is_one_type_per_batch_with_weights(tmp_path: Path) -> None:
+    make_shards(tmp_path, 2, 20)
+    per_batch: Counter[str] = Counter()
+    for epoch in range(20):
+        for batch in batches(tmp_path / "train", text_mix="batch", text_types=["sci_com", "taxon_com"],
+                             text_weights=[0.2, 0.8], epoch=epoch):
+            assert len(set(batch["text_type"])) == 1
+            per_batch[batch["text_type"][0]] += 1
+    assert sum(per_batch.values()) == 200
+    assert abs(per_batch["taxon_com"] / 200 - 0.8) < 0.1
+
+
+def test_same_seed_same_stream_other_seed_or_epoch_differs(tmp_path: Path) -> None:
+    make_shards(tmp_path, 3, 6)
+
+    def run(**kwargs) -> tuple[list[str], list[str]]:
+        result = batches(tmp_path / "train", num_workers=2, **kwargs)
+        return keys_of(result), [t for batch in result for t in batch["text_type"]]
+
+    first = run(seed=1)
+    assert run(seed=1) == first
+    assert run(seed=2) != first
+    assert run(seed=1, epoch=1) != first
+    assert sorted(run(seed=2)[0]) == sorted(first[0])
+
+
+def test_released_style_shards_load(tmp_path: Path) -> None:
+    t = Taxon(("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula", "penicillata"),
+              "White-plumed Honeyeater")
+    texts = {name: text.encode() for name, text in shard_texts(t).items()}
+    no_taxonomy = {k: v for k, v in texts.items() if k != "taxonomic_name.txt"}
+    write_tar(tmp_path / "shard-000000.tar", [
+        ("a1b2", {"jpg": image_bytes(1), **texts}),
+        ("c3d4", {"png": image_bytes(2, "PNG"), **no_taxonomy}),
+        ("e5f6", {"jpg": image_bytes(3), "taxonTag.txt": b"Tomato___Late_blight"}),
+    ])
+    result = batches(tmp_path / "shard-000000.tar", text_types=["taxonTag"], shuffle_buffer=0)
+    lineage = dict(zip(keys_of(result), [x for batch in result for x in batch["lineage"]]))
+    # without taxonomic_name.txt the lineage is read back from the unambiguous tagged caption
+    assert lineage == {"a1b2": t.lineage, "c3d4": t.lineage, "e5f6": ("",) * 7}
+    assert result[0]["text_type"] == ["taxonTag"] * 3
+
+
+def test_missing_text_types_fall_back_and_bad_samples_are_skipped(tmp_path: Path, caplog) -> None:
+    good = our_members(1)
+    no_com = {k: v for k, v in our_members(2).items() if k != "com.txt"}
+    no_text = {"jpg": image_bytes(3)}
+    write_tar(tmp_path / "s.tar", [("good", good), ("nocom", no_com), ("notext", no_text),
+                                   ("broken", {**our_members(4), "jpg": b"\xff\xd8 not really a jpeg"})])
+    with caplog.at_level(logging.WARNING, logger="treeclip.data.loader"):
+        result = batches(tmp_path / "s.tar", text_types=["com"], text_weights=[1.0], shuffle_buffer=0)
+    assert keys_of(result) == ["good"]
+    assert "broken" in caplog.text and "notext" in caplog.text
+    result = batches(tmp_path / "s.tar", text_types=["com", "sci"], text_weights=[0.9, 0.1], shuffle_buffer=0)
+    assert keys_of(result) == ["good", "nocom"] and result[0]["text_type"][1] == "sci"
+    nocom_caption = RecordingTokenizer()
+    batches(tmp_path / "s.tar", text_types=["com", "sci"], tokenizer=nocom_caption, shuffle_buffer=0)
+    assert nocom_caption.seen[1] == shard_texts(taxon(2))["sci.txt"]
+
+
+def test_url_forms_and_errors(tmp_path: Path) -> None:
+    make_shards(tmp_path, 3, 2)
+    train = tmp_path / "train"
+    expected = [str(train / f"shard-{i:06d}.tar") for i in range(3)]
+    assert list_shards(train) == expected
+    assert list_shards(str(train / "*.tar")) == expected
+    assert list_shards(str(train / "shard-{000000..000002}.tar")) == expected
+    assert list_shards([expected[0], train / "shard-00000[12].tar"]) == expected
+    with pytest.raises(UsageError, match="shard not found"):
+        list_shards(str(train / "shard-{000000..000003}.tar"))
+    with pytest.raises(UsageError, match="no .tar shards"):
+        list_shards(tmp_path)
+    with pytest.raises(UsageError, match="unknown text type"):
+        make_loader(train, transform=transform, tokenizer=RecordingTokenizer(), batch_size=2, text_types=["latin"])
+    with pytest.raises(UsageError, match="text_weights"):
+        make_loader(train, transform=transform, tokenizer=RecordingTokenizer(), batch_size=2, text_weights=[1, 2])
+
+
+def test_num_samples_from_manifest(tmp_path: Path) -> None:
+    make_shards(tmp_path, 3, 4)
+    assert num_samples(tmp_path / "train") == 12
+    assert num_samples(str(tmp_path / "train" / "shard-00000[01].tar")) == 8
+    (tmp_path / "manifest.json").unlink()
+    assert num_samples(tmp_path / "train") is None
+
+
+def test_resampled_is_endless_and_seeded(tmp_path: Path) -> None:
+    keys = make_shards(tmp_path, 2, 3)
+
+    def first_keys(seed: int) -> list[str]:
+        loader = make_loader(tmp_path / "train", transform=transform, tokenizer=RecordingTokenizer(), batch_size=4,
+                             resampled=True, seed=seed, shuffle_buffer=4)
+        taken = []
+        for batch in loader:
+            taken += batch["__key__"]
+            if len(taken) >= 5 * len(keys):
+                return taken
+        raise AssertionError("resampled loader ended")
+
+    stream = first_keys(0)
+    assert set(stream) <= set(keys) and len(stream) >= 30
+    assert first_keys(0) == stream
