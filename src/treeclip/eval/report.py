@@ -1,0 +1,144 @@
+"""Evaluation reports: ``results.json`` (everything), ``results.csv`` (one row per number) and ``report.md``
+(a BioCLIP paper-style table: models × tasks per setting with a mean column; the train-type × test-type
+ablation grid; hierarchy metrics). All accuracies are reported in percent in the tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from treeclip.data.atomic import atomic_write
+
+CSV_COLUMNS = ("model", "task", "metric", "text_type", "k", "value", "std")
+FEW_SHOT_METHODS = ("simpleshot", "linear_probe")
+
+
+def _clean(value: Any) -> Any:
+    """NaN → None, recursively (strict JSON)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _rows(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Flat (metric, text type, k, value, std) rows of one model × task result."""
+    base = {"model": result["model"], "task": result["task"]}
+    for text_type, zero in result.get("zero_shot", {}).items():
+        for metric in ("top1", "top5"):
+            yield {**base, "metric": f"zero_shot_{metric}", "text_type": text_type, "k": 0, "value": zero[metric]}
+    for method in FEW_SHOT_METHODS:
+        for k, few in result.get(method, {}).items():
+            yield {**base, "metric": method, "k": k, "value": few["mean"], "std": few["std"]}
+    hierarchy = result.get("hierarchy", {})
+    for rank, value in hierarchy.get("rank_accuracy", {}).items():
+        yield {**base, "metric": f"rank_accuracy_{rank}", "value": value}
+    for metric in ("mistake_severity", "distance_spearman"):
+        if metric in hierarchy:
+            yield {**base, "metric": metric, "value": hierarchy[metric]}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(present) / len(present) if len(present) == len(values) and present else None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _setting_value(result: dict[str, Any], setting: str, text_type: str, method: str) -> float | None:
+    if setting == "zero-shot":
+        return result.get("zero_shot", {}).get(text_type, {}).get("top1")
+    return result.get(method, {}).get(setting.split("-")[0], {}).get("mean")
+
+
+def paper_table(results: Sequence[dict[str, Any]], *, text_type: str, method: str = "simpleshot",
+                zero_shot: bool = True) -> str:
+    """Rows model × setting (zero-shot with `text_type`, then each k-shot of `method`), columns tasks + Mean
+    (top-1 %)."""
+    models = list(dict.fromkeys(r["model"] for r in results))
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    index = {(r["model"], r["task"]): r for r in results}
+    ks = sorted({int(k) for r in results for k in r.get(method, {})})
+    with_zero = zero_shot and any("zero_shot" in r for r in results)
+    settings = (["zero-shot"] if with_zero else []) + [f"{k}-shot" for k in ks]
+    rows = []
+    for model in models:
+        for setting in settings:
+            values = [_setting_value(index[(model, t)], setting, text_type, method) if (model, t) in index
+                      else None for t in tasks]
+            rows.append([model, setting, *map(_pct, values), _pct(_mean(values))])
+    return _table(["Model", "Setting", *tasks, "Mean"], rows)
+
+
+def ablation_grid(results: Sequence[dict[str, Any]]) -> str:
+    """Rows = models (their training text type), columns = test text types: zero-shot top-1 % averaged over
+    tasks."""
+    models = list(dict.fromkeys(r["model"] for r in results))
+    test_types = list(dict.fromkeys(t for r in results for t in r.get("zero_shot", {})))
+    rows = []
+    for model in models:
+        mine = [r for r in results if r["model"] == model]
+        values = [_mean([r.get("zero_shot", {}).get(t, {}).get("top1") for r in mine]) for t in test_types]
+        rows.append([model, *map(_pct, values), _pct(_mean(values))])
+    return _table(["Model (train type) \\ test type", *test_types, "Mean"], rows)
+
+
+def hierarchy_table(results: Sequence[dict[str, Any]]) -> str:
+    """Per model × task: accuracy at each rank (%), mistake severity (ranks) and distance correlation."""
+    with_tree = [r for r in results if "hierarchy" in r]
+    ranks = list(dict.fromkeys(k for r in with_tree for k in r["hierarchy"].get("rank_accuracy", {})))
+    rows = []
+    for r in with_tree:
+        h = r["hierarchy"]
+        severity, rho = h.get("mistake_severity"), h.get("distance_spearman")
+        rows.append([r["model"], r["task"], *(_pct(h.get("rank_accuracy", {}).get(k)) for k in ranks),
+                     "–" if severity is None else f"{severity:.2f}", "–" if rho is None else f"{rho:.3f}"])
+    return _table(["Model", "Task", *ranks, "Mistake severity", "Spearman ρ"], rows)
+
+
+def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title: str = "Evaluation") -> str:
+    """The whole Markdown report."""
+    parts = [f"# {title}", "", f"Top-1 accuracy (%); zero-shot class texts: `{text_type}`; few-shot: "
+             "SimpleShot nearest centroid, mean over 5 seeded runs.", "", "## Accuracy", "",
+             paper_table(results, text_type=text_type)]
+    if any("zero_shot" in r for r in results):
+        parts += ["", "## Train type × test type (zero-shot top-1 %, mean over tasks)", "", ablation_grid(results)]
+    if any("linear_probe" in r for r in results):
+        parts += ["", "## Linear probe (logistic regression, top-1 %)", "",
+                  paper_table(results, text_type=text_type, method="linear_probe", zero_shot=False)]
+    if any("hierarchy" in r for r in results):
+        parts += ["", "## Hierarchy", "", "Rank accuracy of zero-shot species predictions (%), mean taxonomic "
+                  "distance of the wrong ones, and Spearman correlation of embedding vs taxonomic distance.", "",
+                  hierarchy_table(results)]
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(results: Sequence[dict[str, Any]], out_dir: str | Path, *, text_type: str,
+                  title: str = "Evaluation") -> dict[str, Path]:
+    """Write results.json, results.csv and report.md into `out_dir` (atomically); returns their paths."""
+    out = Path(out_dir)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "report.md"}
+    atomic_write(paths["json"], json.dumps(_clean(list(results)), indent=1) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerows(_clean(row) for row in _rows(result))
+    atomic_write(paths["csv"], buffer.getvalue())
+    atomic_write(paths["markdown"], markdown_report(results, text_type=text_type, title=title))
+    return paths
