@@ -1,0 +1,220 @@
+"""`build_dataset`: sources → aligned taxa → WebDataset shards + catalog, resumable after a crash.
+
+Output layout (``OUT/``): ``train/shard-NNNNNN.tar`` and ``val/shard-NNNNNN.tar``; then, written last,
+``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``alignment.json`` and
+``alignment.txt`` (the alignment report and its readable summary) and finally ``manifest.json``: a build is
+complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`).
+
+Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
+removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
+plan, and writes only the others. A crash at any moment therefore leaves every image exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from treeclip import __version__
+from treeclip.data.align import Aligner, write_report
+from treeclip.data.atomic import atomic_write, is_temp_file
+from treeclip.data.backbone import read_backbone
+from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
+from treeclip.data.exclude import load_exclusions
+from treeclip.data.images import RESIZE_MODES
+from treeclip.data.plan import Plan, plan_build
+from treeclip.data.records import Problem
+from treeclip.data.shards import JOURNAL_DIR, ShardJob, ShardResult, completed_shard, journal_path, write_shard
+from treeclip.data.sources import open_source
+from treeclip.data.splits import SPLITS
+from treeclip.errors import UsageError
+
+log = logging.getLogger(__name__)
+BUILD_DIR = ".build"
+Progress = Callable[[int, int], None]  # (images just finished, total images)
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: counts, problems (bad rows, files and images) and the manifest."""
+
+    out: Path
+    manifest: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.manifest["counts"]
+
+
+def build_dataset(
+    *,
+    sources: Sequence[str],
+    out: str | Path,
+    image_size: int = 224,
+    resize: str = "squash",
+    shard_size: int = 1000,
+    workers: int = 1,
+    exclude: Sequence[str | Path] = (),
+    val_fraction: float = 0.05,
+    backbone: str | Path | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    quality: int = 95,
+    on_problem: Callable[[Problem], None] | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build WebDataset shards from `sources` ("KIND:PATH[,EXTRA]" specs) into `out`.
+
+    Bad source rows/files/images are reported through `on_problem` and skipped; the returned result lists
+    them. Raises `UsageError` for bad arguments, an unknown source kind or path, or a non-empty `out`
+    without `resume`.
+    """
+    _check_arguments(image_size=image_size, resize=resize, shard_size=shard_size, workers=workers,
+                     val_fraction=val_fraction, quality=quality, sources=sources)
+    opened = [open_source(spec) for spec in sources]
+    aligner = Aligner(backbone=read_backbone(backbone) if backbone else ())
+    exclusions = load_exclusions(exclude)
+    out = Path(out)
+    _prepare_out(out, resume=resume)
+    plan = plan_build(sources=opened, out=str(out), aligner=aligner, exclusions=exclusions,
+                      image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
+                      val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
+    _remove_stale(out, plan.jobs)
+    results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress),
+                     key=lambda r: (SPLITS.index(r.split), r.index))
+    params = {"image_size": image_size, "resize": resize, "shard_size": shard_size, "val_fraction": val_fraction,
+              "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
+              "backbone": str(backbone) if backbone else None}
+    problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
+    manifest = _finish(out, plan, results, params, problems)
+    return BuildResult(out=out, manifest=manifest, problems=problems)
+
+
+def _check_arguments(*, image_size: int, resize: str, shard_size: int, workers: int, val_fraction: float,
+                     quality: int, sources: Sequence[str]) -> None:
+    checks = [
+        (bool(sources), "--source: give at least one KIND:PATH"),
+        (image_size >= 1, f"--image-size {image_size}: must be a positive number of pixels"),
+        (resize in RESIZE_MODES, f"--resize {resize}: must be one of {', '.join(RESIZE_MODES)}"),
+        (shard_size >= 1, f"--shard-size {shard_size}: must be at least 1"),
+        (workers >= 1, f"--workers {workers}: must be at least 1"),
+        (0.0 <= val_fraction < 1.0, f"--val-fraction {val_fraction}: must be in [0, 1)"),
+        (1 <= quality <= 100, f"--quality {quality}: must be in 1..100"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def _prepare_out(out: Path, *, resume: bool) -> None:
+    """Refuse to overwrite; on resume, drop the old manifest and every temporary file."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder; choose a new output folder")
+    if out.is_dir() and any(out.iterdir()):
+        is_build = (out / BUILD_DIR).is_dir() or (out / MANIFEST).is_file()
+        if not resume:
+            raise UsageError(f"--out {out}: folder is not empty; pass --resume to finish that build, "
+                             "or choose a new output folder")
+        if not is_build:
+            raise UsageError(f"--out {out}: not a treeclip build folder (no {BUILD_DIR}/ or {MANIFEST}); "
+                             "choose a new output folder")
+        (out / MANIFEST).unlink(missing_ok=True)
+        for path in out.rglob("*"):
+            if path.is_file() and is_temp_file(path):
+                path.unlink()
+    (out / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
+    """Delete shards and journal entries that a previous, different plan left behind."""
+    jobs = list(jobs)
+    wanted = {out / job.name for job in jobs} | {journal_path(out, job.split, job.index) for job in jobs}
+    for folder in [out / split for split in SPLITS] + [out / JOURNAL_DIR]:
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if path not in wanted:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Problem], None] | None,
+              progress: Progress | None) -> Iterator[ShardResult]:
+    """Yield every shard's result: kept ones first, then the newly written ones as they finish."""
+    total = sum(len(job.items) for job in jobs)
+    if progress:
+        progress(0, total)
+    kept: list[ShardResult] = []
+    todo: list[ShardJob] = []
+    for job in jobs:
+        done = completed_shard(job)
+        if done is None:
+            todo.append(job)
+        else:
+            kept.append(done)
+    log.info("%d complete shards kept, %d to write", len(kept), len(todo))
+    for result in itertools.chain(kept, _write_all(todo, workers)):
+        for skipped in result.skipped:
+            problem = _skipped_problem(skipped)
+            if on_problem:
+                on_problem(problem)
+            else:
+                log.warning("%s: %s", problem.origin, problem.reason)
+        if progress:
+            progress(len(result.rows) + len(result.skipped), total)
+        yield result
+
+
+def _write_all(jobs: list[ShardJob], workers: int) -> Iterator[ShardResult]:
+    """Write the shards in this process, or in `workers` spawned processes (callers' scripts need the usual
+    ``if __name__ == "__main__":`` guard)."""
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(write_shard, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(write_shard, jobs)
+
+
+def _skipped_problem(skipped: dict[str, str]) -> Problem:
+    return Problem(skipped["origin"], skipped["reason"])
+
+
+def _finish(out: Path, plan: Plan, results: list[ShardResult], params: dict[str, Any],
+            problems: list[Problem]) -> dict[str, Any]:
+    """Write the catalog, dropped list and alignment report, then the manifest (last)."""
+    rows = [row for result in results for row in result.rows]
+    write_catalog(rows, out / CATALOG)
+    bad = [dict(s, id=s["key"]) for result in results for s in result.skipped]
+    write_dropped(plan.dropped + bad, out / DROPPED)
+    write_report(plan.alignment, out / "alignment.json")
+    atomic_write(out / "alignment.txt", plan.alignment.summary())
+    manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=len(rows))
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def _manifest(plan: Plan, results: list[ShardResult], params: dict[str, Any], problems: list[Problem], *,
+              bad_images: int, samples: int) -> dict[str, Any]:
+    shards = [{"name": r.name, "split": r.split, "samples": len(r.rows)} for r in results]
+    splits = {split: {"samples": sum(s["samples"] for s in shards if s["split"] == split),
+                      "shards": sum(1 for s in shards if s["split"] == split)} for split in SPLITS}
+    counts = Counter({"records": 0, "unresolved": 0, "held_out": 0, "repeated_id": 0, "unreadable": 0, "excluded": 0,
+                      "duplicates": 0})
+    counts.update(plan.counts)
+    counts.update({"bad_images": bad_images, "samples": samples})
+    return {
+        "format": "treeclip-shards/1",
+        "treeclip_version": __version__,
+        "parameters": params,
+        "sources": plan.source_counts,
+        "splits": splits,
+        "shards": shards,
+        "counts": dict(counts),
+        "problems": {"count": len(problems), "first": [f"{p.origin}: {p.reason}" for p in problems[:50]]},
+    }

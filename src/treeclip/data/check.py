@@ -1,0 +1,172 @@
+"""`check_shards`: verify a shard folder written by `treeclip build`.
+
+Checks that every shard opens and reads to the end; that every sample has a decodable ``.jpg``, a
+``taxon.json`` and every text file `treeclip.taxonomy.shard_texts` gives for that taxon, with exactly that
+text; that no key appears twice; that no temporary file is left; and that the shards, their sample counts
+and the catalog's ids agree with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from treeclip.data.atomic import is_temp_file
+from treeclip.data.catalog import CATALOG, MANIFEST
+from treeclip.data.images import ImageError, decode_image
+from treeclip.data.shards import TAXON_JSON
+from treeclip.errors import UsageError
+from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
+
+
+
+@dataclass
+class CheckReport:
+    """Shard and sample counts found, and one line per problem."""
+
+    shards: dict[str, int] = field(default_factory=dict)  # shard name → samples
+    keys: dict[str, str] = field(default_factory=dict)  # sample key → shard name
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def split_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, samples in self.shards.items():
+            split = name.split("/", 1)[0] if "/" in name else ""
+            counts[split] = counts.get(split, 0) + samples
+        return counts
+
+
+def check_shards(root: str | Path) -> CheckReport:
+    """Verify the shard folder `root`; `UsageError` if it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder; give the --out folder of a treeclip build")
+    report = CheckReport()
+    report.problems += [f"{path}: leftover temporary file (incomplete build?)" for path in _files(root)
+                        if is_temp_file(path)]
+    for path in sorted(p for p in _files(root) if p.suffix == ".tar"):
+        _check_tar(path, path.relative_to(root).as_posix(), report)
+    manifest = _load_manifest(root, report)
+    if manifest is not None:
+        _compare_manifest(manifest, report)
+    if (root / CATALOG).is_file():
+        _compare_catalog(root / CATALOG, report)
+    return report
+
+
+def _files(root: Path) -> Iterator[Path]:
+    return (p for p in root.rglob("*") if p.is_file() and ".build" not in p.relative_to(root).parts)
+
+
+def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: data}) for each run of members sharing a key, reading every member's data."""
+    key, members = None, {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        name_key, _, suffix = Path(member.name).name.partition(".")
+        if name_key != key and key is not None:
+            yield key, members
+            members = {}
+        key = name_key
+        handle = tar.extractfile(member)
+        members[suffix] = handle.read() if handle else b""
+    if key is not None:
+        yield key, members
+
+
+def _check_tar(path: Path, name: str, report: CheckReport) -> None:
+    count = 0
+    try:
+        with tarfile.open(path, "r") as tar:
+            for key, members in _samples(tar):
+                count += 1
+                if key in report.keys:
+                    report.problems.append(f"{name}: key {key} repeated (also in {report.keys[key]})")
+                report.keys.setdefault(key, name)
+                report.problems += [f"{name}: {key}: {issue}" for issue in _sample_issues(members)]
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        report.problems.append(f"{name}: unreadable tar ({exc})")
+    report.shards[name] = count
+
+
+def _sample_issues(members: dict[str, bytes]) -> list[str]:
+    issues = []
+    if "jpg" not in members:
+        issues.append("no .jpg image")
+    else:
+        try:
+            decode_image(members["jpg"])
+        except ImageError as exc:
+            issues.append(f"image does not decode: {exc}")
+    try:
+        taxon = _taxon(members[TAXON_JSON])
+    except KeyError:
+        return issues + [f"no {TAXON_JSON}"]
+    except (ValueError, TypeError) as exc:
+        return issues + [f"bad {TAXON_JSON}: {exc}"]
+    for filename, text in shard_texts(taxon).items():
+        if filename not in members:
+            issues.append(f"no {filename}")
+        elif members[filename].decode("utf-8", errors="replace") != text:
+            issues.append(f"{filename} does not match {TAXON_JSON}")
+    return issues
+
+
+def _taxon(data: bytes) -> Taxon:
+    fields = json.loads(data.decode("utf-8"))
+    return Taxon(tuple(fields.get(rank, "") for rank in RANK_NAMES), fields.get("common", ""))
+
+
+def _load_manifest(root: Path, report: CheckReport) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        report.problems.append(f"{root / MANIFEST}: missing (the build did not finish; rerun it with --resume)")
+    except (OSError, ValueError) as exc:
+        report.problems.append(f"{root / MANIFEST}: unreadable ({exc})")
+    return None
+
+
+def _compare_manifest(manifest: dict[str, Any], report: CheckReport) -> None:
+    listed = {shard["name"]: shard["samples"] for shard in manifest.get("shards", [])}
+    for name, expected in listed.items():
+        found = report.shards.get(name)
+        if found is None:
+            report.problems.append(f"{name}: listed in {MANIFEST} but missing")
+        elif found != expected:
+            report.problems.append(f"{name}: {found} samples, {MANIFEST} says {expected}")
+    report.problems += [f"{name}: not listed in {MANIFEST}" for name in report.shards if name not in listed]
+    expected_total = manifest.get("counts", {}).get("samples")
+    if expected_total is not None and expected_total != len(report.keys):
+        report.problems.append(f"{MANIFEST}: counts.samples is {expected_total}, shards hold {len(report.keys)}")
+
+
+def _compare_catalog(path: Path, report: CheckReport) -> None:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - heavy, only needed here
+
+    try:
+        table = pq.read_table(path, columns=["id", "split"])
+    except (OSError, ValueError, KeyError) as exc:
+        report.problems.append(f"{path.name}: unreadable ({exc})")
+        return
+    ids = table.column("id").to_pylist()
+    splits = table.column("split").to_pylist()
+    if len(set(ids)) != len(ids):
+        report.problems.append(f"{path.name}: repeated ids")
+    missing = [key for key in ids if key not in report.keys]
+    extra = set(report.keys) - set(ids)
+    if missing or extra:
+        report.problems.append(f"{path.name}: {len(missing)} ids not in the shards, {len(extra)} samples not in it")
+    wrong = sum(1 for key, split in zip(ids, splits) if key in report.keys and
+                not report.keys[key].startswith(f"{split}/"))
+    if wrong:
+        report.problems.append(f"{path.name}: {wrong} rows name a split other than their shard's folder")

@@ -1,0 +1,218 @@
+"""Writing and verifying WebDataset shards: one work item per image, one job per shard.
+
+A shard job is written by one (spawn-safe, top-level) function: every image is read, checked against the
+sha256 taken when the build was planned, decoded, resized and JPEG-encoded; the samples go to
+``{split}/shard-NNNNNN.tar`` through a temporary name and `os.replace`, so a shard exists only when
+complete. Tar members (ustar format) carry fixed metadata (mtime 0, uid/gid 0, mode 0644) and a fixed
+order (``KEY.jpg``, the text files of `treeclip.taxonomy.shard_texts` sorted by name, ``KEY.taxon.json``),
+so the same inputs give byte-identical shards.
+
+Each finished shard has a journal entry (``.build/journal/{split}-NNNNNN.json``), written *before* the tar
+is moved into place, that holds the job's fingerprint, its catalog rows and the images it had to skip.
+A resumed build keeps a shard only when its tar lists exactly the journal's samples and the journal's
+fingerprint equals the new plan's (same images, same bytes, same taxa, same parameters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from treeclip import __version__
+from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
+from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
+
+JOURNAL_DIR = ".build/journal"
+TAXON_JSON = "taxon.json"
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One planned image: where its bytes are, its key, its resolved taxon and its source hash."""
+
+    key: str
+    source: str
+    source_id: str
+    path: str
+    taxon: Taxon
+    sha256: str
+    origin: str = ""
+    license: str = ""
+    owner: str = ""
+    payload: bytes | None = None
+
+    def fingerprint_parts(self) -> tuple[str, ...]:
+        return (self.key, self.sha256, self.path, *self.taxon.lineage, self.taxon.common, self.license, self.owner)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its place, its images and the image parameters."""
+
+    out: str
+    split: str
+    index: int
+    items: tuple[WorkItem, ...]
+    image_size: int
+    resize_mode: str
+    quality: int
+
+    @property
+    def name(self) -> str:
+        """The shard path relative to the output root, e.g. ``train/shard-000003.tar``."""
+        return shard_name(self.split, self.index)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the shard's bytes."""
+        digest = hashlib.sha256(f"{__version__}|{self.image_size}|{self.resize_mode}|{self.quality}".encode())
+        for item in self.items:
+            digest.update(("\n" + "\t".join(item.fingerprint_parts())).encode("utf-8"))
+        return digest.hexdigest()
+
+
+@dataclass
+class ShardResult:
+    """What a written (or verified) shard holds: catalog rows, and the images skipped with their reason."""
+
+    split: str
+    index: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # key, source, source_id, path, origin, reason
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}/shard-{index:06d}.tar"
+
+
+def journal_path(out: str | Path, split: str, index: int) -> Path:
+    return Path(out) / JOURNAL_DIR / f"{split}-{index:06d}.json"
+
+
+def taxon_json(taxon: Taxon) -> str:
+    """The ``taxon.json`` member: the seven ranks and the common name."""
+    return json.dumps({**taxon.ranks(), "common": taxon.common}, ensure_ascii=False)
+
+
+def sample_members(key: str, taxon: Taxon, jpeg: bytes) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in their fixed order."""
+    members = [(f"{key}.jpg", jpeg)]
+    texts = shard_texts(taxon)
+    members += [(f"{key}.{name}", texts[name].encode("utf-8")) for name in sorted(texts)]
+    members.append((f"{key}.{TAXON_JSON}", taxon_json(taxon).encode("utf-8")))
+    return members
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _read_source(item: WorkItem) -> bytes:
+    if item.payload is not None:
+        data = item.payload
+    else:
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if sha256_bytes(data) != item.sha256:
+        raise ImageError("file changed while the build was running (sha256 differs from the plan)")
+    return data
+
+
+def encode_item(item: WorkItem, *, image_size: int, resize_mode: str, quality: int) -> tuple[bytes, int, int]:
+    """(JPEG bytes, source width, source height) of one image; `ImageError` when unusable."""
+    data = _read_source(item)
+    image = decode_image(data, draft_size=image_size)
+    width, height = _source_size(data)
+    return encode_jpeg(resize(image, image_size, resize_mode), quality=quality), width, height
+
+
+def _source_size(data: bytes) -> tuple[int, int]:
+    """The full-resolution size as displayed (EXIF-rotated); the decoder may have used a smaller draft."""
+    with Image.open(io.BytesIO(data)) as header:
+        width, height = header.size
+        rotated = header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    return (height, width) if rotated else (width, height)
+
+
+def catalog_row(item: WorkItem, split: str, width: int, height: int) -> dict[str, Any]:
+    """One catalog row (see `treeclip.data.catalog.CATALOG_COLUMNS`)."""
+    ranks = dict(zip(RANK_NAMES, item.taxon.lineage))
+    return {
+        "id": item.key, "split": split, "source": item.source, "source_id": item.source_id, "path": item.path,
+        **ranks, "common": item.taxon.common, "width": width, "height": height, "sha256": item.sha256,
+        "license": item.license, "owner": item.owner,
+    }
+
+
+def skipped_entry(item: WorkItem, reason: str) -> dict[str, str]:
+    return {"key": item.key, "source": item.source, "source_id": item.source_id, "path": item.path,
+            "origin": item.origin or item.path or item.source_id, "reason": reason}
+
+
+def write_shard(job: ShardJob) -> ShardResult:
+    """Write one shard atomically (journal first, then the tar); bad images are skipped and listed."""
+    result = ShardResult(job.split, job.index)
+    target = Path(job.out) / job.name
+    with atomic_path(target) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for item in job.items:
+                try:
+                    jpeg, width, height = encode_item(
+                        item, image_size=job.image_size, resize_mode=job.resize_mode, quality=job.quality
+                    )
+                except ImageError as exc:
+                    result.skipped.append(skipped_entry(item, f"bad image {item.path or item.source_id}: {exc}"))
+                    continue
+                for name, data in sample_members(item.key, item.taxon, jpeg):
+                    _add_member(tar, name, data)
+                result.rows.append(catalog_row(item, job.split, width, height))
+        _write_journal(job, result)
+    return result
+
+
+def _write_journal(job: ShardJob, result: ShardResult) -> None:
+    entry = {"shard": job.name, "fingerprint": job.fingerprint(), "rows": result.rows, "skipped": result.skipped}
+    atomic_write(journal_path(job.out, job.split, job.index), json.dumps(entry, ensure_ascii=False))
+
+
+def list_samples(path: str | Path) -> dict[str, list[str]]:
+    """{key: [member suffixes in order]} of a tar, reading it to the end; `tarfile.TarError`/OSError if bad."""
+    samples: dict[str, list[str]] = {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            key, _, suffix = Path(member.name).name.partition(".")
+            samples.setdefault(key, []).append(suffix)
+    return samples
+
+
+def completed_shard(job: ShardJob) -> ShardResult | None:
+    """The journalled result of `job` if its shard is complete and matches the plan, else None."""
+    tar_path, journal = Path(job.out) / job.name, journal_path(job.out, job.split, job.index)
+    if not (tar_path.is_file() and journal.is_file()):
+        return None
+    try:
+        entry = json.loads(journal.read_text(encoding="utf-8"))
+        samples = list_samples(tar_path)
+    except (OSError, ValueError, tarfile.TarError):
+        return None
+    if entry.get("fingerprint") != job.fingerprint() or list(samples) != [row["id"] for row in entry["rows"]]:
+        return None
+    return ShardResult(job.split, job.index, entry["rows"], entry["skipped"])

@@ -1,0 +1,410 @@
+"""`treeclip build` and `treeclip check`: shards, texts, catalog, manifest, dedup, exclusion, splits, resume."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from treeclip.cli import main
+from treeclip.data.build import build_dataset
+from treeclip.data.splits import TRAIN, VAL, assign_split, sample_key, stable_id
+
+HONEYEATER = ("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula", "penicillata")
+GANNET = ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus")
+MULBERRY = ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "alba")
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+CATALOG_COLUMNS = ["id", "split", "source", "source_id", "path", *RANKS, "common", "width", "height", "sha256"]
+HONEYEATER_TEXTS = {
+    "sci.txt": "a photo of Ptilotula penicillata.",
+    "com.txt": "a photo of White-plumed Honeyeater.",
+    "taxon.txt": "a photo of Animalia Chordata Aves Passeriformes Meliphagidae Ptilotula penicillata.",
+    "sci_com.txt": "a photo of Ptilotula penicillata with common name White-plumed Honeyeater.",
+    "taxon_com.txt": "a photo of Animalia Chordata Aves Passeriformes Meliphagidae Ptilotula penicillata "
+                     "with common name White-plumed Honeyeater.",
+    "taxonTag.txt": "a photo of kingdom Animalia phylum Chordata class Aves order Passeriformes family "
+                    "Meliphagidae genus Ptilotula species penicillata.",
+    "taxonTag_com.txt": "a photo of kingdom Animalia phylum Chordata class Aves order Passeriformes family "
+                        "Meliphagidae genus Ptilotula species penicillata with common name White-plumed Honeyeater.",
+    "scientific_name.txt": "Ptilotula penicillata",
+    "taxonomic_name.txt": "Animalia Chordata Aves Passeriformes Meliphagidae Ptilotula penicillata",
+    "common_name.txt": "White-plumed Honeyeater",
+}
+
+
+def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
+    """A small smooth random JPEG, different for every seed."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    coarse.resize(size, Image.Resampling.BICUBIC).save(path, format="JPEG", quality=90)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", *RANKS, "common"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def row(image: str, lineage: tuple[str, ...], common: str) -> dict[str, str]:
+    return {"path": image, **dict(zip(RANKS, lineage)), "common": common}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A csv: source (with three bad images) and a folder: source holding a copy of one csv image."""
+    root = tmp_path_factory.mktemp("inputs")
+    images = root / "csvsrc" / "images"
+    rows = []
+    for i, (lineage, common) in enumerate([(HONEYEATER, "White-plumed Honeyeater")] * 3
+                                          + [(GANNET, "Northern Gannet")] * 2 + [(MULBERRY, "White Mulberry")] * 2):
+        write_jpeg(images / f"img{i}.jpg", seed=i)
+        rows.append(row(f"images/img{i}.jpg", lineage, common))
+    good = (images / "img0.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (images / "notimage.jpg").write_text("this is not an image\n")
+    (images / "empty.jpg").write_bytes(b"")
+    rows += [row("images/truncated.jpg", HONEYEATER, ""), row("images/notimage.jpg", GANNET, ""),
+             row("images/empty.jpg", GANNET, "")]
+    clean_rows = rows[:7]
+    folder = root / "foldersrc" / "Ptilotula penicillata"
+    folder.mkdir(parents=True)
+    shutil.copy(images / "img1.jpg", folder / "copy_of_img1.jpg")
+    write_jpeg(folder / "own.jpg", seed=100)
+    exclude = root / "exclude.txt"
+    exclude.write_text("# evaluation species\nMorus alba L.\n")
+    return {
+        "csv": write_csv(root / "csvsrc" / "catalog.csv", rows),
+        "clean_csv": write_csv(root / "csvsrc" / "clean.csv", clean_rows),
+        "folder": root / "foldersrc",
+        "exclude": exclude,
+    }
+
+
+def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {suffix: bytes}} over every shard, asserting no key repeats."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(out.glob("*/shard-*.tar")):
+        seen_here: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                seen_here.setdefault(key, {})[suffix] = tar.extractfile(member).read()
+        assert not set(seen_here) & set(samples), f"key repeated across shards in {shard}"
+        samples.update(seen_here)
+    return samples
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/shard-*.tar"))}
+
+
+def key_of(source: str, source_id: str) -> str:
+    return sample_key(stable_id(source, source_id))
+
+
+@pytest.fixture(scope="module")
+def built(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    out = tmp_path_factory.mktemp("built") / "shards"
+    args = ["build", "--source", f"csv:{inputs['csv']}", "--source", f"folder:{inputs['folder']}", "--out", str(out),
+            "--image-size", "32", "--shard-size", "3", "--workers", "1", "--val-fraction", "0.3",
+            "--exclude", str(inputs["exclude"])]
+    stderr = io.StringIO()
+    old, sys.stderr = sys.stderr, stderr
+    try:
+        code = main(args)
+    finally:
+        sys.stderr = old
+    return out, code, stderr.getvalue()
+
+
+def test_bad_images_reported_and_exit_1(built: tuple[Path, int, str]) -> None:
+    out, code, stderr = built
+    assert code == 1
+    for name, reason in [("truncated.jpg", "truncated"), ("notimage.jpg", "not an image"), ("empty.jpg", "empty")]:
+        line = next(line for line in stderr.splitlines() if name in line)
+        assert reason in line and "catalog.csv:" in line, line
+    assert "3 problems" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["bad_images"] == 3 and manifest["problems"]["count"] == 3
+
+
+def test_shard_texts_match_design_string_for_string(built: tuple[Path, int, str], inputs: dict[str, Path]) -> None:
+    out, _, _ = built
+    samples = read_samples(out)
+    sample = samples[key_of("csv", "images/img0.jpg")]
+    for name, text in HONEYEATER_TEXTS.items():
+        assert sample[name].decode("utf-8") == text, name
+    assert json.loads(sample["taxon.json"]) == {**dict(zip(RANKS, HONEYEATER)), "common": "White-plumed Honeyeater"}
+    assert Image.open(io.BytesIO(sample["jpg"])).size == (32, 32)
+    # the folder source gave only a binomial; its higher ranks were filled by alignment
+    own = samples[key_of("folder", "Ptilotula penicillata/own.jpg")]
+    assert own["taxon_com.txt"].decode() == HONEYEATER_TEXTS["taxon_com.txt"]
+    assert set(sample) == {"jpg", "taxon.json", *HONEYEATER_TEXTS}
+
+
+def test_catalog_manifest_dedup_and_exclusion(built: tuple[Path, int, str], inputs: dict[str, Path]) -> None:
+    out, _, _ = built
+    samples = read_samples(out)
+    catalog = pq.read_table(out / "catalog.parquet")
+    assert catalog.column_names[: len(CATALOG_COLUMNS)] == CATALOG_COLUMNS
+    rows = catalog.to_pylist()
+    expected = {key_of("csv", f"images/img{i}.jpg") for i in range(5)}
+    expected.add(key_of("folder", "Ptilotula penicillata/own.jpg"))
+    assert {r["id"] for r in rows} == set(samples) == expected  # mulberries excluded, the copy dropped
+    first = next(r for r in rows if r["id"] == key_of("csv", "images/img0.jpg"))
+    assert (first["width"], first["height"], first["species"], first["common"]) == (48, 40, "penicillata",
+                                                                                   "White-plumed Honeyeater")
+    assert first["path"] == str((inputs["csv"].parent / "images/img0.jpg").resolve())
+    assert all(out.joinpath(r["split"]).is_dir() for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert (counts["records"], counts["samples"], counts["excluded"], counts["duplicates"]) == (12, 6, 2, 1)
+    shards = manifest["shards"]
+    assert sum(s["samples"] for s in shards) == 6 == sum(s["samples"] for s in manifest["splits"].values())
+    for shard in shards:
+        with tarfile.open(out / shard["name"]) as tar:
+            assert len({m.name.split(".")[0] for m in tar}) == shard["samples"]
+    dropped = list(csv.DictReader((out / "dropped.csv").open()))
+    duplicate = next(d for d in dropped if "duplicate" in d["reason"])
+    assert duplicate["source"] == "folder" and duplicate["kept_id"] == key_of("csv", "images/img1.jpg")
+    assert sum("excluded species" in d["reason"] for d in dropped) == 2
+    assert json.loads((out / "alignment.json").read_text()) and (out / "alignment.txt").read_text().strip()
+
+
+def test_webdataset_reads_the_shards(built: tuple[Path, int, str]) -> None:
+    import webdataset as wds
+
+    out, _, _ = built
+    urls = [str(p) for p in sorted(out.glob("*/shard-*.tar"))]
+    keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
+    assert sorted(keys) == sorted(read_samples(out))
+
+
+def test_check_passes_and_detects_damage(built: tuple[Path, int, str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out, _, _ = built
+    assert main(["check", str(out)]) == 0
+    assert "6 samples" in capsys.readouterr().out
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    shard = sorted(damaged.glob("train/shard-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:700])
+    assert main(["check", str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert shard.name in err and "problems" in err
+
+
+def test_check_flags_wrong_text(built: tuple[Path, int, str], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    out, _, _ = built
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    shard = sorted(bad.glob("train/shard-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = b"a photo of something else." if member.name.endswith(".sci.txt") else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert main(["check", str(bad)]) == 1
+    assert "sci.txt does not match taxon.json" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(inputs: dict[str, Path], built: tuple[Path, int, str], tmp_path: Path) -> None:
+    out, _, _ = built
+    base = ["build", "--out", str(tmp_path / "new")]
+    assert main([*base, "--source", f"nosuchkind:{inputs['csv']}"]) == 2
+    assert main([*base, "--source", f"csv:{tmp_path / 'missing.csv'}"]) == 2
+    assert main(["build", "--out", str(out), "--source", f"csv:{inputs['csv']}"]) == 2  # non-empty, no --resume
+    assert main([*base, "--source", f"csv:{inputs['csv']}", "--val-fraction", "1.5"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_determinism_across_worker_counts(inputs: dict[str, Path], tmp_path: Path) -> None:
+    common = dict(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}"], image_size=24,
+                  shard_size=2, val_fraction=0.3)
+    one = build_dataset(out=tmp_path / "one", workers=1, **common)
+    two = build_dataset(out=tmp_path / "two", workers=2, **common)
+    assert not one.problems and one.counts["samples"] == 8
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+    assert len(shard_bytes(tmp_path / "one")) >= 4
+    assert (tmp_path / "one/manifest.json").read_bytes() == (tmp_path / "two/manifest.json").read_bytes()
+
+
+def test_splits_stable_when_a_source_is_added(inputs: dict[str, Path], tmp_path: Path) -> None:
+    common = dict(image_size=16, shard_size=4, val_fraction=0.5, seed=3)
+    alone = build_dataset(sources=[f"csv:{inputs['clean_csv']}"], out=tmp_path / "a", **common)
+    both = build_dataset(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}"], out=tmp_path / "b",
+                         **common)
+    assert alone.counts["samples"] == 7 and both.counts["samples"] == 8
+    before = {r["id"]: r["split"] for r in pq.read_table(tmp_path / "a/catalog.parquet").to_pylist()}
+    after = {r["id"]: r["split"] for r in pq.read_table(tmp_path / "b/catalog.parquet").to_pylist()}
+    assert {k: after[k] for k in before} == before
+    ids = [stable_id("csv", f"img{i}.jpg") for i in range(4000)]
+    fraction = sum(assign_split(i, val_fraction=0.05, seed=0) == VAL for i in ids) / len(ids)
+    assert 0.04 < fraction < 0.06
+    assert [assign_split(i, val_fraction=0.05) for i in ids[:50]] == [assign_split(i, val_fraction=0.05)
+                                                                      for i in ids[:50]]
+    assert assign_split(ids[0], val_fraction=0.0) == TRAIN
+
+
+def test_exclude_by_catalog_hash_and_path(inputs: dict[str, Path], tmp_path: Path) -> None:
+    images = inputs["csv"].parent / "images"
+    table = tmp_path / "benchmark.csv"
+    digest = hashlib.sha256((images / "img3.jpg").read_bytes()).hexdigest()
+    table.write_text(f"file_name,sha256\n,{digest}\n{images / 'img0.jpg'},\n")
+    result = build_dataset(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}"],
+                           out=tmp_path / "out", image_size=16, exclude=[table])
+    ids = {r["id"] for r in pq.read_table(tmp_path / "out/catalog.parquet").to_pylist()}
+    assert key_of("csv", "images/img3.jpg") not in ids and key_of("csv", "images/img0.jpg") not in ids
+    assert result.counts["excluded"] == 2 and result.counts["samples"] == 6  # 9 records - 1 copy - 2
+
+
+def test_resume_after_simulated_crash_states(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Every crash state a SIGKILL can leave: missing shard, truncated shard, temp files, no manifest."""
+    common = dict(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}"], image_size=16,
+                  shard_size=2, val_fraction=0.3)
+    out = tmp_path / "out"
+    build_dataset(out=out, **common)
+    original = shard_bytes(out)
+    names = sorted(original)
+    (out / names[0]).unlink()
+    (out / names[1]).write_bytes(original[names[1]][:1000])
+    (out / "train/.shard-000009.tar.1234.tmp").write_bytes(b"partial")
+    (out / "manifest.json").unlink()
+    with pytest.raises(Exception, match="--resume"):
+        build_dataset(out=out, **common)
+    result = build_dataset(out=out, resume=True, **common)
+    assert shard_bytes(out) == original and result.counts["samples"] == 8
+    assert main(["check", str(out)]) == 0
+
+
+def _kill_test_source(root: Path, n: int) -> Path:
+    rows = []
+    lineages = [(HONEYEATER, "White-plumed Honeyeater"), (GANNET, "Northern Gannet"), (MULBERRY, "White Mulberry")]
+    for i in range(n):
+        write_jpeg(root / "img" / f"{i:04d}.jpg", seed=1000 + i, size=(320 + i % 40, 300))
+        lineage, common = lineages[i % 3]
+        rows.append(row(f"img/{i:04d}.jpg", lineage, common))
+    return write_csv(root / "big.csv", rows)
+
+
+def test_sigkill_mid_build_then_resume(tmp_path: Path) -> None:
+    n = 240
+    source = _kill_test_source(tmp_path / "src", n)
+    out = tmp_path / "out"
+    args = ["build", "--source", f"csv:{source}", "--out", str(out), "--image-size", "160", "--shard-size", "12",
+            "--workers", "2", "--val-fraction", "0.1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*/shard-*.tar")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
+    survivors = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+    assert survivors
+    assert main([*args, "--resume"]) == 0
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items()), "complete shards were rewritten"
+    samples = read_samples(out)
+    assert set(samples) == {key_of("csv", f"img/{i:04d}.jpg") for i in range(n)}
+    ids = pq.read_table(out / "catalog.parquet").column("id").to_pylist()
+    assert sorted(ids) == sorted(samples)
+    assert not [p for p in out.rglob("*.tmp")]
+    assert main(["check", str(out)]) == 0
+
+
+def test_load_exclusions_formats(tmp_path: Path) -> None:
+    from treeclip.data.exclude import load_exclusions
+    from treeclip.errors import UsageError
+    from treeclip.taxonomy import Taxon
+
+    names = tmp_path / "species.txt"
+    names.write_text("Morus alba L.\n\n# comment\nPTILOTULA PENICILLATA (Gould, 1837)\n")
+    rare = tmp_path / "metadata.csv"
+    rare.write_text("rarespecies_id,kingdom,genus,species,common,sha256\n1,Animalia,Sula,nebouxii,Booby,ABC123\n")
+    sci = tmp_path / "sci.tsv"
+    sci.write_text("sciName\tfile_name\nLoxodonta africana\tpics/a.jpg\n")
+    found = load_exclusions([names, rare, sci])
+    assert set(found.names) == {"morus alba", "ptilotula penicillata", "sula nebouxii", "loxodonta africana"}
+    assert set(found.hashes) == {"abc123"}
+    assert set(found.paths) == {str((tmp_path / "pics/a.jpg").resolve())}
+    gannet = Taxon(GANNET)
+    assert found.match(stable="csv:x", path="", taxon=Taxon(MULBERRY), sha256="0").startswith("excluded species")
+    assert found.match(stable="csv:x", path="", taxon=gannet, sha256="abc123").startswith("excluded image sha256")
+    assert found.match(stable="csv:x", path=str(tmp_path / "pics/a.jpg"), taxon=gannet, sha256="0")
+    assert found.match(stable="csv:x", path="", taxon=gannet, sha256="0") == ""
+    with pytest.raises(UsageError, match="no such file"):
+        load_exclusions([tmp_path / "missing.csv"])
+
+
+def test_reshard_from_wds_source(built: tuple[Path, int, str], tmp_path: Path) -> None:
+    """Images carried as bytes (wds:) travel to worker processes and keep their taxa."""
+    out, _, _ = built
+    before = read_samples(out)
+    result = build_dataset(sources=[f"wds:{out}"], out=tmp_path / "re", image_size=24, shard_size=2, workers=2)
+    assert not result.problems and result.counts["samples"] == len(before)
+    after = read_samples(tmp_path / "re")
+    by_source_id = {r["source_id"]: r["id"] for r in pq.read_table(tmp_path / "re/catalog.parquet").to_pylist()}
+    assert set(by_source_id) == set(before)
+    for old_key, new_key in by_source_id.items():
+        assert after[new_key]["taxon_com.txt"] == before[old_key]["taxon_com.txt"]
+        assert Image.open(io.BytesIO(after[new_key]["jpg"])).size == (24, 24)
+
+
+def test_backbone_fills_missing_ranks(inputs: dict[str, Path], tmp_path: Path) -> None:
+    alone = build_dataset(sources=[f"folder:{inputs['folder']}"], out=tmp_path / "alone", image_size=16)
+    assert alone.counts["samples"] == 0 and alone.counts["unresolved"] == 2  # a bare binomial has no kingdom
+    backbone = write_csv(tmp_path / "backbone.csv", [row("", HONEYEATER, "White-plumed Honeyeater")])
+    filled = build_dataset(sources=[f"folder:{inputs['folder']}"], out=tmp_path / "filled", image_size=16,
+                           backbone=backbone)
+    assert filled.counts["samples"] == 2 and filled.manifest["parameters"]["backbone"] == str(backbone)
+    texts = {s["taxon_com.txt"].decode() for s in read_samples(tmp_path / "filled").values()}
+    assert texts == {HONEYEATER_TEXTS["taxon_com.txt"]}
+
+
+def test_same_source_id_in_two_sources_and_repeated_in_one(inputs: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_jpeg(other / "Ptilotula penicillata" / "own.jpg", seed=555)  # same relative path, other image
+    again = str(inputs["csv"].parent / "images/img2.jpg")
+    repeated = write_csv(tmp_path / "repeated.csv", [row(again, GANNET, "")] * 2)
+    result = build_dataset(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}", f"folder:{other}",
+                                    f"csv:{repeated}"], out=tmp_path / "out", image_size=16)
+    rows = pq.read_table(tmp_path / "out/catalog.parquet").to_pylist()
+    assert sum(r["source_id"] == "Ptilotula penicillata/own.jpg" for r in rows) == 2
+    assert result.counts["repeated_id"] == 1 and result.counts["duplicates"] == 2  # img1 copy, img2 again
+    assert [p.reason for p in result.problems] == [f"source id {again!r} repeated; kept the first"]
+
+
+def test_synth_world_builds_without_its_unseen_species(tmp_path: Path) -> None:
+    from treeclip.data.synth import write_world
+
+    summary = write_world(tmp_path / "world", branching=(1, 1, 1, 1, 2, 2, 3), images_per_species=2, image_size=16,
+                          seed=3, holdout=0.2)
+    result = build_dataset(sources=[f"csv:{tmp_path / 'world/catalog.csv'}"], out=tmp_path / "shards", image_size=16)
+    unseen = set((tmp_path / "world/unseen.txt").read_text().split("\n")) - {""}
+    built = {f"{r['genus']} {r['species']}" for r in pq.read_table(tmp_path / "shards/catalog.parquet").to_pylist()}
+    assert unseen and not unseen & built
+    assert result.counts["held_out"] == summary.images["unseen"] > 0
+    assert result.counts["samples"] == summary.images["train"] + summary.images["val"]
