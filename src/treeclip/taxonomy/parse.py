@@ -195,6 +195,8 @@ def _truncate_at_gap(lineage: list[str]) -> list[str]:
 
 
 def _clean_field(cleaner: Callable[[str], str], value: str, rank: str, strict: bool) -> str:
+    if not value:
+        return ""
     try:
         return cleaner(value)
     except ValueError as error:
