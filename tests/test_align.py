@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,49 @@ def test_seven_rank_backbone_file_and_errors(tmp_path: Path) -> None:
         read_backbone(tmp_path / "missing.csv")
     with pytest.raises(UsageError, match="header"):
         read_backbone(write(tmp_path / "other.csv", [["a", "b"], ["1", "2"]], ","))
+
+
+
+def noisy_records(seed: int, n_species: int = 120, n_records: int = 1500) -> list[Record]:
+    """Records of a random world with reused names (homonyms), cut lineages and moved families."""
+    rng = random.Random(seed)
+    world = []
+    for epithet in range(n_species):
+        kingdom = rng.choice(["Animalia", "Plantae"])
+        world.append((kingdom, f"Phy{kingdom[0].lower()}{rng.randrange(2)}", f"Cla{rng.randrange(3)}",
+                      f"Ord{rng.randrange(5)}", f"Fam{rng.randrange(12)}", f"Gen{rng.randrange(40)}", f"ep{epithet}"))
+    records = []
+    for n in range(n_records):
+        lineage = list(rng.choice(world))
+        roll = rng.random()
+        if roll < 0.25:  # higher ranks missing
+            top = rng.randrange(1, 6)
+            lineage[:top] = [""] * top
+        elif roll < 0.3:  # another family
+            lineage[4] = f"Fam{rng.randrange(12)}"
+        elif roll < 0.35:  # identified to a higher rank only
+            bottom = rng.randrange(1, 7)
+            lineage[bottom:] = [""] * (7 - bottom)
+        records.append(Record(source=rng.choice(["inat21", "eol", "bioscan"]), source_id=str(n), path="",
+                              taxon=Taxon(tuple(lineage), f"name {n % 7}")))
+    return records
+
+
+def test_aligned_taxa_form_one_tree_whatever_the_order_of_records() -> None:
+    records = noisy_records(seed=0)
+    results = []
+    for order in (records, records[::-1]):
+        aligner = Aligner()
+        for item in order:
+            aligner.observe(item)
+        alignment = aligner.finalize()
+        results.append({lineage: (t.lineage, t.common) for lineage, t in alignment.taxa.items()})
+    assert results[0] == results[1]
+    placement: dict[tuple, tuple[str, ...]] = {}
+    for lineage, _common in results[0].values():
+        for rank in range(1, 7):
+            if lineage[rank]:  # one placement per name at a rank within kingdom/phylum/class
+                key = (rank, lineage[5] if rank == 6 else "", lineage[rank], lineage[:min(rank, 3)])
+                assert placement.setdefault(key, lineage[:rank]) == lineage[:rank]
+    assert len(placement) > 100 and alignment.report["conflicts"]["count"] > 10
+    assert alignment.report["homonyms"]["count"] > 10

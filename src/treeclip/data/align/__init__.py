@@ -15,7 +15,8 @@ sees the ranks above it already resolved. Two placements of a node are:
   common names never cross between them (they are merged per aligned lineage);
 - a **conflict** when they agree at kingdom, phylum and class (where both name them) and first differ lower
   (order, family, or the genus above a species). The codes of nomenclature forbid homonyms within a
-  kingdom, so these are one taxon placed differently; one placement wins, tried in this order:
+  kingdom, and the few that survive rarely share a class, so these are one taxon placed differently; one
+  placement wins, by the first of these rules that separates the two strongest:
   1. *backbone*: a placement the backbone supports;
   2. *anchored*: a placement reaching the kingdom, over one that does not (cannot be checked);
   3. *majority*: the most records;
@@ -23,14 +24,15 @@ sees the ranks above it already resolved. Two placements of a node are:
   5. *name_order*: the alphabetically first lineage (only when all else ties).
   Every record of the node, including records that name none of the disputed ranks, takes the winner.
 
-**Ambiguity.** A placement naming none of kingdom, phylum and class that could belong to several homonyms
-(a bare "Morus" when both homonyms are known) is not filled. A deeper rank may still resolve it (the binomial
+**Ambiguity.** A placement that names too little above the node to tell several homonyms apart (a bare
+"Morus" when both homonyms are known) is not filled. A deeper rank may still resolve it (the binomial
 "Morus alba" is known in one homonym only); when none does, it has no kingdom.
 
 **Drops.** Records keep their deepest given rank (BIOSCAN records to family are kept as such); ranks below
 are never invented. With `require_kingdom` (default), a record whose kingdom cannot be resolved is dropped,
 as ambiguous or as unknown; empty taxa are dropped. Counts are in the report and the decisions (homonyms,
-conflicts with their candidates' record counts per source, ambiguities) are logged as JSON-able dicts.
+conflicts with their candidates' record counts per source, ambiguities) are logged as JSON-able dicts;
+those that concern no record (inside the backbone alone) are not.
 
 **Common names**: per aligned taxon, the first source kind in `common_precedence` ("backbone" for the
 backbone's names) that has one; within a source the most frequent name. "" when none has one (rendering
