@@ -1,0 +1,1 @@
+"""Training: config, distributed environment, optimizer and schedule, objectives, loop, checkpoints."""

@@ -1,0 +1,87 @@
+"""Training checkpoints: written atomically by rank 0, the last N kept, the newest loadable one resumed.
+
+A checkpoint (``RUN/checkpoints/step-00000100.pt``) is a dict with ``model`` (the open_clip state dict),
+``heads`` (classifier heads of the ce objectives, or None), ``optimizer``, ``scaler``, ``step`` (optimizer
+steps done; the learning-rate schedule is a function of it), ``epoch``, ``rng`` (every process's torch RNG
+states), ``data_passes`` (every process's data pass) and ``config`` (the resolved config, its ``model``
+section completed with ``model_cfg`` and ``preprocess_cfg``, so `treeclip.model.create_model` loads a
+checkpoint as a model id).
+It is written to a temporary name, flushed to disk, and renamed, so a killed run never leaves a partial
+file under a checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from treeclip.data.atomic import atomic_path, is_temp_file
+from treeclip.errors import UsageError
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def remove_temp_files(run_dir: Path) -> None:
+    """Delete temporary files a killed writer left behind."""
+    for path in (Path(run_dir) / CHECKPOINT_DIR).glob(".*"):
+        if is_temp_file(path):
+            path.unlink(missing_ok=True)
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], *, keep_last: int) -> Path:
+    """Write `state` atomically as ``step-N.pt`` and delete all but the newest `keep_last` checkpoints."""
+    path = checkpoint_path(run_dir, int(state["step"]))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU (tensors and plain Python values only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads (older ones are tried if the newest is unreadable), or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except Exception as error:  # noqa: BLE001 - any unreadable file: fall back to the previous one
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, error)
+    return None
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run folder; UsageError when there is none."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if found:
+            return found[-1]
+        raise UsageError(f"{path}: run folder has no checkpoints in {CHECKPOINT_DIR}/")
+    raise UsageError(f"{path}: no such run folder or checkpoint file")

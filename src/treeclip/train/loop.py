@@ -1,0 +1,414 @@
+"""The training loop: BioCLIP's recipe on one CPU or many GPUs, resumable.
+
+Read `train` from top to bottom: plan the run from the shards, build the model, optimizer and objective,
+restore the newest checkpoint, then repeat "set the learning rate, take one optimizer step on a global batch,
+log, validate, checkpoint" until the step budget is spent.
+
+Choices worth knowing:
+
+* **Global batch.** ``train.batch_size`` is the global batch: world size x ``train.accum_steps`` x the
+  per-process micro-batch. One epoch is ``floor(train samples / batch_size)`` optimizer steps.
+* **Gradient accumulation** (``accum_steps > 1``) keeps the contrastive batch global, like open_clip's
+  ``--accum-freq``: the features of all micro-batches are first computed without gradient, then each
+  micro-batch is recomputed with gradient and its features are swapped into the cached set before the loss
+  over the whole accumulated (and gathered) batch is back-propagated. The gradient is the gradient of the
+  large-batch loss, at the price of one extra forward pass. Unlike ``--accum-freq``, the logit scale takes
+  its gradient from the last micro-step only, so it is not counted ``accum_steps`` times. (The ce
+  objectives are per-sample losses, so they simply average the micro-batch losses.)
+* **Data order.** Every process reads its part of a pass over the shards (`make_loader` splits shards, or
+  samples when shards are fewer than processes, so one pass holds each sample once); micro-batches are
+  fixed-size and a process that exhausts its part starts its next pass, so no process ever waits for data.
+  With one shard and no shuffling, process r of n sees samples r, r+n, ..., so the global batch of an
+  n-process run is exactly the batch of a 1-process run (the basis of the equivalence test).
+* **Resume** restores model, optimizer, GradScaler, step (the learning rate is a function of the step) and
+  every process's RNG state, then starts a fresh pass over the data: the rest of the interrupted pass is not
+  replayed, but the run ends after exactly the same number of optimizer steps.
+* **Seeds.** The process seeds torch's RNG with ``train.seed`` before building the model (all processes
+  build the same initial weights), then with ``seed + rank`` (per-rank augmentation and dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from treeclip.data.atomic import atomic_write
+from treeclip.data.loader import make_loader
+from treeclip.errors import TreeclipError, UsageError
+from treeclip.model import create_model, model_config
+from treeclip.train import checkpoint as ckpt
+from treeclip.train.config import Config, micro_batch_size, to_yaml
+from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
+from treeclip.train.metrics import MetricsWriter
+from treeclip.train.objectives import (
+    ClassIndex, ClassifierHeads, TrainModule, clip_loss, cross_entropy_sum, ranks_for,
+)
+from treeclip.train.optim import lr_at, make_optimizer, set_lr
+from treeclip.train.shards import count_samples, find_shards, train_lineages
+from treeclip.train.validate import validate
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.yaml"
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class TrainingDiverged(TreeclipError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class Plan:
+    """What the run will read and how long it lasts, from the config and the shards."""
+
+    train_shards: list[str]
+    val_shards: list[str]
+    train_samples: int
+    micro_batch: int
+    steps_per_epoch: int
+    total_steps: int  # the schedule's length (epochs x steps per epoch)
+    stop_step: int  # where this run stops (train.max_steps may end it earlier)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)  # the logged records of this process
+
+
+def train(config: Config, *, data_dir: Path, out_dir: Path, resume: str | None = None,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train per `config` on ``data_dir/{train,val}/*.tar``, writing ``out_dir``; works under torchrun.
+
+    `resume`: ``"latest"`` (the newest checkpoint in `out_dir`, or a fresh start when there is none) or a
+    checkpoint path. `on_step` receives every step's metrics (rank 0 only), e.g. to drive a progress bar.
+    """
+    env = init_distributed(config.train.device)
+    try:
+        return _train(env, config, Path(data_dir), Path(out_dir), resume, on_step)
+    finally:
+        shutdown(env)
+
+
+def plan_run(config: Config, data_dir: Path, world_size: int) -> Plan:
+    """Check the config against the data; UsageError naming the key or path on a mismatch."""
+    micro = micro_batch_size(config, world_size)
+    train_shards = find_shards(data_dir, "train")
+    samples = count_samples(train_shards)
+    if samples < config.train.batch_size:
+        raise UsageError(f"config key train.batch_size: {config.train.batch_size} exceeds the {samples} "
+                         f"training samples in {data_dir}/train")
+    per_epoch = samples // config.train.batch_size
+    total = per_epoch * config.train.epochs
+    stop = min(total, config.train.max_steps or total)
+    return Plan(train_shards, find_shards(data_dir, "val", required=False), samples, micro, per_epoch, total, stop)
+
+
+@dataclass
+class Session:
+    """Everything one process holds while training."""
+
+    env: DistEnv
+    config: Config
+    plan: Plan
+    out_dir: Path
+    module: TrainModule
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    transforms: tuple[Callable, Callable]  # (train, val)
+    tokenizer: Callable
+    autocast: Callable[[], contextlib.AbstractContextManager]
+
+
+def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: str | None,
+           on_step: Callable | None) -> TrainResult:
+    plan = plan_run(config, data_dir, env.world_size)
+    _prepare_run_dir(env, config, out_dir, resume)
+    module, transforms, tokenizer, class_index = _build(env, config, data_dir, plan)
+    optimizer = make_optimizer(module.named_parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+                               eps=config.optim.eps, weight_decay=config.optim.weight_decay)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=config.train.precision == "fp16")
+    s = Session(env, config, plan, out_dir, module, optimizer, scaler, transforms, tokenizer, _autocast(config, env))
+    step, data_pass, last_checkpoint = _restore(s, resume)
+    model = DistributedDataParallel(module, device_ids=[env.device] if env.device.type == "cuda" else None) \
+        if env.distributed else module
+    torch.manual_seed(config.train.seed + env.rank)
+    batches = MicroBatches(partial(_train_loader, s), data_pass)
+    step_fn = _step_function(config, env, class_index)
+    writer = MetricsWriter(out_dir, tensorboard=config.log.tensorboard) if env.is_main else None
+    result, timer = TrainResult(out_dir, step, last_checkpoint), Throughput(config.train.batch_size)
+
+    while step < plan.stop_step:
+        lr = lr_at(step, base_lr=config.optim.lr, warmup_steps=config.optim.warmup_steps,
+                   total_steps=plan.total_steps, schedule=config.optim.schedule)
+        set_lr(optimizer, lr)
+        micro_batches = [next(batches) for _ in range(config.train.accum_steps)]
+        loss = step_fn(model, micro_batches, autocast=s.autocast, scaler=scaler)
+        _optimizer_step(module, optimizer, scaler, config.optim.grad_clip)
+        step += 1
+        loss = float(mean_across(env, loss))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {step}; last good checkpoint: {last_checkpoint or 'none'}")
+        record = {"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
+                  "logit_scale": float(module.clip.logit_scale.detach().exp()), "samples_per_s": timer.tick()}
+        if env.is_main and on_step is not None:
+            on_step({**record, "total_steps": plan.stop_step})
+        last = step == plan.stop_step
+        every = config.eval.every_steps
+        if every and (step % every == 0 or last):
+            record.update(_validate(s))
+            timer.reset()
+        if step % config.log.every_steps == 0 or last or "val_loss" in record:
+            _log(writer, result, record)
+        if step % config.checkpoint.every_steps == 0 or last:
+            last_checkpoint = _save(s, step, batches.passes) or last_checkpoint
+            timer.reset()
+    if writer is not None:
+        writer.close()
+    result.steps, result.last_checkpoint = step, last_checkpoint
+    return result
+
+
+# ---------------------------------------------------------------- setup
+
+
+def _prepare_run_dir(env: DistEnv, config: Config, out_dir: Path, resume: str | None) -> None:
+    if resume is None and ckpt.list_checkpoints(out_dir):
+        raise UsageError(f"--out {out_dir}: already holds checkpoints; add --resume latest, or choose a new --out")
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_temp_files(out_dir)
+        atomic_write(out_dir / CONFIG_FILE, to_yaml(config))
+    barrier(env)
+
+
+def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
+           ) -> tuple[TrainModule, tuple[Callable, Callable], Callable, ClassIndex | None]:
+    """The model (same initial weights on every process), transforms, tokenizer and class index."""
+    torch.manual_seed(config.train.seed)
+    clip, preprocess_train, preprocess_val, tokenizer = create_model(
+        config.model.name, pretrained=config.model.pretrained, precision="fp32", device=env.device)
+    if config.model.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    heads, class_index = None, None
+    if config.train.objective != "clip":
+        class_index = ClassIndex(train_lineages(data_dir, plan.train_shards), ranks_for(config.train.objective))
+        heads = ClassifierHeads(clip.visual.output_dim, class_index.sizes).to(env.device)
+        for name, param in clip.named_parameters():
+            param.requires_grad = name.startswith("visual.")  # the text tower has no part in the ce losses
+    transforms = (preprocess_train if config.data.augment else preprocess_val, preprocess_val)
+    return TrainModule(clip, heads), transforms, tokenizer, class_index
+
+
+def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
+    config, env = s.config, s.env
+    return make_loader(
+        s.plan.train_shards, transform=s.transforms[0], tokenizer=s.tokenizer, batch_size=s.plan.micro_batch,
+        text_mix=config.data.text_mix, text_types=config.text_types,
+        text_weights=None if config.data.text_type else config.data.text_weights, seed=config.train.seed,
+        shuffle_buffer=config.data.shuffle_buffer, num_workers=config.data.num_workers, rank=env.rank,
+        world_size=env.world_size, epoch=data_pass, partial=False, pin_memory=env.device.type == "cuda",
+    )
+
+
+class MicroBatches:
+    """Endless fixed-size micro-batches of this process: pass after pass over its part of the shards."""
+
+    def __init__(self, make_pass: Callable[[int], Iterable[dict]], first_pass: int) -> None:
+        self.make_pass, self.passes = make_pass, first_pass
+        self._batches: Iterator[dict] = iter(make_pass(first_pass))
+        self._fresh = True
+
+    def __next__(self) -> dict:
+        for _ in range(2):
+            batch = next(self._batches, None)
+            if batch is not None:
+                self._fresh = False
+                return batch
+            if self._fresh:
+                break
+            self.passes += 1
+            self._batches, self._fresh = iter(self.make_pass(self.passes)), True
+        raise UsageError("config key train.batch_size: a process got no full micro-batch from its shards; "
+                         "use a smaller batch or more (or smaller) shards")
+
+
+def _restore(s: Session, resume: str | None) -> tuple[int, int, Path | None]:
+    """(step, next data pass, checkpoint path) after loading the checkpoint named by `resume`, if any."""
+    env = s.env
+    if resume is None:
+        return 0, 0, None
+    found = ckpt.load_latest(s.out_dir) if resume == "latest" else (Path(resume), ckpt.load_checkpoint(Path(resume)))
+    if found is None:
+        log.info("no checkpoint in %s; starting from step 0", s.out_dir)
+        return 0, 0, None
+    path, state = found
+    s.module.clip.load_state_dict(state["model"])
+    if s.module.heads is not None and state.get("heads") is not None:
+        s.module.heads.load_state_dict(state["heads"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    if env.rank < len(rng) and len(rng) == env.world_size:
+        torch.set_rng_state(rng[env.rank]["cpu"])
+        if env.device.type == "cuda" and rng[env.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rng[env.rank]["cuda"], env.device)
+    passes = state["data_passes"]
+    data_pass = (passes[env.rank] if len(passes) == env.world_size else max(passes)) + 1
+    log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"]), data_pass, path
+
+
+# ---------------------------------------------------------------- one step
+
+
+def _autocast(config: Config, env: DistEnv) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+    return partial(torch.autocast, device_type=env.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+StepFn = Callable[..., torch.Tensor]
+
+
+def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None) -> StepFn:
+    if class_index is None:
+        return partial(clip_step, loss_fn=clip_loss(env.rank, env.world_size), device=env.device)
+    return partial(ce_step, class_index=class_index, device=env.device)
+
+
+def _sync_unless_last(model: nn.Module, index: int, count: int) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients only on the last micro-step of an accumulated batch."""
+    last = index == count - 1
+    return contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+
+
+def clip_step(model: nn.Module, micro_batches: list[dict], *, loss_fn: nn.Module, device: torch.device,
+              autocast: Callable, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Back-propagate the contrastive loss of the whole accumulated batch; returns this process's loss."""
+    images = [b["image"].to(device, non_blocking=True) for b in micro_batches]
+    texts = [b["text"].to(device, non_blocking=True) for b in micro_batches]
+    count = len(micro_batches)
+    cached = []
+    if count > 1:
+        with torch.no_grad(), autocast():
+            cached = [model(image, text)[:2] for image, text in zip(images, texts)]
+    for j in range(count):
+        with _sync_unless_last(model, j, count), autocast():
+            image_features, text_features, scale = model(images[j], texts[j])
+            if count > 1:
+                image_features = _swap_in(image_features, [f for f, _ in cached], j)
+                text_features = _swap_in(text_features, [t for _, t in cached], j)
+                scale = scale if j == count - 1 else scale.detach()
+            loss = loss_fn(image_features, text_features, scale)
+        scaler.scale(loss).backward()
+    return loss.detach()
+
+
+def _swap_in(live: torch.Tensor, cached: list[torch.Tensor], index: int) -> torch.Tensor:
+    """The cached features of all micro-batches with micro-batch `index` replaced by its live features."""
+    return torch.cat([*cached[:index], live, *cached[index + 1:]])
+
+
+def ce_step(model: nn.Module, micro_batches: list[dict], *, class_index: ClassIndex, device: torch.device,
+            autocast: Callable, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Back-propagate the (hierarchical) cross-entropy, averaged over the micro-batches."""
+    total = torch.zeros((), device=device)
+    for j, batch in enumerate(micro_batches):
+        with _sync_unless_last(model, j, len(micro_batches)), autocast():
+            logits = model(batch["image"].to(device, non_blocking=True))
+            loss = cross_entropy_sum(logits, class_index.labels(batch["lineage"], device)) / len(micro_batches)
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
+
+
+def _optimizer_step(module: TrainModule, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    grad_clip: float | None) -> None:
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        module.clip.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+
+# ---------------------------------------------------------------- logging, validation, checkpoints
+
+
+class Throughput:
+    """Global samples per second since the last tick (checkpoint time excluded via `reset`)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.last = batch_size, time.perf_counter()
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        rate, self.last = self.batch_size / max(now - self.last, 1e-9), now
+        return rate
+
+    def reset(self) -> None:
+        self.last = time.perf_counter()
+
+
+def _log(writer: MetricsWriter | None, result: TrainResult, record: dict[str, Any]) -> None:
+    result.history.append(record)
+    if writer is not None:
+        writer.write(record)
+    log.info("step %d loss %.4f lr %.3g", record["step"], record["loss"], record["lr"])
+
+
+def _validate(s: Session) -> dict[str, float]:
+    """Validation on rank 0 (the others wait); empty without val shards."""
+    config, metrics = s.config, {}
+    if s.env.is_main and s.plan.val_shards:
+        loader = make_loader(s.plan.val_shards, transform=s.transforms[1], tokenizer=s.tokenizer,
+                             batch_size=config.eval.batch_size, text_mix=config.data.text_mix,
+                             text_types=config.text_types, seed=config.train.seed, shuffle_buffer=0)
+        metrics = validate(s.module.clip, loader, tokenizer=s.tokenizer, device=s.env.device, autocast=s.autocast,
+                           max_batches=config.eval.max_batches, text_type=config.eval.zero_shot_text_type,
+                           templates=config.eval.templates, zero_shot=config.eval.zero_shot)
+    barrier(s.env)
+    return metrics
+
+
+def _save(s: Session, step: int, data_pass: int) -> Path | None:
+    """Gather every process's RNG state and data pass; rank 0 writes the checkpoint."""
+    env, module = s.env, s.module
+    cuda = torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None
+    rng = gather_objects(env, {"cpu": torch.get_rng_state(), "cuda": cuda})
+    passes = gather_objects(env, data_pass)
+    path = None
+    if env.is_main:
+        state = {
+            "model": module.clip.state_dict(),
+            "heads": module.heads.state_dict() if module.heads is not None else None,
+            "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(), "step": step,
+            "epoch": step // s.plan.steps_per_epoch, "rng": rng, "data_passes": passes,
+            "config": _stored_config(s),
+        }
+        path = ckpt.save_checkpoint(s.out_dir, state, keep_last=s.config.checkpoint.keep_last)
+    barrier(env)
+    return path
+
+
+def _stored_config(s: Session) -> dict[str, Any]:
+    """The resolved config, its model section completed with the architecture and preprocessing, so a
+    checkpoint is a model id of its own (`treeclip.model.create_model(CHECKPOINT)`)."""
+    stored = s.config.to_dict()
+    stored["model"].update(model_cfg=model_config(s.config.model.name),
+                           preprocess_cfg=dict(s.module.clip.visual.preprocess_cfg))
+    return stored

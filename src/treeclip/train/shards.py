@@ -1,0 +1,72 @@
+"""Finding the shards of a ``treeclip build`` folder, their sample counts, and the training lineages."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from treeclip.data.loader import IMAGE_KEYS, TAXON_JSON, TAXONOMIC_NAME, num_samples, sample_lineage
+from treeclip.errors import UsageError
+from treeclip.taxonomy import RANK_NAMES
+
+CATALOG = "catalog.parquet"
+_LINEAGE_MEMBERS = (TAXON_JSON, TAXONOMIC_NAME)
+
+
+def find_shards(data_dir: Path, split: str, *, required: bool = True) -> list[str]:
+    """The sorted ``DATA/split/*.tar`` paths; UsageError naming the folder when required and absent."""
+    folder = Path(data_dir) / split
+    shards = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else []
+    if required and not shards:
+        raise UsageError(f"--data {data_dir}: no shards in {folder} (expected {split}/*.tar from treeclip build)")
+    return shards
+
+
+def count_samples(shards: Sequence[str]) -> int:
+    """Samples in `shards`: from ``manifest.json`` when it lists them all, else counted in the tars."""
+    known = num_samples(list(shards))
+    return known if known is not None else sum(_count_tar(Path(shard)) for shard in shards)
+
+
+def _count_tar(path: Path) -> int:
+    try:
+        with tarfile.open(path, "r") as tar:
+            return len({_split(m.name)[0] for m in tar if _split(m.name)[1] in IMAGE_KEYS})
+    except (OSError, tarfile.TarError) as error:
+        raise UsageError(f"--data: cannot read shard {path} ({error}); rebuild it with treeclip build") from None
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(key, suffix) of a WebDataset member name: the key ends at the first dot of the file name."""
+    stem, _, suffix = Path(name).name.partition(".")
+    return str(Path(name).parent / stem), suffix.lower()
+
+
+def train_lineages(data_dir: Path, shards: Sequence[str]) -> list[tuple[str, ...]]:
+    """The lineage of every training image: from ``catalog.parquet`` when present, else the shards."""
+    catalog = Path(data_dir) / CATALOG
+    return list(_catalog_lineages(catalog) if catalog.is_file() else _shard_lineages(shards))
+
+
+def _catalog_lineages(path: Path) -> Iterator[tuple[str, ...]]:
+    import pyarrow.compute as pc  # noqa: PLC0415 - heavy; only the ce objectives need it
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    table = pq.read_table(path, columns=["split", *RANK_NAMES])
+    table = table.filter(pc.equal(table["split"], "train"))
+    for row in zip(*(table[name].to_pylist() for name in RANK_NAMES)):
+        yield tuple(value or "" for value in row)
+
+
+def _shard_lineages(shards: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """Lineages read like the loader reads them (``taxon.json``, else ``taxonomic_name.txt``)."""
+    for shard in shards:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard, "r") as tar:
+            for member in tar:
+                key, suffix = _split(member.name)
+                if suffix in _LINEAGE_MEMBERS:
+                    samples.setdefault(key, {})[suffix] = tar.extractfile(member).read()
+        for sample in samples.values():
+            yield sample_lineage(sample)
