@@ -1,0 +1,50 @@
+"""``treeclip bank build``: encode every taxon of a taxonomy into a label bank (released TreeOfLife format)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "bank"
+HELP = "label banks: `treeclip bank build` encodes a taxonomy's names with a model"
+TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="bank_command", metavar="SUBCOMMAND", required=True)
+    build = commands.add_parser("build", help="encode a taxonomy file into a label bank folder",
+                                description="Encode every taxon of a taxonomy file into a label bank folder "
+                                "(txt_emb_species.npy/.json + bank.json).")
+    build.add_argument("--taxonomy", required=True, metavar="FILE",
+                       help="7-rank CSV/TSV, a treeclip catalog (.csv/.parquet) or a bank's txt_emb_species.json")
+    build.add_argument("--model", required=True, help="model id: hf-hub:ORG/NAME, a model folder or a checkpoint")
+    build.add_argument("--out", required=True, metavar="BANK", help="output bank folder")
+    build.add_argument("--text-type", default="taxon_com", choices=TEXT_TYPES,
+                       help="how each taxon is named in the prompts (default taxon_com, BioCLIP's best)")
+    build.add_argument("--templates", default="openai", choices=("openai", "photo"),
+                       help="prompt templates averaged per taxon: the 80 OpenAI ones or 'a photo of {}.'")
+    build.add_argument("--batch-size", type=int, default=256, help="texts per model batch (default 256)")
+    build.add_argument("--fp16", action="store_true", help="store the matrix as float16 (half the size)")
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same bank")
+    build.add_argument("--species-only", action="store_true", help="keep only taxa known to the species")
+    build.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from treeclip.errors import UsageError  # noqa: PLC0415
+    from treeclip.model import load_model  # noqa: PLC0415
+    from treeclip.model.bank import build_bank  # noqa: PLC0415
+    from treeclip.predict.taxa import read_taxa  # noqa: PLC0415
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    taxa = read_taxa(args.taxonomy, keep_partial=not args.species_only)
+    model, _, _, tokenizer = load_model(args.model, device=args.device)
+    with tqdm(total=len(taxa), unit="taxon", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+        bank = build_bank(model=model, tokenizer=tokenizer, taxa=taxa, out=args.out, model_id=args.model,
+                          text_type=args.text_type, templates=args.templates, batch_size=args.batch_size,
+                          fp16=args.fp16, resume=args.resume, device=args.device, progress=bar.update)
+    sys.stderr.write(f"treeclip bank build: {len(bank)} taxa, dim {bank.dim} → {args.out}\n")
+    return 0

@@ -1,0 +1,126 @@
+"""``treeclip predict``: name the organisms in photos, at any rank, from a label bank or custom labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
+FORMATS = ("csv", "jsonl", "parquet", "dwc")
+DEFAULT_WORKERS = 2
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """--batch-size, --workers, --precision and --device (shared with `treeclip embed`)."""
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"image decoding threads, working ahead of the model (default {DEFAULT_WORKERS})")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS",
+                        help="image files, folders (recursive), glob patterns or @LIST files")
+    parser.add_argument("--model", help="model id: hf-hub:ORG/NAME, a model folder or a checkpoint "
+                        "(default: hf-hub:imageomics/bioclip-2)")
+    parser.add_argument("--bank", help="label bank folder (default: the model's released TreeOfLife bank)")
+    parser.add_argument("--rank", default="species", help="rank to answer at: kingdom ... species (default species)")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL",
+                        help="classify among these labels instead of the tree of life (labels, a,b,c or @FILE)")
+    parser.add_argument("--bins", metavar="FILE", help="CSV label,group: sum label probabilities per group")
+    parser.add_argument("--subset", metavar="FILE",
+                        help="checklist CSV with rank columns (e.g. species binomials, genus): predict only these")
+    parser.add_argument("--rollup", type=float, metavar="P",
+                        help="answer at the deepest rank whose probability is >= P, else 'unknown'")
+    parser.add_argument("--k", type=int, default=5, help="answers per image (default 5)")
+    parser.add_argument("--min-prob", type=float, default=1e-9,
+                        help="species probabilities at or below this are ignored when summing ranks")
+    parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="output file (default stdout); re-running with it resumes, skipping done images")
+    add_batch_arguments(parser)
+
+
+def progress_bar(total: int, done: int) -> Any:
+    """A tqdm bar on stderr."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, initial=done, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def report_errors(command: str, errors: list[tuple[str, str]], total: int, output: str | None) -> None:
+    """Print each unreadable image with its reason; InputError (exit 1) when there were any."""
+    from treeclip.errors import InputError  # noqa: PLC0415
+
+    for name, reason in errors:
+        sys.stderr.write(f"treeclip {command}: {name}: {reason}\n")
+    if errors:
+        where = f" (error rows in {output})" if output else ""
+        raise InputError(f"{len(errors)} of {total} images could not be read{where}")
+
+
+def _check(args: argparse.Namespace) -> Any:
+    """Validate option combinations; returns the parsed rank."""
+    from treeclip.errors import UsageError  # noqa: PLC0415
+    from treeclip.taxonomy import Rank  # noqa: PLC0415
+
+    if args.rollup is not None and not 0 < args.rollup <= 1:
+        raise UsageError(f"--rollup must be a probability in (0, 1], got {args.rollup}")
+    if args.k < 1:
+        raise UsageError(f"--k must be at least 1, got {args.k}")
+    if args.labels and (args.bank or args.subset or args.rollup is not None):
+        raise UsageError("--labels classifies among your labels; "
+                         "it cannot be combined with --bank, --subset or --rollup")
+    if args.bins and not args.labels:
+        raise UsageError("--bins groups custom labels; give the labels with --labels")
+    try:
+        return Rank.parse(args.rank)
+    except ValueError as exc:
+        raise UsageError(f"--rank: {exc}") from exc
+
+
+def _classifier(args: argparse.Namespace) -> Any:
+    from treeclip.predict import classifier, filters  # noqa: PLC0415
+
+    if args.labels:
+        bins = filters.read_bins(args.bins) if args.bins else None
+        return classifier.CustomLabelsClassifier.from_pretrained(
+            args.model, labels=filters.read_labels(args.labels), bins=bins, precision=args.precision,
+            device=args.device)
+    checklist = filters.read_checklist(args.subset) if args.subset else None
+    return classifier.TreeOfLifeClassifier.from_pretrained(args.model, args.bank, checklist=checklist,
+                                                           precision=args.precision, device=args.device)
+
+
+def _columns(args: argparse.Namespace, rank: Any) -> list[str]:
+    from treeclip.predict.classifier import CLASSIFICATION, FILE_NAME, RANK, SCORE, tol_columns  # noqa: PLC0415
+    from treeclip.taxonomy import Rank  # noqa: PLC0415
+
+    if args.labels:
+        return [FILE_NAME, CLASSIFICATION, SCORE]
+    if args.rollup is not None:
+        return [FILE_NAME, *tol_columns(Rank.SPECIES), RANK, SCORE]
+    return [FILE_NAME, *tol_columns(rank), SCORE]
+
+
+def run(args: argparse.Namespace) -> int:
+    import functools  # noqa: PLC0415
+
+    from treeclip.predict.runner import expand_inputs, run_to_writer  # noqa: PLC0415
+    from treeclip.predict.writers import RowWriter  # noqa: PLC0415
+
+    rank = _check(args)
+    items = expand_inputs(args.images)
+    model = _classifier(args)
+    score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
+    with RowWriter(args.output, fmt=args.format, columns=_columns(args, rank), model_id=model.model_id) as writer:
+        done = sum(item in writer.done for item in items)
+        with progress_bar(len(items), done) as bar:
+            errors = run_to_writer(items, score=score, preprocess=model.preprocess, writer=writer,
+                                   batch_size=args.batch_size, workers=args.workers, draft_size=model.draft_size,
+                                   progress=bar.update)
+    report_errors("predict", errors, len(items), args.output)
+    return 0

@@ -1,0 +1,308 @@
+"""Label banks: the text embeddings of every taxon of a taxonomy, in the released TreeOfLife format.
+
+A bank is a folder holding
+
+- ``txt_emb_species.npy``: float32 or float16, shape ``[dim, n_taxa]``, columns L2-normalised;
+- ``txt_emb_species.json``: a list of ``[[kingdom, phylum, class, order, family, genus, epithet], common]``;
+- ``bank.json`` (optional): ``{"model", "text_type", "templates", "dtype", "n_taxa", "dim"}``.
+
+The released banks (``embeddings/txt_emb_species.{npy,json}`` of the ``imageomics/TreeOfLife-10M`` and
+``imageomics/TreeOfLife-200M`` dataset repos) load as they are. Loading memory-maps the matrix.
+
+`build_bank` encodes taxa in chunks of whole batches; each finished chunk is saved under ``OUT/.chunks/``
+so an interrupted build resumes where it stopped (the chunk folder records what is being built and is
+refused if it does not match). The final files appear only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from treeclip.errors import UsageError
+from treeclip.taxonomy import Taxon, TextType, get_templates, render_name
+
+from .hub import replace_atomically
+
+log = logging.getLogger(__name__)
+
+BANK_NPY = "txt_emb_species.npy"
+BANK_JSON = "txt_emb_species.json"
+BANK_META = "bank.json"
+CHUNK_DIR = ".chunks"
+N_RANKS = 7
+Progress = Callable[[int], Any]
+
+
+@dataclass
+class LabelBank:
+    """Text embeddings ``[dim, n_taxa]`` (possibly memory-mapped) with each column's lineage and common name.
+
+    Lineages are kept as stored (7 strings, "" for a missing rank), without validation, so released banks
+    with irregular rows still load.
+    """
+
+    embeddings: np.ndarray
+    lineages: list[tuple[str, ...]]
+    commons: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.embeddings.shape[1] != len(self.lineages):
+            raise ValueError(f"bank embeddings of shape {self.embeddings.shape} do not match "
+                             f"{len(self.lineages)} taxa (expected [dim, n_taxa])")
+        if len(self.commons) != len(self.lineages):
+            raise ValueError("bank lineages and common names differ in length")
+
+    def __len__(self) -> int:
+        return len(self.lineages)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def taxon(self, index: int) -> Taxon:
+        """Column `index` as a Taxon (raises ValueError for an irregular lineage)."""
+        return Taxon(self.lineages[index], self.commons[index])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> LabelBank:
+        """A bank of the given columns (copied into memory), in the given order."""
+        picked = np.asarray(indices, dtype=np.int64)
+        return LabelBank(np.ascontiguousarray(self.embeddings[:, picked]),
+                         [self.lineages[i] for i in picked], [self.commons[i] for i in picked], dict(self.meta))
+
+
+def is_bank_dir(path: str | os.PathLike[str]) -> bool:
+    """True for a folder holding both bank files."""
+    return (Path(path) / BANK_NPY).is_file() and (Path(path) / BANK_JSON).is_file()
+
+
+def load_bank(path: str | os.PathLike[str], *, mmap: bool = True) -> LabelBank:
+    """Read a bank folder (or the ``.npy``/``.json`` path of one); UsageError when it is not a bank."""
+    folder = Path(path)
+    if folder.suffix in (".npy", ".json") and folder.is_file():
+        folder = folder.parent
+    if not is_bank_dir(folder):
+        raise UsageError(f"{path} is not a label bank: expected a folder with {BANK_NPY} and {BANK_JSON} "
+                         "(build one with `treeclip bank build`)")
+    try:
+        embeddings = np.load(folder / BANK_NPY, mmap_mode="r" if mmap else None)
+        names = json.loads((folder / BANK_JSON).read_text(encoding="utf-8"))
+        lineages, commons = _parse_names(names)
+        meta_path = folder / BANK_META
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        return LabelBank(embeddings, lineages, commons, meta)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot read label bank {folder}: {exc}") from exc
+
+
+def _parse_names(names: Any) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Lineages and common names from the bank json (``[[7 ranks], common]`` per taxon)."""
+    if not isinstance(names, list):
+        raise ValueError(f"{BANK_JSON} must hold a list of [[7 ranks], common name]")
+    lineages, commons = [], []
+    for entry in names:
+        ranks, common = entry
+        lineages.append(tuple((str(name) if name else "") for name in ranks[:N_RANKS])
+                        + ("",) * (N_RANKS - len(ranks)))
+        commons.append(str(common) if common else "")
+    return lineages, commons
+
+
+def names_json(lineages: Sequence[Sequence[str]], commons: Sequence[str]) -> str:
+    """The ``txt_emb_species.json`` text for these taxa."""
+    return json.dumps([[list(lineage), common] for lineage, common in zip(lineages, commons, strict=True)],
+                      ensure_ascii=False)
+
+
+def save_bank(bank: LabelBank, out: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
+    """Write a bank folder atomically file by file (matrix, names, bank.json)."""
+    folder = Path(out)
+    matrix = np.asarray(bank.embeddings, dtype=np.dtype(dtype))
+    replace_atomically(folder / BANK_NPY, lambda tmp: _save_npy(tmp, matrix))
+    _write_text(folder / BANK_JSON, names_json(bank.lineages, bank.commons))
+    meta = {**bank.meta, "dtype": str(matrix.dtype), "n_taxa": len(bank), "dim": bank.dim}
+    _write_text(folder / BANK_META, json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def _save_npy(path: Path, matrix: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, matrix)
+
+
+def _write_text(path: Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- encoding text
+
+
+@torch.inference_mode()
+def encode_class_texts(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
+                       names: Sequence[str], templates: Sequence[str], *, batch_size: int = 256,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """``[len(names), dim]`` unit vectors: each name's template embeddings L2-normalised, averaged and
+    normalised again (open_clip's zero-shot classifier). Batches hold whole names."""
+    if not templates or any(template.count("{}") != 1 for template in templates):
+        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
+    per_batch = max(1, batch_size // len(templates))
+    chunks = []
+    for start in range(0, len(names), per_batch):
+        group = names[start : start + per_batch]
+        tokens = tokenizer([template.format(name) for name in group for template in templates]).to(device)
+        features = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        mean = features.reshape(len(group), len(templates), -1).mean(dim=1)
+        chunks.append(F.normalize(mean, dim=-1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def taxon_texts(taxa: Sequence[Taxon], text_type: TextType | str) -> list[str]:
+    """The class name of each taxon in the given text type (`treeclip.taxonomy.render_name`)."""
+    kind = TextType(text_type)
+    return [render_name(taxon, kind) for taxon in taxa]
+
+
+# ---------------------------------------------------------------- building, resumable
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """What a bank is built from; its digest names a resumable build."""
+
+    model_id: str
+    text_type: str
+    templates: str
+    n_taxa: int
+    names_digest: str
+    chunk_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model_id, "text_type": self.text_type, "templates": self.templates,
+                "n_taxa": self.n_taxa, "names_digest": self.names_digest, "chunk_size": self.chunk_size}
+
+
+def build_bank(*, model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
+               taxa: Sequence[Taxon], out: str | os.PathLike[str], model_id: str,
+               text_type: TextType | str = TextType.TAXON_COM, templates: str = "openai",
+               batch_size: int = 256, fp16: bool = False, resume: bool = False,
+               device: str | torch.device = "cpu", chunk_size: int | None = None,
+               progress: Progress | None = None) -> LabelBank:
+    """Encode every taxon and write a bank folder at `out` (see the module docstring); returns it loaded.
+
+    Without `resume`, leftover chunks of an earlier build are discarded.
+    """
+    if not taxa:
+        raise UsageError("no taxa to encode: the taxonomy file holds no usable rows")
+    folder = Path(out)
+    texts = taxon_texts(taxa, text_type)
+    template_list = get_templates(templates)
+    chunk = chunk_size or max(batch_size, 64 * max(1, batch_size // len(template_list)))
+    spec = BankSpec(model_id, TextType(text_type).value, templates, len(taxa), _digest(texts), chunk)
+    chunks = _chunk_folder(folder, spec, resume=resume)
+    model.eval()
+    for index, start in enumerate(range(0, len(texts), chunk)):
+        path = chunks / f"chunk-{index:06d}.npy"
+        count = min(chunk, len(texts) - start)
+        if not path.is_file():
+            vectors = encode_class_texts(model, tokenizer, texts[start : start + count], template_list,
+                                         batch_size=batch_size, device=device)
+            replace_atomically(path, lambda tmp, v=vectors: _save_npy(tmp, v))
+        if progress is not None:
+            progress(count)
+    _assemble(folder, chunks, spec, taxa, dtype="float16" if fp16 else "float32")
+    shutil.rmtree(chunks, ignore_errors=True)
+    return load_bank(folder)
+
+
+def _digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def _chunk_folder(folder: Path, spec: BankSpec, *, resume: bool) -> Path:
+    """The chunk folder for this build: kept when resuming the same build, else emptied."""
+    chunks = folder / CHUNK_DIR
+    spec_path = chunks / "build.json"
+    if chunks.is_dir():
+        same = spec_path.is_file() and json.loads(spec_path.read_text(encoding="utf-8")) == spec.to_json()
+        if resume and not same:
+            raise UsageError(f"{chunks} belongs to a different bank build (model, text type, templates or "
+                             "taxa differ); rerun without --resume to start over")
+        if not resume:
+            shutil.rmtree(chunks)
+        elif same:
+            log.info("resuming bank build from %s", chunks)
+    chunks.mkdir(parents=True, exist_ok=True)
+    _write_text(spec_path, json.dumps(spec.to_json(), indent=2) + "\n")
+    return chunks
+
+
+def _assemble(folder: Path, chunks: Path, spec: BankSpec, taxa: Sequence[Taxon], *, dtype: str) -> None:
+    """Concatenate the chunks column-wise into the final ``[dim, n]`` matrix and write the names."""
+    parts = sorted(chunks.glob("chunk-*.npy"))
+    first = np.load(parts[0], mmap_mode="r")
+
+    def write(tmp: Path) -> None:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(first.shape[1], spec.n_taxa))
+        start = 0
+        for part in parts:
+            vectors = np.load(part)
+            matrix[:, start : start + len(vectors)] = vectors.T
+            start += len(vectors)
+        if start != spec.n_taxa:
+            raise RuntimeError(f"bank chunks hold {start} taxa, expected {spec.n_taxa}")
+        matrix.flush()
+        del matrix
+
+    replace_atomically(folder / BANK_NPY, write)
+    _write_text(folder / BANK_JSON, names_json([t.lineage for t in taxa], [t.common for t in taxa]))
+    meta = {"model": spec.model_id, "text_type": spec.text_type, "templates": spec.templates, "dtype": dtype,
+            "n_taxa": spec.n_taxa, "dim": int(first.shape[1])}
+    _write_text(folder / BANK_META, json.dumps(meta, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- released banks
+
+DEFAULT_MODEL = "hf-hub:imageomics/bioclip-2"
+RELEASED_BANKS = {
+    "hf-hub:imageomics/bioclip": "imageomics/TreeOfLife-10M",
+    "hf-hub:imageomics/bioclip-2": "imageomics/TreeOfLife-200M",
+}
+RELEASED_BANK_FOLDER = "embeddings"
+
+
+def released_bank_dir(model_id: str, *, cache_dir: str | None = None) -> Path:
+    """The local folder of a released model's TreeOfLife bank, downloaded from its Hugging Face dataset repo
+    on first use (needs ``huggingface_hub``); UsageError when the model has no released bank or the files
+    cannot be fetched."""
+    repo = RELEASED_BANKS.get(model_id)
+    if repo is None:
+        raise UsageError(f"model {model_id} has no released label bank; pass --bank BANK "
+                         "(build one with `treeclip bank build`)")
+    try:
+        from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise UsageError(f"downloading the {repo} bank needs huggingface_hub (pip install huggingface_hub), "
+                         "or pass --bank BANK") from exc
+    paths = []
+    for name in (BANK_NPY, BANK_JSON):
+        try:
+            paths.append(hf_hub_download(repo_id=repo, repo_type="dataset", cache_dir=cache_dir,
+                                         filename=f"{RELEASED_BANK_FOLDER}/{name}"))
+        except Exception as exc:  # noqa: BLE001 - network, auth and cache errors all mean "not available"
+            raise UsageError(f"cannot download the {repo} label bank ({type(exc).__name__})") from exc
+    return Path(paths[0]).parent

@@ -1,0 +1,300 @@
+"""Zero-shot classifiers over the tree of life (a label bank) or over custom labels.
+
+Rows follow pybioclip: ``file_name``, the rank names down to the requested rank (``species_epithet``,
+``species`` = "Genus epithet" and ``common_name`` at species rank), ``score``; custom labels give
+``file_name, classification, score``. With a roll-up threshold each image gets one row, every rank column is
+present and ``rank`` names the rank answered (``unknown`` when none is sure enough). Error rows carry
+``error`` instead.
+
+Probabilities are ``softmax(logit_scale * image @ text)`` with the model's own ``logit_scale.exp()``. Above
+species rank they are summed over lineage prefixes (`treeclip.predict.ranks`); as in pybioclip, species
+probabilities at or below `min_prob` are left out of those sums.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from treeclip.errors import UsageError
+from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, load_bank, released_bank_dir
+from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
+
+from .filters import checklist_columns
+from .quantize import with_precision
+from .ranks import RankIndex
+from .rollup import UNKNOWN, rollup
+from .runner import ImageItem, Row, run_batches
+
+SPECIES_EPITHET, COMMON_NAME = "species_epithet", "common_name"
+FILE_NAME, SCORE, RANK, CLASSIFICATION = "file_name", "score", "rank", "classification"
+PATH, EMBEDDING, MODEL = "path", "embedding", "model"
+EMBED_COLUMNS = (PATH, EMBEDDING, MODEL)
+DEMO_HINT = ("point at a local model and bank with --model DIR --bank DIR, e.g. the demo's "
+             "(`treeclip demo` writes treeclip-demo/model and treeclip-demo/bank)")
+
+
+def tol_columns(rank: Rank) -> list[str]:
+    """pybioclip's classification columns down to `rank`."""
+    columns = [name for name in RANK_NAMES[: rank + 1] if name != "species"]
+    if rank == Rank.SPECIES:
+        columns += [SPECIES_EPITHET, "species", COMMON_NAME]
+    return columns
+
+
+def lineage_fields(lineage: Sequence[str], common: str, rank: Rank) -> dict[str, str]:
+    """The classification columns of a (prefix of a) lineage, pybioclip style."""
+    fields = {name: lineage[i] for i, name in enumerate(RANK_NAMES[: min(rank, Rank.GENUS) + 1])}
+    if rank == Rank.SPECIES:
+        fields[SPECIES_EPITHET] = lineage[Rank.SPECIES]
+        fields["species"] = f"{lineage[Rank.GENUS]} {lineage[Rank.SPECIES]}".strip()
+        fields[COMMON_NAME] = common
+    return fields
+
+
+class _ImageClassifier:
+    """What both classifiers share: the image tower, the logit scale and batched prediction."""
+
+    def __init__(self, *, model: torch.nn.Module, preprocess: Callable[..., torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None, model_id: str = "",
+                 device: str | torch.device = "cpu") -> None:
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.model_id, self.device = model_id, torch.device(device)
+
+    @functools.cached_property
+    def draft_size(self) -> int:
+        """JPEGs are decoded at a reduced scale no smaller than twice the model's input size (then
+        resized by the preprocessing as usual): large photos decode several times faster."""
+        size = getattr(getattr(self.model, "visual", None), "image_size", 224)
+        return 2 * max(size) if isinstance(size, (tuple, list)) else 2 * int(size)
+
+    @functools.cached_property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 image features of a preprocessed batch."""
+        self.model.eval()
+        return F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax((features @ self.text_features).mul_(self.logit_scale), dim=1)
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        """``[dim, n_classes]`` unit text vectors."""
+        raise NotImplementedError
+
+    def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
+        raise NotImplementedError
+
+    def _predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int, workers: int,
+                 **options: Any) -> list[Row]:
+        """Rows for paths or PIL images (one image or a list); unreadable files give error rows."""
+        items = [images] if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence) else images
+        score = functools.partial(self.rows, **options)
+        batches = run_batches(list(items), score=score, preprocess=self.preprocess, batch_size=batch_size,
+                              workers=workers, draft_size=self.draft_size)
+        return [row for rows in batches for row in rows]
+
+
+class TreeOfLifeClassifier(_ImageClassifier):
+    """Predict taxa at any rank from a label bank, optionally restricted to a checklist."""
+
+    def __init__(self, *, model: torch.nn.Module, preprocess: Callable[..., torch.Tensor], bank: LabelBank,
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None, model_id: str = "",
+                 checklist: Sequence[Taxon] | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(model=model, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
+        self.full_bank, self.checklist = bank, checklist
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, bank: str | os.PathLike[str] | None = None, *,
+                        checklist: Sequence[Taxon] | None = None, precision: str = "fp32",
+                        device: str | torch.device = "cpu") -> TreeOfLifeClassifier:
+        """Load a model id (default: the released BioCLIP 2) and a bank folder (default: the model's released
+        TreeOfLife bank, downloaded)."""
+        model_id = model or DEFAULT_MODEL
+        bank_dir = bank if bank is not None else _released_bank(model_id)
+        label_bank = load_bank(bank_dir)
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, bank=label_bank, model_id=model_id,
+                   checklist=checklist, device=device)
+
+    @functools.cached_property
+    def bank(self) -> LabelBank:
+        """The bank in use: the full bank, or the checklist's columns of it."""
+        if self.checklist is None:
+            return self.full_bank
+        columns = checklist_columns(self.full_bank.lineages, self.checklist)
+        if len(columns) == 0:
+            raise UsageError("the checklist matches no taxon of the label bank; check its names and rank columns")
+        return self.full_bank.subset(columns)
+
+    @functools.cached_property
+    def index(self) -> RankIndex:
+        return RankIndex(self.bank.lineages)
+
+    @functools.cached_property
+    def text_features(self) -> torch.Tensor:
+        matrix = self.bank.embeddings
+        if matrix.dtype != np.float32:
+            matrix = matrix.astype(np.float32)
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(matrix).to(self.device)
+
+    def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
+                min_prob: float = 1e-9, rollup: float | None = None, batch_size: int = 32,
+                workers: int = 2) -> list[Row]:
+        """Rows for paths or PIL images: the top-k taxa at `rank` per image, or with `rollup` one row per
+        image at the deepest rank whose probability reaches it. Unreadable files give error rows."""
+        return self._predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup, batch_size=batch_size,
+                             workers=workers)
+
+    def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
+        """Rows for one preprocessed batch (options as `rows_from_features`)."""
+        return self.rows_from_features(self.encode_images(pixels), names, **options)
+
+    @torch.inference_mode()
+    def rows_from_features(self, features: torch.Tensor, names: list[str], *, rank: Rank | str = Rank.SPECIES,
+                           k: int = 5, min_prob: float = 1e-9, rollup: float | None = None) -> list[Row]:
+        """Rows for a batch of L2-normalised image features (see the module docstring)."""
+        probs = self.probabilities(features).cpu()
+        if rollup is not None:
+            return self._rollup_rows(probs, names, rollup)
+        rank = Rank.parse(rank)
+        if rank != Rank.SPECIES:
+            probs = self.index.aggregate(probs.masked_fill_(probs <= min_prob, 0.0), rank)
+        values, groups = probs.topk(min(k, probs.shape[1]), dim=1)
+        representative = self.index.groups[rank].representative
+        rows = []
+        for name, scores, ids in zip(names, values.tolist(), groups.tolist(), strict=True):
+            for score, group in zip(scores, ids, strict=True):
+                column = int(representative[group])
+                rows.append({FILE_NAME: name, **self._fields(column, rank), SCORE: score})
+        return rows
+
+    def _fields(self, column: int, rank: Rank) -> dict[str, str]:
+        return lineage_fields(self.bank.lineages[column], self.bank.commons[column], rank)
+
+    def _rollup_rows(self, probs: torch.Tensor, names: list[str], threshold: float) -> list[Row]:
+        levels = self.index.aggregate_all(probs)
+        answers = rollup(levels, [groups.named for groups in self.index.groups], threshold)
+        rows = []
+        for name, answer in zip(names, answers, strict=True):
+            fields = dict.fromkeys(tol_columns(Rank.SPECIES), "")
+            if answer.rank >= 0:
+                column = int(self.index.groups[answer.rank].representative[answer.group])
+                fields.update(self._fields(column, Rank(answer.rank)))
+            label = RANK_NAMES[answer.rank] if answer.rank >= 0 else UNKNOWN
+            rows.append({FILE_NAME: name, **fields, RANK: label, SCORE: answer.score})
+        return rows
+
+
+class CustomLabelsClassifier(_ImageClassifier):
+    """Zero-shot over your own labels (template-averaged text, computed once); `bins` sums labels by group."""
+
+    def __init__(self, *, model: torch.nn.Module, preprocess: Callable[..., torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor], labels: Sequence[str],
+                 bins: Mapping[str, str] | None = None, templates: str = "openai", model_id: str = "",
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(model=model, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
+        self.labels, self.bins, self.templates = list(labels), dict(bins) if bins else None, templates
+        if self.bins is not None:
+            missing = [label for label in self.labels if label not in self.bins]
+            if missing:
+                raise ValueError(f"labels without a bin: {', '.join(missing[:5])}")
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, labels: Sequence[str],
+                        bins: Mapping[str, str] | None = None, templates: str = "openai", precision: str = "fp32",
+                        device: str | torch.device = "cpu") -> CustomLabelsClassifier:
+        """Load a model id (default: the released BioCLIP 2) for these labels."""
+        model_id = model or DEFAULT_MODEL
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, labels=labels, bins=bins,
+                   templates=templates, model_id=model_id, device=device)
+
+    @functools.cached_property
+    def text_features(self) -> torch.Tensor:
+        vectors = encode_class_texts(self.model, self.tokenizer, self.labels, get_templates(self.templates),
+                                     device=self.device)
+        return torch.from_numpy(vectors.T.copy()).to(self.device)
+
+    @functools.cached_property
+    def _groups(self) -> tuple[list[str], torch.Tensor]:
+        names = list(dict.fromkeys(self.bins[label] for label in self.labels)) if self.bins else self.labels
+        position = {name: i for i, name in enumerate(names)}
+        index = [position[self.bins[label] if self.bins else label] for label in self.labels]
+        return names, torch.tensor(index, dtype=torch.int64)
+
+    def predict(self, images: ImageItem | Sequence[ImageItem], *, k: int | None = None, min_prob: float = 0.0,
+                batch_size: int = 32, workers: int = 2) -> list[Row]:
+        """Rows for paths or PIL images: the top-k labels (or bins) per image, all when k is None."""
+        return self._predict(images, k=k, min_prob=min_prob, batch_size=batch_size, workers=workers)
+
+    @torch.inference_mode()
+    def rows(self, pixels: torch.Tensor, names: list[str], *, k: int | None = None, min_prob: float = 0.0,
+             **_: Any) -> list[Row]:
+        """Rows for one preprocessed batch: the top-k labels (or bins), all of them when k is None."""
+        probs = self.probabilities(self.encode_images(pixels)).cpu()
+        groups, index = self._groups
+        if self.bins:
+            probs = probs.new_zeros(probs.shape[0], len(groups)).index_add_(1, index, probs)
+        values, ids = probs.topk(min(k or len(groups), len(groups)), dim=1)
+        return [{FILE_NAME: name, CLASSIFICATION: groups[i], SCORE: score}
+                for name, scores, picks in zip(names, values.tolist(), ids.tolist(), strict=True)
+                for score, i in zip(scores, picks, strict=True) if score > min_prob]
+
+
+def _released_bank(model_id: str) -> str:
+    try:
+        return str(released_bank_dir(model_id))
+    except UsageError as exc:
+        raise UsageError(f"{exc}; {DEMO_HINT}") from exc
+
+
+def _load(model_id: str, *, precision: str, device: str | torch.device) -> tuple[torch.nn.Module, Any, Any]:
+    """(model at the precision, inference preprocessing, tokenizer) of a model id."""
+    from treeclip.model import load_model  # noqa: PLC0415 - keeps `import treeclip.predict` light
+
+    try:
+        net, _, preprocess, tokenizer = load_model(model_id, device=device)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - download/cache failures of hub models
+        raise UsageError(f"cannot load model {model_id} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         f"{DEMO_HINT}") from exc
+    return with_precision(net, precision), preprocess, tokenizer
+
+
+class ImageEmbedder(_ImageClassifier):
+    """L2-normalised image embeddings (rows: path, embedding, model) and text embeddings for search."""
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, precision: str = "fp32",
+                        device: str | torch.device = "cpu") -> ImageEmbedder:
+        net, preprocess, tokenizer = _load(model, precision=precision, device=device)
+        return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, model_id=model, device=device)
+
+    def predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int = 32,
+                workers: int = 2) -> list[Row]:
+        """One row per image: path, L2-normalised embedding, model id (or an error row)."""
+        return self._predict(images, batch_size=batch_size, workers=workers)
+
+    def rows(self, pixels: torch.Tensor, names: list[str], **_: Any) -> list[Row]:
+        vectors = self.encode_images(pixels).cpu().numpy()
+        return [{PATH: name, EMBEDDING: vector.tolist(), MODEL: self.model_id}
+                for name, vector in zip(names, vectors, strict=True)]
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), dim]`` unit text vectors of the texts as given."""
+        return encode_class_texts(self.model, self.tokenizer, list(texts), ["{}"], device=self.device)
