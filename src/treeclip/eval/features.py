@@ -52,7 +52,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Put a module in eval mode for a block, restoring its training flag afterwards."""
     was_training = model.training
     model.eval()
@@ -69,25 +69,11 @@ def encode_images(model: torch.nn.Module, preprocess: Callable[[Image.Image], to
     loader = torch.utils.data.DataLoader(_ImageDataset(images, preprocess), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers)
     chunks = []
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for batch in loader:
             chunks.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu().numpy())
             if progress is not None:
                 progress(len(batch))
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-
-
-def encode_texts(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
-                 *, batch_size: int = 256, device: str | torch.device = "cpu",
-                 progress: Progress | None = None) -> np.ndarray:
-    """L2-normalised text features, float32 ``[len(texts), dim]``, in input order."""
-    chunks = []
-    with _eval_mode(model), torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
-            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu().numpy())
-            if progress is not None:
-                progress(len(tokens))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -13,20 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from treeclip.eval.features import Progress, encode_texts
+from treeclip.eval.features import Progress, eval_mode
 from treeclip.eval.metrics import per_class_accuracy, topk_accuracy, topk_indices
+from treeclip.model.bank import encode_class_texts
 
 
 def class_embeddings(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
                      class_names: Sequence[str], templates: Sequence[str], *, batch_size: int = 256,
                      device: str | torch.device = "cpu", progress: Progress | None = None) -> np.ndarray:
     """``[n_classes, dim]`` unit vectors: the re-normalised mean of each class's template embeddings."""
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
-    texts = [template.format(name) for name in class_names for template in templates]
-    features = encode_texts(model, tokenizer, texts, batch_size=batch_size, device=device, progress=progress)
-    mean = features.reshape(len(class_names), len(templates), -1).mean(axis=1)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    with eval_mode(model):
+        return encode_class_texts(model, tokenizer, class_names, templates, batch_size=batch_size, device=device,
+                                  progress=progress)
 
 
 @dataclass

@@ -152,19 +152,24 @@ def _write_text(path: Path, text: str) -> None:
 @torch.inference_mode()
 def encode_class_texts(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
                        names: Sequence[str], templates: Sequence[str], *, batch_size: int = 256,
-                       device: str | torch.device = "cpu") -> np.ndarray:
+                       device: str | torch.device = "cpu",
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
     """``[len(names), dim]`` unit vectors: each name's template embeddings L2-normalised, averaged and
-    normalised again (open_clip's zero-shot classifier). Batches hold whole names."""
+    normalised again (open_clip's zero-shot classifier). Batches hold whole names; ``progress(n_texts)``
+    is called after each batch. The one text-embedding routine of treeclip (banks, eval, custom labels)."""
     if not templates or any(template.count("{}") != 1 for template in templates):
         raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
     per_batch = max(1, batch_size // len(templates))
     chunks = []
-    for start in range(0, len(names), per_batch):
-        group = names[start : start + per_batch]
-        tokens = tokenizer([template.format(name) for name in group for template in templates]).to(device)
-        features = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        mean = features.reshape(len(group), len(templates), -1).mean(dim=1)
-        chunks.append(F.normalize(mean, dim=-1).cpu().numpy())
+    with torch.inference_mode():
+        for start in range(0, len(names), per_batch):
+            group = names[start : start + per_batch]
+            tokens = tokenizer([template.format(name) for name in group for template in templates]).to(device)
+            features = F.normalize(model.encode_text(tokens).float(), dim=-1)
+            mean = features.reshape(len(group), len(templates), -1).mean(dim=1)
+            chunks.append(F.normalize(mean, dim=-1).cpu().numpy())
+            if progress is not None:
+                progress(len(tokens))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
