@@ -141,12 +141,28 @@ def _needs_quick_gelu(arch: str, pretrained: str | None) -> bool:
     return bool(pretrained) and bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
 
 
+class _NoWeightsNotice(logging.Filter):
+    """Drops open_clip's root-logger notices that a model starts without pretrained weights: treeclip creates
+    architectures without weights on purpose (training from scratch, or before loading a checkpoint)."""
+
+    NOTICES = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
 def _open_clip(name: str, pretrained: str | None, opts: Mapping[str, Any], *, load_weights: bool = True,
                quick_gelu: bool = False) -> Created:
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, load_weights=load_weights, precision=opts["precision"],
-        device=opts["device"], aug_cfg=opts["aug_cfg"], cache_dir=opts["cache_dir"], force_quick_gelu=quick_gelu,
-    )
+    notice_filter = _NoWeightsNotice()
+    logging.getLogger().addFilter(notice_filter)
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, load_weights=load_weights, precision=opts["precision"],
+            device=opts["device"], aug_cfg=opts["aug_cfg"], cache_dir=opts["cache_dir"],
+            force_quick_gelu=quick_gelu,
+        )
+    finally:
+        logging.getLogger().removeFilter(notice_filter)
     return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name, cache_dir=opts["cache_dir"])
 
 
