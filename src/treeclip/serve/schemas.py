@@ -1,0 +1,57 @@
+"""Response bodies of the HTTP API (they make the OpenAPI schema at ``/openapi.json``).
+
+Prediction rows are exactly the rows `treeclip predict --format jsonl` writes (``file_name``, the rank
+columns, ``score``; ``classification`` for custom labels; ``rank`` for roll-up rows), with ``file_name``
+set to the uploaded file's name. Results come in upload order and echo each file's index and name.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+Row = dict[str, str | float]
+
+
+class PredictResult(BaseModel):
+    index: int = Field(description="position of the file in the upload (0-based)")
+    file_name: str = Field(description="the uploaded file's name")
+    rows: list[Row] = Field(description="top-k rows at each requested rank (kingdom first), or over the custom "
+                                        "labels; the fields of `treeclip predict --format jsonl`")
+    rollup: Row | None = Field(None, description="the roll-up row (deepest rank whose probability reaches the "
+                                                 "threshold, rank 'unknown' if none) when `rollup` was given")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    results: list[PredictResult]
+
+
+class EmbedResult(BaseModel):
+    index: int = Field(description="position of the file in the upload (0-based)")
+    path: str = Field(description="the uploaded file's name (the `path` column of `treeclip embed`)")
+    embedding: list[float] = Field(description="L2-normalised image embedding")
+    model: str
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    results: list[EmbedResult]
+
+
+class Health(BaseModel):
+    status: str
+    pending: int = Field(description="requests in progress")
+    queue_size: int = Field(description="requests admitted at once; more are answered 503")
+
+
+class Info(BaseModel):
+    model: str
+    bank_size: int
+    embedding_dim: int
+    ranks: list[str]
+    versions: dict[str, str]
+    limits: dict[str, float]
+
+
+class Problem(BaseModel):
+    detail: str
