@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JPEG quality of stored images (default 95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and shard-order hashes (default 0)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted build in --out")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="who writes the shards: local processes (default) or Ray (pip install 'treeclip[ray]'); "
+                             "the shards are the same")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="a running Ray cluster (auto, HOST:6379 or ray://HOST:10001; inputs and --out on a "
+                             "shared filesystem); default: a local Ray runtime with --workers CPUs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             sources=args.source, out=args.out, image_size=args.image_size, resize=args.resize,
             shard_size=args.shard_size, workers=args.workers, exclude=args.exclude, val_fraction=args.val_fraction,
             backbone=args.backbone, resume=args.resume, seed=args.seed, quality=args.quality,
-            on_problem=report, progress=progress,
+            on_problem=report, progress=progress, engine=args.engine, ray_address=args.ray_address,
         )
     finally:
         bar.close()

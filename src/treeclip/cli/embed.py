@@ -19,16 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from treeclip.data.engines import check_engine  # noqa: PLC0415
     from treeclip.predict.classifier import EMBED_COLUMNS, PATH, ImageEmbedder  # noqa: PLC0415
     from treeclip.predict.runner import expand_inputs, run_to_writer  # noqa: PLC0415
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
+    check_engine(args.engine, args.ray_address)
     items = expand_inputs(args.images)
     embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
     with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH) as writer:
         with progress_bar(len(items), sum(item in writer.done for item in items)) as bar:
             errors = run_to_writer(items, score=embedder.rows, preprocess=embedder.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, name_key=PATH,
-                                   draft_size=embedder.draft_size, progress=bar.update)
+                                   draft_size=embedder.draft_size, progress=bar.update, engine=args.engine,
+                                   ray_address=args.ray_address)
     report_errors("embed", errors, len(items), args.output)
     return 0

@@ -12,13 +12,19 @@ DEFAULT_WORKERS = 2
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """--batch-size, --workers, --precision and --device (shared with `treeclip embed`)."""
+    """--batch-size, --workers, --precision, --device, --engine and --ray-address (shared with `treeclip embed`)."""
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"image decoding threads, working ahead of the model (default {DEFAULT_WORKERS})")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (default), or Ray actors, one per CPU, each with --workers decoding threads "
+                             "(pip install 'treeclip[ray]'); same rows either way")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="a running Ray cluster (auto, HOST:6379 or ray://HOST:10001; images on a shared "
+                             "filesystem); default: a local Ray runtime")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,10 +115,12 @@ def _columns(args: argparse.Namespace, rank: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import functools  # noqa: PLC0415
 
+    from treeclip.data.engines import check_engine  # noqa: PLC0415
     from treeclip.predict.runner import expand_inputs, run_to_writer  # noqa: PLC0415
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
     rank = _check(args)
+    check_engine(args.engine, args.ray_address)
     items = expand_inputs(args.images)
     model = _classifier(args)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
@@ -121,6 +129,6 @@ def run(args: argparse.Namespace) -> int:
         with progress_bar(len(items), done) as bar:
             errors = run_to_writer(items, score=score, preprocess=model.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, draft_size=model.draft_size,
-                                   progress=bar.update)
+                                   progress=bar.update, engine=args.engine, ray_address=args.ray_address)
     report_errors("predict", errors, len(items), args.output)
     return 0

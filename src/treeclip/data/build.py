@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import multiprocessing
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +27,7 @@ from treeclip.data.align import Aligner, write_report
 from treeclip.data.atomic import atomic_write, is_temp_file
 from treeclip.data.backbone import read_backbone
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
+from treeclip.data.engines import check_engine, map_unordered
 from treeclip.data.exclude import load_exclusions
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
@@ -71,13 +71,17 @@ def build_dataset(
     quality: int = 95,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Progress | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> BuildResult:
     """Build WebDataset shards from `sources` ("KIND:PATH[,EXTRA]" specs) into `out`.
 
     Bad source rows/files/images are reported through `on_problem` and skipped; the returned result lists
     them. Raises `UsageError` for bad arguments, an unknown source kind or path, or a non-empty `out`
-    without `resume`.
+    without `resume`. `engine` says who writes the shards (`treeclip.data.engines`: ``local`` processes, or
+    Ray at `ray_address` / a local Ray runtime); the shards are the same either way.
     """
+    check_engine(engine, ray_address)
     _check_arguments(image_size=image_size, resize=resize, shard_size=shard_size, workers=workers,
                      val_fraction=val_fraction, quality=quality, sources=sources)
     opened = [open_source(spec) for spec in sources]
@@ -85,11 +89,12 @@ def build_dataset(
     exclusions = load_exclusions(exclude)
     out = Path(out)
     _prepare_out(out, resume=resume)
-    plan = plan_build(sources=opened, out=str(out), aligner=aligner, exclusions=exclusions,
+    plan = plan_build(sources=opened, out=str(out.absolute()), aligner=aligner, exclusions=exclusions,
                       image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
                       val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
     _remove_stale(out, plan.jobs)
-    results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress),
+    results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
+                               engine=engine, ray_address=ray_address),
                      key=lambda r: (SPLITS.index(r.split), r.index))
     params = {"image_size": image_size, "resize": resize, "shard_size": shard_size, "val_fraction": val_fraction,
               "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
@@ -145,7 +150,7 @@ def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
 
 
 def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Problem], None] | None,
-              progress: Progress | None) -> Iterator[ShardResult]:
+              progress: Progress | None, engine: str, ray_address: str | None) -> Iterator[ShardResult]:
     """Yield every shard's result: kept ones first, then the newly written ones as they finish."""
     total = sum(len(job.items) for job in jobs)
     if progress:
@@ -159,7 +164,8 @@ def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Probl
         else:
             kept.append(done)
     log.info("%d complete shards kept, %d to write", len(kept), len(todo))
-    for result in itertools.chain(kept, _write_all(todo, workers)):
+    written = map_unordered(write_shard, todo, engine=engine, workers=workers, ray_address=ray_address)
+    for result in itertools.chain(kept, written):
         for skipped in result.skipped:
             problem = _skipped_problem(skipped)
             if on_problem:
@@ -169,16 +175,6 @@ def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Probl
         if progress:
             progress(len(result.rows) + len(result.skipped), total)
         yield result
-
-
-def _write_all(jobs: list[ShardJob], workers: int) -> Iterator[ShardResult]:
-    """Write the shards in this process, or in `workers` spawned processes (callers' scripts need the usual
-    ``if __name__ == "__main__":`` guard)."""
-    if workers == 1 or len(jobs) <= 1:
-        yield from map(write_shard, jobs)
-        return
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(write_shard, jobs)
 
 
 def _skipped_problem(skipped: dict[str, str]) -> Problem:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from treeclip.data.engines import check_engine
 from treeclip.data.images import ImageError, decode_image
 from treeclip.data.sources.base import iter_images
 from treeclip.errors import UsageError
@@ -136,13 +137,23 @@ def run_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callab
 
 def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[Image.Image], torch.Tensor],
                   writer: Any, batch_size: int = 32, workers: int = 2, name_key: str = "file_name",
-                  draft_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[tuple[str, str]]:
+                  draft_size: int | None = None, progress: Callable[[int], Any] | None = None,
+                  engine: str = "local", ray_address: str | None = None) -> list[tuple[str, str]]:
     """Score the `items` not yet in ``writer.done``, writing each batch as it completes; returns the
-    (name, reason) of every image that could not be read."""
+    (name, reason) of every image that could not be read. ``engine="ray"`` scores the same batches on Ray
+    actors (`treeclip.predict.ray_engine`; a cluster at `ray_address`, else a local runtime)."""
+    check_engine(engine, ray_address)
     todo = [item for item in items if item not in writer.done]
+    options = {"score": score, "preprocess": preprocess, "batch_size": batch_size, "workers": workers,
+               "name_key": name_key, "draft_size": draft_size, "progress": progress}
+    if engine == "ray":
+        from treeclip.predict.ray_engine import ray_batches  # noqa: PLC0415 - Ray is optional
+
+        batches = ray_batches(todo, **options, ray_address=ray_address)
+    else:
+        batches = run_batches(todo, **options)
     errors: list[tuple[str, str]] = []
-    for rows in run_batches(todo, score=score, preprocess=preprocess, batch_size=batch_size, workers=workers,
-                            name_key=name_key, draft_size=draft_size, progress=progress):
+    for rows in batches:
         writer.write(rows)
         errors.extend((row[name_key], row["error"]) for row in rows if "error" in row)
     return errors

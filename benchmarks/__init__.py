@@ -1,0 +1,1 @@
+"""Benchmark scripts of treeclip; `python -m benchmarks` runs the suite (benchmarks/run.py)."""
