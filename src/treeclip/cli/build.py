@@ -7,6 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from treeclip.cli._options import add_engine_arguments
+
 if TYPE_CHECKING:
     from treeclip.data.records import Problem
 
@@ -37,12 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JPEG quality of stored images (default 95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and shard-order hashes (default 0)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted build in --out")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="who writes the shards: local processes (default) or Ray (pip install 'treeclip[ray]'); "
-                             "the shards are the same")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="a running Ray cluster (auto, HOST:6379 or ray://HOST:10001; inputs and --out on a "
-                             "shared filesystem); default: a local Ray runtime with --workers CPUs")
+    add_engine_arguments(parser, local="processes writing shards", shared_files="inputs and --out")
 
 
 def run(args: argparse.Namespace) -> int:

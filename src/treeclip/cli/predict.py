@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from treeclip.cli._options import add_engine_arguments
+
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2
@@ -19,12 +21,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local (default), or Ray actors, one per CPU, each with --workers decoding threads "
-                             "(pip install 'treeclip[ray]'); same rows either way")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="a running Ray cluster (auto, HOST:6379 or ray://HOST:10001; images on a shared "
-                             "filesystem); default: a local Ray runtime")
+    add_engine_arguments(parser, local="decoding threads feeding one model", shared_files="images")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
