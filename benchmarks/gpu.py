@@ -31,7 +31,7 @@ import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 from treeclip.model import create_model
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().

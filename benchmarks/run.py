@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 from benchmarks import build as build_bench  # noqa: E402
 from benchmarks import predict as predict_bench  # noqa: E402
 from benchmarks import train as train_bench  # noqa: E402
-from treeclip.data.atomic import atomic_write  # noqa: E402
+from treeclip.atomic import atomic_write  # noqa: E402
 from treeclip.data.loader import make_loader  # noqa: E402
 from treeclip.model import create_model, export_model  # noqa: E402
 from treeclip.model.bank import build_bank, encode_class_texts  # noqa: E402

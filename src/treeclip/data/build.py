@@ -24,7 +24,7 @@ from typing import Any
 
 from treeclip import __version__
 from treeclip.data.align import Aligner, write_report
-from treeclip.data.atomic import atomic_write, is_temp_file
+from treeclip.atomic import atomic_write, is_temp_file
 from treeclip.data.backbone import read_backbone
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, map_unordered

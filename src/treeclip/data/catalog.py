@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.taxonomy import RANK_NAMES
 
 MANIFEST = "manifest.json"

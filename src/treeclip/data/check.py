@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treeclip.data.atomic import is_temp_file
+from treeclip.atomic import is_temp_file
 from treeclip.data.catalog import CATALOG, MANIFEST
 from treeclip.data.images import ImageError, decode_image
 from treeclip.data.shards import TAXON_JSON

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from treeclip import __version__
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 

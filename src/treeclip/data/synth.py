@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.synth_names import NameBook, kingdom_codes
 from treeclip.data.synth_render import TRAIT_DIM, TRAITS, Phenotype, render
 from treeclip.errors import UsageError

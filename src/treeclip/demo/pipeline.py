@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 from treeclip.data.build import build_dataset
 from treeclip.data.catalog import MANIFEST
 from treeclip.data.synth import write_world

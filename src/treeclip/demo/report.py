@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 from treeclip.demo.pipeline import MIXED, REPORT_FILE, SUMMARY_FILE, UNTRAINED, DemoSettings, StepTiming
 from treeclip.eval.benchmarks import Benchmark
 from treeclip.eval.report import ablation_grid, hierarchy_table, paper_table

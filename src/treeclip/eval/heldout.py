@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import sha256_file
 from treeclip.errors import UsageError
 from treeclip.taxonomy import Taxon, parse_binomial, taxon_from_fields

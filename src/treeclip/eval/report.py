@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 
 CSV_COLUMNS = ("model", "task", "metric", "text_type", "k", "value", "std")
 FEW_SHOT_METHODS = ("simpleshot", "linear_probe")

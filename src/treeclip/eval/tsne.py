@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from treeclip.data.atomic import atomic_path
+from treeclip.atomic import atomic_path
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon
 
 MIN_POINTS = 5

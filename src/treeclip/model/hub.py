@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from treeclip.atomic import atomic_path
+
 HUB_CONFIG = "open_clip_config.json"
 HUB_WEIGHTS = "open_clip_model.safetensors"
 PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
@@ -50,10 +52,5 @@ def _plain(value: Any) -> Any:
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of `path`, then move it into place (removed on error)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

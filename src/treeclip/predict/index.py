@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.errors import UsageError
 
 EXACT_LIMIT = 200_000

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from treeclip.data.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.errors import UsageError
 from treeclip.taxonomy import RANK_NAMES
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from treeclip.data.atomic import atomic_path, is_temp_file
+from treeclip.atomic import atomic_path, is_temp_file
 from treeclip.errors import UsageError
 
 log = logging.getLogger(__name__)

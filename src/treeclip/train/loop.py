@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 from treeclip.data.loader import make_loader
 from treeclip.errors import TreeclipError, UsageError
 from treeclip.model import create_model, model_config

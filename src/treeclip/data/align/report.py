@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from treeclip.data.atomic import atomic_write
+from treeclip.atomic import atomic_write
 from treeclip.taxonomy import RANK_NAMES
 
 if TYPE_CHECKING:
