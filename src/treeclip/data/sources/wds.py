@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from braceexpand import braceexpand
 
 from treeclip.errors import UsageError
 from treeclip.taxonomy import Taxon, clean_common, parse_label, taxon_from_fields
@@ -35,7 +36,6 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 NAME_KEYS = ("taxonTag.txt", "taxonomic_name.txt", "scientific_name.txt")
 SPLIT_NAMES = frozenset({"train", "train_small", "train_mini", "val", "validation", "test"})
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _KEYWORDS = ("kingdom", "phylum", "cls", "order", "family", "genus", "species")
 
 
@@ -77,22 +77,8 @@ def expand_shards(pattern: str) -> list[Path]:
     if root.is_dir():
         found = [path for path in root.rglob("*") if path.is_file() and path.name.endswith(SHARD_SUFFIXES)]
     else:
-        found = [Path(name) for each in _expand_braces(str(root)) for name in glob.glob(each, recursive=True)]
+        found = [Path(name) for each in braceexpand(str(root)) for name in glob.glob(each, recursive=True)]
     return sorted({path.resolve() for path in found if path.is_file()})
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    match = _BRACE_RANGE.search(pattern)
-    if not match:
-        return [pattern]
-    first, last = match.group(1), match.group(2)
-    width = len(first)
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [
-        expanded
-        for number in range(int(first), int(last) + 1)
-        for expanded in _expand_braces(f"{head}{number:0{width}d}{tail}")
-    ]
 
 
 def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem]:
