@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from treeclip.cli import _command_modules, main
+from treeclip.cli._options import Requirement
 
 HEAVY_MODULES = ("torch", "numpy", "PIL", "open_clip", "webdataset", "pyarrow")
 
@@ -51,3 +56,73 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: treeclip" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- start-up checks of optional extras
+
+_HIDE_MODULES = """
+import os, sys
+for name in os.environ.get("TREECLIP_TEST_HIDE", "").split(","):
+    if name:
+        sys.modules[name] = None  # `import name` raises ImportError and importlib.util.find_spec returns None
+"""
+
+# One argv per command that declares REQUIRES; a new declaration without an entry here fails the test below.
+# The paths need not exist: the start-up check answers before any file is read.
+REQUIREMENT_ARGVS: dict[str, list[str]] = {
+    "serve": ["serve", "--model", "m", "--bank", "b"],
+    "index": ["index", "emb.parquet", "--out", "idx"],
+    "search": ["search", "idx", "--text", "a moth"],
+    "build": ["build", "--source", "csv:c.csv", "--out", "shards", "--engine", "ray"],
+    "predict": ["predict", "x.jpg", "--model", "m", "--engine", "ray"],
+    "embed": ["embed", "x.jpg", "--model", "m", "-o", "e.parquet", "--engine", "ray"],
+}
+
+
+def _declared() -> dict[str, tuple]:
+    return {name: module.REQUIRES for name, module in _command_modules().items() if getattr(module, "REQUIRES", ())}
+
+
+def _run_hidden(argv: list[str], hidden: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_MODULES, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "TREECLIP_TEST_HIDE": ",".join(hidden)}
+    return subprocess.run([sys.executable, "-m", "treeclip", *argv], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_every_declared_requirement_has_a_probe_and_a_real_extra() -> None:
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"]["optional-dependencies"]
+    declared = _declared()
+    assert set(declared) == set(REQUIREMENT_ARGVS), "add an argv for each command that declares REQUIRES"
+    for requirements in declared.values():
+        for requirement in requirements:
+            assert requirement.extra in extras, requirement
+            assert requirement.modules
+
+
+@pytest.mark.parametrize("command", sorted(REQUIREMENT_ARGVS))
+def test_missing_extra_is_one_line_and_exit_2_before_work(command: str, tmp_path: Path) -> None:
+    """With the command's optional modules hidden, it stops at start-up: one line naming the extra, exit 2,
+    nothing written and torch never imported (the check precedes all work)."""
+    hidden = sorted({m for r in _declared()[command] for m in r.modules})
+    result = _run_hidden([*REQUIREMENT_ARGVS[command]], [*hidden, "torch"], tmp_path)
+    extras = {r.extra for r in _declared()[command]}
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"treeclip {command}: error: needs ")
+    assert any(lines[0].endswith(f"pip install 'treeclip[{extra}]'") for extra in extras), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["sitecustomize.py"]
+
+
+def test_requirement_that_does_not_apply_is_not_checked() -> None:
+    from treeclip.cli._options import RAY_ENGINE, missing_requirement  # noqa: PLC0415
+
+    hidden_local = argparse.Namespace(engine="local")
+    assert missing_requirement([RAY_ENGINE], hidden_local) is None
+    missing = Requirement("serve", ("no_such_module_xyz",))
+    assert missing_requirement([missing], hidden_local) == (
+        "needs no_such_module_xyz, which is not installed: pip install 'treeclip[serve]'")

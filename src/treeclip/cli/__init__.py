@@ -3,6 +3,11 @@
 Every command module in this package defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``. Module top levels import only the standard library, so ``treeclip --help`` and
 ``treeclip CMD --help`` never load torch; heavy imports happen inside ``run``.
+
+A command that needs optional packages declares them in one line, ``REQUIRES = (Requirement(EXTRA,
+(MODULE, ...)),)`` (see `treeclip.cli._options.Requirement`); `main` checks them after parsing and before
+``run``, so a missing extra is one line naming ``pip install 'treeclip[EXTRA]'`` and exit code 2, never a
+traceback an hour into the job. `tests/test_cli.py` runs every command with its modules hidden.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import sys
 from types import ModuleType
 
 from treeclip import __version__
+from treeclip.cli._options import missing_requirement
 from treeclip.errors import InputError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -48,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in _command_modules().items():
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _requires=getattr(module, "REQUIRES", ()))
     return parser
 
 
@@ -65,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _configure_logging(args.verbose)
+    missing = missing_requirement(args._requires, args)
+    if missing:
+        sys.stderr.write(f"treeclip {args.command}: error: {missing}\n")
+        return EXIT_USAGE
     try:
         return int(args._run(args) or EXIT_OK)
     except UsageError as error:

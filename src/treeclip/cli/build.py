@@ -7,11 +7,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from treeclip.cli._options import add_engine_arguments
+from treeclip.cli._options import RAY_ENGINE, add_engine_arguments
 
 if TYPE_CHECKING:
     from treeclip.data.records import Problem
 
+REQUIRES = (RAY_ENGINE,)
 HELP = "build WebDataset shards + catalog from image sources (inat21, bioscan, eol, tol10m, csv, folder, wds)"
 SOURCE_KINDS = ("inat21:ROOT, bioscan:TSV[,IMAGE_ROOT], eol:MANIFEST_CSV[,IMAGE_ROOT],TAXONOMY_FILE, "
                 "tol10m:CATALOG_CSV,IMAGE_ROOT, csv:FILE, folder:ROOT[,TAXONOMY_CSV], wds:GLOB")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from treeclip.cli._options import RAY_ENGINE
 from treeclip.cli.predict import add_batch_arguments, progress_bar, report_errors
 
+REQUIRES = (RAY_ENGINE,)
 HELP = "write L2-normalised image embeddings to a Parquet file (path, embedding, model)"
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from treeclip.cli._options import Requirement
+
+REQUIRES = (Requirement("index", ("faiss",)),)
 HELP = "build a vector index (faiss) over a `treeclip embed` Parquet file"
 
 

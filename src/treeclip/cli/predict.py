@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from treeclip.cli._options import add_engine_arguments
+from treeclip.cli._options import RAY_ENGINE, add_engine_arguments
 
+REQUIRES = (RAY_ENGINE,)
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from treeclip.cli._options import Requirement
+
+REQUIRES = (Requirement("index", ("faiss",)),)
 HELP = "find the nearest indexed images to a query image or --text"
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
+from treeclip.cli._options import Requirement
+
+REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")),)
 HELP = "serve the HTTP API (predict, embed, info) and the web page for identifying photos"
 DEMO_MODEL, DEMO_BANK = Path("treeclip-demo/model"), Path("treeclip-demo/bank")
 
@@ -57,11 +59,6 @@ def _limits(args: argparse.Namespace):  # noqa: ANN202 - treeclip.serve.limits i
 
 
 def run(args: argparse.Namespace) -> int:
-    from treeclip.errors import UsageError  # noqa: PLC0415
-
-    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageError(f"serving needs {', '.join(missing)}: pip install 'treeclip[serve]'")
     limits = _limits(args)
     model, bank = _model_and_bank(args)
 

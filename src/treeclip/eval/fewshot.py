@@ -83,7 +83,7 @@ def simpleshot_predict(support: np.ndarray, support_labels: np.ndarray, query: n
 def linear_probe_predict(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray,
                          *, c: float = 1.0, max_iter: int = 1000) -> np.ndarray:
     """Labels from a multinomial logistic regression fitted on the support features."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - optional heavy dependency
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - heavy; imported when used
 
     if len(np.unique(support_labels)) < 2:
         return np.full(len(query), support_labels[0])

@@ -47,7 +47,7 @@ def distance_correlation(features: np.ndarray, taxa: Sequence[Taxon], tree: Taxo
                          n_pairs: int = 5000, seed: int = 0) -> float:
     """Spearman correlation between cosine distance of L2-normalised features and taxonomic distance over
     seeded random image pairs (1 = the embedding orders pairs exactly as the tree does)."""
-    from scipy.stats import spearmanr  # noqa: PLC0415 - optional heavy dependency
+    from scipy.stats import spearmanr  # noqa: PLC0415 - heavy; imported when used
 
     features = np.asarray(features, dtype=np.float64)
     pairs = sample_pairs(len(features), n_pairs, seed)

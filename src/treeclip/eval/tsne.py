@@ -26,7 +26,7 @@ def embed_2d(features: np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -
     Barnes-Hut runs with one OpenMP thread: with torch loaded, two OpenMP runtimes otherwise spin against
     each other and make it ~50x slower on a small CPU.
     """
-    from sklearn.manifold import TSNE  # noqa: PLC0415 - optional heavy dependency
+    from sklearn.manifold import TSNE  # noqa: PLC0415 - heavy; imported when used
     from threadpoolctl import threadpool_limits  # noqa: PLC0415 - ships with scikit-learn
 
     perplexity = max(1.0, min(perplexity, (len(features) - 1) / 3))
