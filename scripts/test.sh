@@ -3,9 +3,15 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k taxonomy`, `--run-network`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
+stage() { echo "[setup] $* ($((SECONDS - start)) s)"; }
+stage "virtualenv .venv"
 python3 -m venv .venv
+stage "upgrading pip"
 .venv/bin/python -m pip install --quiet --upgrade pip
+stage "installing treeclip with its test extras (PyTorch alone is large: minutes on a first install)"
 .venv/bin/python -m pip install --quiet -e '.[test]'
+stage "installed; running pytest"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
