@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -16,6 +15,7 @@ from open_clip.transformer import QuickGELU
 from torchvision import transforms as T
 
 from treeclip.errors import UsageError
+from treeclip.train.checkpoint import capture_rng
 from treeclip.model import (
     CONFIG_DIR,
     HUB_CONFIG,
@@ -140,7 +140,7 @@ def training_checkpoint(model: torch.nn.Module, model_section: dict) -> dict:
         "optimizer": {"state": {}, "param_groups": []},
         "config": {"model": model_section, "batch_size": 8},
         "step": 12,
-        "rng": {"numpy": np.random.default_rng(0).bit_generator.state, "array": np.arange(3)},
+        "rng": [capture_rng(torch.device("cpu"))],
     }
 
 

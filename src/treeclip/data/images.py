@@ -8,8 +8,10 @@
   other alpha modes → composited on white; 16-bit (``I;16*``) → 8-bit by ``v / 257``; 32-bit ``I``/``F`` → 8-bit: values
   that already fit in 0..255 are kept, larger ones are read as 16-bit (``/ 257``), floats in 0..1 as
   fractions (``* 255``);
-- refused: empty, missing or non-image files, truncated data, and images with more than `max_pixels`
-  pixels (checked from the header, before any pixel is decoded). PIL's own decompression-bomb
+- refused: empty, missing or non-image files, truncated data, images with more than `max_pixels`
+  pixels and images whose long side is more than `max_aspect` times the short side (both checked from
+  the header, before any pixel is decoded: a 4000×1 strip is tiny but any shorter-side resize of it to
+  model size is not). PIL's own decompression-bomb
   warning/error (global ``Image.MAX_IMAGE_PIXELS``) is also turned into `ImageError`, so the effective
   limit is the smaller of the two.
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default bomb limit: 0.25 GiB of 24-bit pixels
+DEFAULT_MAX_ASPECT = 50  # long side / short side; panoramas are ~10, so only degenerate strips are refused
 WHITE = (255, 255, 255, 255)
 ResizeMode = Literal["squash", "shorter"]
 RESIZE_MODES: tuple[str, ...] = ("squash", "shorter")
@@ -50,13 +53,14 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> Image.Image:
     """Decode image bytes or a file into an oriented 8-bit RGB image; `ImageError` if unusable."""
     with _open_source(source) as fp, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(fp) as image:
-                _check_size(image, max_pixels)
+                check_geometry(image.size, max_pixels=max_pixels, max_aspect=max_aspect)
                 if draft_size and image.format == "JPEG":
                     image.draft(None, (draft_size, draft_size))
                 image.load()
@@ -85,12 +89,17 @@ def _open_source(source: bytes | str | os.PathLike[str]) -> io.BytesIO | io.Buff
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
 
 
-def _check_size(image: Image.Image, max_pixels: int) -> None:
-    width, height = image.size
+def check_geometry(size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
+    """`ImageError` unless a width×height is positive, within `max_pixels` and within `max_aspect`."""
+    width, height = size
     if width <= 0 or height <= 0:
         raise ImageError(f"invalid size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError(f"too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageError(f"too elongated: {width}x{height} (aspect ratio above {max_aspect:g}:1 cannot be resized "
+                         "to model size in bounded memory)")
 
 
 def _broken_reason(exc: Exception) -> str:
@@ -162,6 +171,7 @@ def resize(image: Image.Image, size: int, mode: ResizeMode = "squash") -> Image.
     if size < 1:
         raise ValueError(f"resize size must be >= 1, got {size}")
     width, height = image.size
+    check_geometry(image.size, max_pixels=width * height)  # the aspect bound keeps "shorter" output bounded
     if mode == "squash":
         target = (size, size)
     elif mode == "shorter":

@@ -22,6 +22,7 @@ import copy
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -203,26 +204,33 @@ def _create_from_spec(spec: Mapping[str, Any], opts: Mapping[str, Any]) -> Creat
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """A torch checkpoint, loaded tensors-only (memory-mapped when the file allows); UsageError if unreadable.
 
-    A local checkpoint that holds other Python objects (e.g. NumPy RNG states) is our own training output,
-    so it is then unpickled in full, with a logged note.
+    Nothing in the file is ever executed: torch's ``weights_only`` unpickler accepts tensors and plain Python
+    values only (treeclip's trainer stores its RNG states as tensors), so a file that needs any other object
+    is refused with the name of the first one.
     """
     try:
-        try:
-            return _torch_load(path, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            log.info("unpickling %s in full (it holds non-tensor objects): %s", path, str(exc).splitlines()[0])
-            return _torch_load(path, weights_only=False)
+        return _torch_load(path)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
-        raise UsageError(f"cannot read checkpoint {os.fspath(path)}: {str(exc).splitlines()[0]}") from exc
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise UsageError(f"refusing checkpoint {os.fspath(path)}: it needs the Python object {refused.group(1)}, "
+                             "and treeclip loads tensors and plain values only (unpickling it could run code "
+                             "from the file)") from None
+        reason = "not a torch checkpoint" if isinstance(exc, pickle.UnpicklingError) else _first_line(exc)
+        raise UsageError(f"cannot read checkpoint {os.fspath(path)}: {reason}") from None
 
 
-def _torch_load(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _torch_load(path: str | os.PathLike[str]) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
         if "mmap" not in str(exc):
             raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def checkpoint_model_spec(checkpoint: Any, path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from treeclip.data.engines import check_engine
-from treeclip.data.images import ImageError, decode_image
+from treeclip.data.images import ImageError, check_geometry, decode_image
 from treeclip.data.sources.base import iter_images
 from treeclip.errors import UsageError
 
@@ -82,8 +82,10 @@ def _load(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
           draft_size: int | None) -> torch.Tensor | str:
     """Preprocessed pixels, or the reason the image cannot be used."""
     try:
-        image = item.convert("RGB") if isinstance(item, Image.Image) else decode_image(item, draft_size=draft_size)
-        return preprocess(image)
+        if isinstance(item, Image.Image):
+            check_geometry(item.size)
+            return preprocess(item.convert("RGB"))
+        return preprocess(decode_image(item, draft_size=draft_size))
     except ImageError as error:
         return str(error)
     except Exception as error:  # noqa: BLE001 - a transform failing on one odd image must not stop the run

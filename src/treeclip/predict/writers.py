@@ -1,11 +1,18 @@
 """Resumable writers for prediction rows: CSV, JSON Lines, Parquet and Darwin Core (CSV).
 
-Rows are appended batch by batch and flushed, so a killed run keeps every batch already written. Reopening
-an existing output resumes it: the file is read back, a torn last line is cut off, the rows of the last
-image are dropped (its top-k rows may be incomplete) and every image still in the file is reported in
-`done`, for the caller to skip. A repaired file is rewritten atomically. Parquet cannot be appended to,
-so each batch becomes an atomically written part file in ``OUTPUT.parts/`` and `close` merges the parts
-(with any earlier output) into ``OUTPUT`` atomically.
+An output is locked (`treeclip.atomic.OutputLock`, ``OUTPUT.lock``) while it is written, so a second
+process writing it is refused with one line. Rows are appended batch by batch and flushed; after each batch
+the lock file records how many bytes of the output are complete. Reopening an existing output resumes it:
+the file is cut back to the last complete batch (or, without that record, to its last complete CSV record or
+JSON line, dropping the rows of the last image, whose top-k may be incomplete) and every image still in the
+file is reported in `done`, for the caller to skip. A repaired file is rewritten atomically. Parquet cannot be
+appended to, so each batch becomes an atomically written part file in ``OUTPUT.parts/`` and `close` merges
+the parts (with any earlier output) into ``OUTPUT`` atomically; parts whose images are all in ``OUTPUT``
+already (a kill between the merge and the parts' removal) are removed, never merged twice.
+
+CSV and Darwin Core text is RFC 4180 (CRLF line ends, so a lone ``\r`` in a value is quoted), and a text
+value that a spreadsheet would run as a formula (it starts with ``= + - @``, a tab or a CR) is written with
+a leading ``'`` (OWASP's CSV-injection escaping; reading the output back removes it).
 
 Error rows (``{name_key: name, "error": reason}``) fill the ``error`` column (CSV, JSONL, Parquet) or
 ``identificationRemarks`` (Darwin Core).
@@ -17,13 +24,14 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from treeclip.atomic import atomic_path, atomic_write
+from treeclip.atomic import OutputLock, atomic_path, atomic_write
 from treeclip.errors import UsageError
 from treeclip.taxonomy import RANK_NAMES
 
@@ -33,6 +41,9 @@ ERROR = "error"
 DWC_COLUMNS = ("scientificName", "taxonRank", "kingdom", "phylum", "class", "order", "family", "genus",
                "specificEpithet", "vernacularName", "associatedMedia", "identificationRemarks")
 DWC_MEDIA = "associatedMedia"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_LINE_END = "\r\n"
+_COMMITTED = re.compile(r"committed (\d+)")
 
 
 def dwc_row(row: Row, *, name_key: str = "file_name", model_id: str = "") -> Row:
@@ -73,50 +84,64 @@ class RowWriter:
         self.done: set[str] = set()
         self._parts = 0
         self._stream: IO[str] | None = None
+        self._lock: OutputLock | None = None
         if self.path is None:
             self._stream = sys.stdout
             self._start_text(new=True)
-        elif fmt == "parquet":
-            self._open_parquet()
-        else:
-            self._open_text()
+            return
+        self._lock = OutputLock(self.path)
+        try:
+            self._open_parquet() if fmt == "parquet" else self._open_text()
+        except BaseException:
+            self._lock.release()
+            raise
 
     # ---- text formats (csv, dwc, jsonl)
 
     def _open_text(self) -> None:
-        assert self.path is not None
+        assert self.path is not None and self._lock is not None
         existing = self.path.is_file() and self.path.stat().st_size > 0
         if existing:
             self._resume_text()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stream = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
         self._start_text(new=not existing)
+        self._commit()
 
     def _start_text(self, *, new: bool) -> None:
         if self.fmt != "jsonl":
             self._csv = csv.DictWriter(self._stream, fieldnames=self.columns, extrasaction="ignore",
-                                       lineterminator="\n")
+                                       lineterminator=CSV_LINE_END)
             if new:
                 self._csv.writeheader()
                 self._stream.flush()
 
+    def _commit(self) -> None:
+        """Record in the lock file that the output is complete up to its current size."""
+        if self._lock is not None and self._stream is not None:
+            self._lock.note(f"committed {os.fstat(self._stream.fileno()).st_size}")
+
     def _resume_text(self) -> None:
-        assert self.path is not None
+        assert self.path is not None and self._lock is not None
         data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        complete = data[:cut].decode("utf-8", errors="replace")
+        committed = _COMMITTED.search(self._lock.previous_note)
+        whole_batches = committed is not None and int(committed.group(1)) <= len(data)
+        if whole_batches:
+            data = data[: int(committed.group(1))]
+        text = data.decode("utf-8", errors="replace")
         if self.fmt == "jsonl":
-            rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
-            header = None
+            rows, end, header = _json_lines(text, self.path), text.rfind("\n") + 1, None
         else:
-            reader = csv.DictReader(io.StringIO(complete))
-            rows, header = list(reader), reader.fieldnames
-            if header is not None and list(header) != self.columns:
+            records, end = _csv_records(text, self.path)
+            header = records[0] if records else None
+            if header is not None and header != self.columns:
                 raise UsageError(f"{self.path} exists with other columns ({','.join(header)}); "
                                  "choose another --output or remove it")
-        kept = _drop_last_name(rows, self.key)
+            rows = [dict(zip(self.columns, map(_unescape, record))) for record in records[1:]]
+        kept = rows if whole_batches else _drop_last_name(rows, self.key)
         self.done = {row[self.key] for row in kept}
-        if len(kept) != len(rows) or cut != len(data) or (header is None and self.fmt != "jsonl"):
+        if len(kept) != len(rows) or end != len(text) or len(data) != self.path.stat().st_size \
+                or (header is None and self.fmt != "jsonl"):
             self._rewrite(kept)
 
     def _rewrite(self, rows: list[Row]) -> None:
@@ -125,9 +150,10 @@ class RowWriter:
         if self.fmt == "jsonl":
             buffer.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         else:
-            writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+            writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore",
+                                    lineterminator=CSV_LINE_END)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(_escaped(row) for row in rows)
         atomic_write(self.path, buffer.getvalue())
 
     # ---- parquet
@@ -140,10 +166,17 @@ class RowWriter:
     def _open_parquet(self) -> None:
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        sources = ([self.path] if self.path.is_file() else []) + sorted(self._parts_dir.glob("part-*.parquet"))
-        for source in sources:
-            self.done.update(str(name) for name in pq.read_table(source, columns=[self.key]).column(0).to_pylist())
-        self._parts = len(sources)
+        def names(source: Path) -> set[str]:
+            return {str(name) for name in pq.read_table(source, columns=[self.key]).column(0).to_pylist()}
+
+        if self.path.is_file():
+            self.done = names(self.path)
+        for part in sorted(self._parts_dir.glob("part-*.parquet")):
+            in_part = names(part)
+            if in_part and in_part <= self.done:  # merged into OUTPUT before a kill removed the parts
+                part.unlink()
+            self.done |= in_part
+        self._parts = max([int(p.stem.split("-")[1]) + 1 for p in self._parts_dir.glob("part-*.parquet")], default=0)
 
     def _write_part(self, rows: list[Row]) -> None:
         import pyarrow.parquet as pq  # noqa: PLC0415
@@ -188,18 +221,25 @@ class RowWriter:
         if self.fmt == "jsonl":
             self._stream.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         elif self.fmt == "dwc":
-            self._csv.writerows(dwc_row(row, name_key=self.name_key, model_id=self.model_id) for row in rows)
+            self._csv.writerows(_escaped(dwc_row(row, name_key=self.name_key, model_id=self.model_id))
+                                for row in rows)
         else:
-            self._csv.writerows(rows)
+            self._csv.writerows(_escaped(row) for row in rows)
         self._stream.flush()
+        self._commit()
 
     def close(self) -> None:
         """Finish the output (Parquet: merge the parts)."""
-        if self.fmt == "parquet":
-            self._merge_parquet()
-        elif self._stream is not None and self._stream is not sys.stdout:
-            self._stream.close()
-        self._stream = None
+        try:
+            if self.fmt == "parquet" and self._lock is not None:
+                self._merge_parquet()
+            elif self._stream is not None and self._stream is not sys.stdout:
+                self._stream.close()
+        finally:
+            self._stream = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> RowWriter:
         return self
@@ -217,3 +257,58 @@ def _drop_last_name(rows: list[Row], key: str) -> list[Row]:
     while end > 0 and rows[end - 1].get(key) == last:
         end -= 1
     return rows[:end]
+
+
+def _needs_escape(value: str) -> bool:
+    """True for text a spreadsheet would run as a formula, and for escaped-looking text (kept reversible)."""
+    return value.startswith(FORMULA_START) or (value.startswith("'") and _needs_escape(value[1:]))
+
+
+def _escape(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and _needs_escape(value) else value
+
+
+def _unescape(value: str) -> str:
+    return value[1:] if value.startswith("'") and _needs_escape(value[1:]) else value
+
+
+def _escaped(row: Row) -> Row:
+    return {key: _escape(value) for key, value in row.items()}
+
+
+def _csv_records(text: str, path: Path) -> tuple[list[list[str]], int]:
+    """The complete CSV records of `text` (quoted newlines included) and where the last one ends; a torn
+    record at the end is left out, a broken one before the end is a UsageError."""
+    consumed = 0
+
+    def lines() -> Any:
+        nonlocal consumed
+        for line in io.StringIO(text, newline=""):
+            consumed += len(line)
+            yield line
+
+    records, end = [], 0
+    try:
+        for record in csv.reader(lines(), strict=True):
+            if not text[consumed - 1 : consumed] in ("\n", "\r"):
+                break
+            records.append(record)
+            end = consumed
+    except csv.Error as exc:
+        if consumed < len(text):
+            raise UsageError(f"{path}: CSV record ending at character {consumed} is broken ({exc}); "
+                             "choose another --output or remove it") from None
+    return records, end
+
+
+def _json_lines(text: str, path: Path) -> list[Row]:
+    """The rows of the complete (newline-terminated) lines of a JSON Lines text; UsageError on a broken one."""
+    rows = []
+    for number, line in enumerate(text[: text.rfind("\n") + 1].split("\n")[:-1], start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}: line {number} is not JSON ({exc.msg}); choose another --output "
+                                 "or remove it") from None
+    return rows

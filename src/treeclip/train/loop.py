@@ -262,9 +262,7 @@ def _restore(s: Session, resume: str | None) -> tuple[int, int, Path | None]:
     s.scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
     if env.rank < len(rng) and len(rng) == env.world_size:
-        torch.set_rng_state(rng[env.rank]["cpu"])
-        if env.device.type == "cuda" and rng[env.rank].get("cuda") is not None:
-            torch.cuda.set_rng_state(rng[env.rank]["cuda"], env.device)
+        ckpt.restore_rng(rng[env.rank], env.device)
     passes = state["data_passes"]
     data_pass = (passes[env.rank] if len(passes) == env.world_size else max(passes)) + 1
     log.info("resumed from %s at step %d", path, state["step"])
@@ -388,8 +386,7 @@ def _validate(s: Session) -> dict[str, float]:
 def _save(s: Session, step: int, data_pass: int) -> Path | None:
     """Gather every process's RNG state and data pass; rank 0 writes the checkpoint."""
     env, module = s.env, s.module
-    cuda = torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None
-    rng = gather_objects(env, {"cpu": torch.get_rng_state(), "cuda": cuda})
+    rng = gather_objects(env, ckpt.capture_rng(env.device))
     passes = gather_objects(env, data_pass)
     path = None
     if env.is_main:
