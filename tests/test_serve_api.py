@@ -216,11 +216,27 @@ def test_page_and_its_files_are_self_contained(client: TestClient) -> None:
     (b"", "empty"),
     (png_bytes(8)[:120], "truncated"),
 ])
-def test_unusable_files_are_400_with_the_reason(client: TestClient, blob: bytes, reason: str) -> None:
-    response = client.post("/v1/predict", files=uploads(png_bytes(9), blob, names=["ok.png", "bad.bin"]))
+def test_unusable_file_gets_an_error_entry_and_the_others_are_answered(client: TestClient, blob: bytes,
+                                                                         reason: str) -> None:
+    files = uploads(png_bytes(9), blob, png_bytes(10), names=["ok.png", "bad.bin", "ok2.png"])
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["file_name"] for r in results] == ["ok.png", "bad.bin", "ok2.png"]
+    assert results[0]["rows"] and results[2]["rows"] and not results[1]["rows"]
+    assert results[0]["error"] is None and reason in results[1]["error"]
+    alone = client.post("/v1/predict", files=uploads(png_bytes(9), names=["ok.png"])).json()["results"][0]
+    assert alone["rows"] == results[0]["rows"]  # the bad file does not shift the good ones' answers
+    embedded = client.post("/v1/embed", files=files).json()["results"]
+    assert embedded[1]["embedding"] is None and reason in embedded[1]["error"]
+    assert len(embedded[2]["embedding"]) > 0 and embedded[2]["path"] == "ok2.png"
+
+
+def test_request_without_a_usable_file_is_400_naming_each(client: TestClient) -> None:
+    response = client.post("/v1/predict", files=uploads(b"", b"nope", names=["a.png", "b.png"]))
     assert response.status_code == 400
     detail = response.json()["detail"]
-    assert detail.startswith("bad.bin: ") and reason in detail
+    assert "a.png: empty" in detail and "b.png: not an image" in detail
 
 
 def test_pixel_limit_is_400(classifier: TreeOfLifeClassifier) -> None:

@@ -1,8 +1,10 @@
 """The FastAPI app: prediction and embedding over uploaded images, health, info and the web page.
 
 Safety: images arrive only as uploads (no URL is ever fetched, no path parameter names a file); the body
-size is capped before parsing (413), each image's pixel count is checked from its header before decoding
-and unusable files are refused with the decoder's reason (400); requests are admitted to a bounded queue
+size is capped before parsing (413), each image's pixel count is checked from its header before decoding;
+like the CLI, an unusable file gets an ``error`` entry with the decoder's reason while every good file of the
+request is answered (200), and only a request with no usable file is refused (400, naming each file and
+why); requests are admitted to a bounded queue
 (503 + ``Retry-After`` when full or when a request outlives the timeout). The page's files are read once
 from the package's ``static/`` folder and served from memory by name. FastAPI's /docs and /redoc pages are
 off (they load their scripts from a CDN); the schema is at ``/openapi.json``.
@@ -50,7 +52,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "bad option, or an image that cannot be used (the reason)"},
+    400: {"model": Problem, "description": "bad option, or no usable image in the request (each file's reason)"},
     413: {"model": Problem, "description": "request body over the upload limit"},
     503: {"model": Problem, "description": "busy (queue full) or timed out; retry after Retry-After seconds"},
 }
@@ -96,7 +98,8 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
     async def embed(files: Files) -> EmbedResponse:
         """One L2-normalised image embedding per file (the rows of `treeclip embed`)."""
         results = await pipeline.answers(files, ("embed",), engines.embed)
-        rows = [{**row, PATH: name, "index": index} for index, (name, row) in enumerate(results)]
+        rows = [{**row, PATH: name, "index": index, "model": classifier.model_id}
+                for index, (name, row) in enumerate(results)]
         return EmbedResponse(model=classifier.model_id, results=rows)
 
     @app.get("/v1/health", response_model=Health)
@@ -192,7 +195,8 @@ class _Pipeline:
                                       draft_size=classifier.draft_size)
 
     async def answers(self, files: list[UploadFile], key: tuple, score: Scorer) -> list[tuple[str, Any]]:
-        """(file name, answer) per uploaded file, in order; `Busy` when full or out of time."""
+        """(file name, answer) per uploaded file, in order, the answer of an unusable file being
+        ``{"error": reason}``; 400 when no file is usable; `Busy` when full or out of time."""
         if len(files) > self.limits.max_files:
             raise HTTPException(400, f"too many files: {len(files)} > limit {self.limits.max_files} per request")
         names = [upload.filename or f"file-{index}" for index, upload in enumerate(files)]
@@ -204,20 +208,23 @@ class _Pipeline:
         return list(zip(names, answers, strict=True))
 
     async def _score(self, files: list[UploadFile], names: list[str], key: tuple, score: Scorer) -> list[Any]:
-        pixels = await self._decode(files, names)
-        return await asyncio.wrap_future(self.jobs.submit(key, score, pixels))
+        decoded = await self._decode(files)
+        failed = {index: str(result) for index, result in enumerate(decoded) if isinstance(result, ImageError)}
+        if len(failed) == len(files):
+            raise HTTPException(400, "no usable image: " + "; ".join(f"{names[i]}: {why}" for i, why in failed.items()))
+        good = torch.stack([result for result in decoded if not isinstance(result, ImageError)])
+        answers = iter(await asyncio.wrap_future(self.jobs.submit(key, score, good)))
+        return [{"error": failed[index]} if index in failed else next(answers) for index in range(len(files))]
 
-    async def _decode(self, files: list[UploadFile], names: list[str]) -> torch.Tensor:
-        """Preprocessed pixels of every file; 400 naming the first file that cannot be used and why."""
+    async def _decode(self, files: list[UploadFile]) -> list[torch.Tensor | ImageError]:
+        """Preprocessed pixels, or the `ImageError` saying why it cannot be used, per file."""
         loop = asyncio.get_running_loop()
         tasks = [loop.run_in_executor(self.decoders.executor, self.load, await upload.read()) for upload in files]
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, ImageError):
-                raise HTTPException(400, f"{name}: {result}")
-            if isinstance(result, BaseException):
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ImageError):
                 raise result
-        return torch.stack(results)
+        return results
 
     def close(self) -> None:
         self.jobs.close()
@@ -227,7 +234,7 @@ class _Pipeline:
 def _named(results: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Prediction answers with each row's ``file_name`` set to its upload's name, plus index and name."""
     for index, (name, result) in enumerate(results):
-        for row in [*result["rows"], *([result["rollup"]] if result["rollup"] else [])]:
+        for row in [*result.get("rows", []), *([result["rollup"]] if result.get("rollup") else [])]:
             row[FILE_NAME] = name
         result.update(index=index, file_name=name)
     return [result for _, result in results]

@@ -2,7 +2,8 @@
 
 Prediction rows are exactly the rows `treeclip predict --format jsonl` writes (``file_name``, the rank
 columns, ``score``; ``classification`` for custom labels; ``rank`` for roll-up rows), with ``file_name``
-set to the uploaded file's name. Results come in upload order and echo each file's index and name.
+set to the uploaded file's name. Results come in upload order and echo each file's index and name; a file
+that cannot be used has no rows and an ``error`` (the decoder's reason), while the other files are answered.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ Row = dict[str, str | float]
 class PredictResult(BaseModel):
     index: int = Field(description="position of the file in the upload (0-based)")
     file_name: str = Field(description="the uploaded file's name")
-    rows: list[Row] = Field(description="top-k rows at each requested rank (kingdom first), or over the custom "
-                                        "labels; the fields of `treeclip predict --format jsonl`")
+    rows: list[Row] = Field([], description="top-k rows at each requested rank (kingdom first), or over the custom "
+                                            "labels; the fields of `treeclip predict --format jsonl`")
     rollup: Row | None = Field(None, description="the roll-up row (deepest rank whose probability reaches the "
                                                  "threshold, rank 'unknown' if none) when `rollup` was given")
+    error: str | None = Field(None, description="why this file could not be used (then it has no rows)")
 
 
 class PredictResponse(BaseModel):
@@ -29,8 +31,9 @@ class PredictResponse(BaseModel):
 class EmbedResult(BaseModel):
     index: int = Field(description="position of the file in the upload (0-based)")
     path: str = Field(description="the uploaded file's name (the `path` column of `treeclip embed`)")
-    embedding: list[float] = Field(description="L2-normalised image embedding")
+    embedding: list[float] | None = Field(None, description="L2-normalised image embedding (absent on error)")
     model: str
+    error: str | None = Field(None, description="why this file could not be used")
 
 
 class EmbedResponse(BaseModel):
