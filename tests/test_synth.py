@@ -49,7 +49,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(world_dir: Path, tmp
 def test_catalog_layout_and_splits(world_dir: Path) -> None:
     with open(world_dir / "catalog.csv", encoding="utf-8") as handle:
         assert handle.readline().strip().split(",") == list(CATALOG_COLUMNS)
-    assert list(CATALOG_COLUMNS) == ["path", "split", *RANK_NAMES, "common"]
+    assert list(CATALOG_COLUMNS) == ["path", "split", *RANK_NAMES, "common", "decimalLatitude", "decimalLongitude",
+                                    "eventDate"]
     rows = _rows(world_dir / "catalog.csv")
     assert len(rows) == 40 * 3
     assert {row["split"] for row in rows} == {"train", "val", "unseen"}
@@ -191,3 +192,29 @@ def test_non_empty_out_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFix
     assert main([*args, "--overwrite"]) == 0
     assert "3 species" in capsys.readouterr().out
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(_rows(tmp_path / "catalog.csv")) == 6
+
+
+def test_geography_ranges_follow_the_tree_and_images_lie_in_their_range(world_dir: Path) -> None:
+    from treeclip.data.synth_geo import distance_km
+    from treeclip.predict.prior import OccurrenceReader
+
+    world = build_world(species=40, seed=7, holdout=0.25)
+    lineages = [m.taxon.lineage for m in world.species]
+    same_genus, other_kingdom = [], []
+    for i in range(len(lineages)):
+        for j in range(i + 1, len(lineages)):
+            km = distance_km(*world.centres[i], *world.centres[j])
+            if lineages[i][Rank.GENUS] == lineages[j][Rank.GENUS] and lineages[i][0] == lineages[j][0]:
+                same_genus.append(km)
+            elif lineages[i][0] != lineages[j][0]:
+                other_kingdom.append(km)
+    assert np.median(same_genus) < 1000 < np.median(other_kingdom)  # relatives share a region
+    assert any(km < 2 * 250 for km in same_genus)  # some sister ranges overlap
+    index = {m.taxon.lineage: m.index for m in world.species}
+    for row in _rows(world_dir / "catalog.csv"):
+        member = index[tuple(row[rank] for rank in RANK_NAMES)]
+        lat, lon = float(row["decimalLatitude"]), float(row["decimalLongitude"])
+        assert distance_km(lat, lon, *world.centres[member]) <= world.radii[member] + 1.0
+        assert row["eventDate"][:4].isdigit()
+    records = list(OccurrenceReader(world_dir / "occurrences.csv"))
+    assert len(records) == 40 * 40 and {r.taxon.lineage for r in records} == set(lineages)

@@ -3,8 +3,11 @@
 `build_world` makes the taxonomy (seven ranks, Latin-like names, common names), evolves a trait vector
 down it and picks the held-out (``unseen``) species; `write_world` renders every species' images into
 ``OUT/images/<Genus>_<epithet>/NNNNNN.png`` one species at a time (nothing accumulates in memory) and
-writes ``catalog.csv`` (the generic ``csv:`` source layout), ``taxonomy.csv``, ``world.json`` and
-``unseen.txt`` (the held-out binomials, one a line: the ``--exclude`` list that keeps them out of a build).
+writes ``catalog.csv`` (the generic ``csv:`` source layout, with each image's place and date as
+``decimalLatitude, decimalLongitude, eventDate``), ``taxonomy.csv``, ``world.json``, ``unseen.txt`` (the
+held-out binomials, one a line: the ``--exclude`` list that keeps them out of a build) and
+``occurrences.csv`` (Darwin Core occurrence records drawn from every species' range, for `treeclip prior
+build`; see `treeclip.data.synth_geo` for the geography).
 
 Trait model: the root is the zero vector; every taxon's vector is its parent's plus Gaussian noise whose
 scale `RANK_NOISE` shrinks with rank, so two species share the noise of all ranks above their lowest common
@@ -31,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from treeclip.atomic import atomic_path, atomic_write
+from treeclip.data.synth_geo import (LOCATION_COLUMNS, OCCURRENCE_COLUMNS, RANGE_KM, RANK_SPREAD_KM,
+                                     points_in_range, range_centres, range_radii)
 from treeclip.data.synth_names import NameBook, kingdom_codes
 from treeclip.data.synth_render import TRAIT_DIM, TRAITS, Phenotype, render
 from treeclip.errors import UsageError
@@ -41,12 +46,13 @@ log = logging.getLogger(__name__)
 DEFAULT_SPECIES = 300
 N_RANKS = len(RANK_NAMES)
 RANK_NOISE = (1.0, 0.7, 0.5, 0.38, 0.3, 0.24, 0.18)  # trait noise added at kingdom ... species
-CATALOG_COLUMNS = ("path", "split", *RANK_NAMES, "common")
+CATALOG_COLUMNS = ("path", "split", *RANK_NAMES, "common", *LOCATION_COLUMNS)
 TAXONOMY_COLUMNS = (*RANK_NAMES, "common", "status")
 TRAIN, VAL, UNSEEN, SEEN = "train", "val", "unseen", "seen"
 IMAGE_DIR, IMAGE_SUFFIX = "images", ".png"
-OUTPUTS = (IMAGE_DIR, "catalog.csv", "taxonomy.csv", "unseen.txt", "world.json")
-_SHAPE, _NAMES, _TRAITS, _HOLDOUT, _IMAGES = range(5)  # independent random streams
+OCCURRENCES = "occurrences.csv"
+OUTPUTS = (IMAGE_DIR, "catalog.csv", "taxonomy.csv", "unseen.txt", "world.json", OCCURRENCES)
+_SHAPE, _NAMES, _TRAITS, _HOLDOUT, _IMAGES, _GEO, _RECORDS = range(7)  # independent random streams
 Progress = Callable[[int, int], None]
 
 
@@ -68,6 +74,8 @@ class World:
     traits: np.ndarray  # [n_species, TRAIT_DIM]
     taxa_per_rank: dict[str, int]
     codes: dict[str, str]  # kingdom name -> nomenclature code
+    centres: np.ndarray  # [n_species, 2] range centre (lat, lon)
+    radii: np.ndarray  # [n_species] range radius, km
 
     @property
     def n_unseen(self) -> int:
@@ -237,9 +245,11 @@ def build_world(*, species: int | None = None, branching: Sequence[int] | None =
                      unseen=i in unseen)
         for i, path in enumerate(paths.tolist())
     )
+    geo = _rng(seed, _GEO)
     return World(seed=seed, species=members, traits=_traits(parents, seed),
                  taxa_per_rank={name: len(level) for name, level in zip(RANK_NAMES, parents)},
-                 codes=dict(zip(names[Rank.KINGDOM], codes)))
+                 codes=dict(zip(names[Rank.KINGDOM], codes)), centres=range_centres(paths, geo),
+                 radii=range_radii(len(members), geo))
 
 
 # ------------------------------------------------------------------------------------------------- writing
@@ -281,10 +291,22 @@ def _write_species(out: Path, world: World, member: SynthSpecies, *, images_per_
     splits = image_splits(images_per_species, unseen=member.unseen, val_fraction=val_fraction, rng=rng)
     phenotype = Phenotype.from_traits(world.traits[member.index])
     folder = f"{IMAGE_DIR}/{member.taxon.genus}_{member.taxon.species}"
-    for number, split in enumerate(splits):
+    places = points_in_range(world.centres[member.index], world.radii[member.index], len(splits),
+                             _rng(world.seed, _GEO, member.index))
+    for number, (split, place) in enumerate(zip(splits, places, strict=True)):
         path = f"{folder}/{number:06d}{IMAGE_SUFFIX}"
         atomic_write(out / path, png_bytes(render(phenotype, rng, image_size)))
-        yield [path, split, *member.taxon.lineage, member.taxon.common]
+        yield [path, split, *member.taxon.lineage, member.taxon.common, *place]
+
+
+def occurrence_rows(world: World, per_species: int) -> Iterator[list[object]]:
+    """Darwin Core occurrence records: `per_species` points from each species' range (seen and unseen)."""
+    for member in world.species:
+        points = points_in_range(world.centres[member.index], world.radii[member.index], per_species,
+                                 _rng(world.seed, _RECORDS, member.index))
+        for number, (lat, lon, date) in enumerate(points):
+            yield [f"synth:{member.index}:{number}", *member.taxon.lineage, member.taxon.scientific, lat, lon, date,
+                   "HUMAN_OBSERVATION"]
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[str]]) -> None:
@@ -305,20 +327,24 @@ def _world_json(world: World, parameters: dict[str, object], images: dict[str, i
                    "images": images},
         "kingdom_codes": world.codes,
         "trait_model": {"traits": list(TRAITS), "rank_noise": dict(zip(RANK_NAMES, RANK_NOISE))},
+        "geography": {"range_km": RANGE_KM, "rank_spread_km": dict(zip(RANK_NAMES, RANK_SPREAD_KM)),
+                      "occurrences_per_species": parameters["occurrences_per_species"]},
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
 def write_world(out_dir: str | Path, *, species: int | None = None, branching: Sequence[int] | None = None,
                 images_per_species: int = 20, image_size: int = 64, seed: int = 0, holdout: float = 0.1,
-                val_fraction: float = 0.1, homonyms: float = 0.0, overwrite: bool = False,
-                progress: Progress | None = None) -> SynthSummary:
+                val_fraction: float = 0.1, homonyms: float = 0.0, occurrences_per_species: int = 40,
+                overwrite: bool = False, progress: Progress | None = None) -> SynthSummary:
     """Generate a world into `out_dir`, streaming images species by species; `progress(done, total)`."""
     _require(isinstance(images_per_species, int) and images_per_species >= 1,
              f"images_per_species must be at least 1, got {images_per_species}")
     _require(isinstance(image_size, int) and 8 <= image_size <= 2048,
              f"image_size must be between 8 and 2048 pixels, got {image_size}")
     _require(0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}")
+    _require(isinstance(occurrences_per_species, int) and occurrences_per_species >= 0,
+             f"occurrences_per_species must be a non-negative integer, got {occurrences_per_species}")
     world = build_world(species=species, branching=branching, seed=seed, holdout=holdout, homonyms=homonyms)
     out = Path(out_dir)
     _prepare_out(out, overwrite)
@@ -337,9 +363,11 @@ def write_world(out_dir: str | Path, *, species: int | None = None, branching: S
     _write_csv(out / "taxonomy.csv", TAXONOMY_COLUMNS,
                ([*m.taxon.lineage, m.taxon.common, UNSEEN if m.unseen else SEEN] for m in world.species))
     atomic_write(out / "unseen.txt", "".join(f"{m.taxon.scientific}\n" for m in world.species if m.unseen))
+    _write_csv(out / OCCURRENCES, OCCURRENCE_COLUMNS, occurrence_rows(world, occurrences_per_species))
     parameters = {"species": len(world.species), "branching": list(branching) if branching else None,
                   "images_per_species": images_per_species, "image_size": image_size, "seed": seed,
-                  "holdout": holdout, "val_fraction": val_fraction, "homonyms": homonyms}
+                  "holdout": holdout, "val_fraction": val_fraction, "homonyms": homonyms,
+                  "occurrences_per_species": occurrences_per_species}
     atomic_write(out / "world.json", _world_json(world, parameters, images))
     log.info("wrote %d species (%d unseen), %s images to %s", len(world.species), world.n_unseen, images, out)
     return SynthSummary(out_dir=out, species=len(world.species), unseen=world.n_unseen, images=images,
