@@ -213,3 +213,18 @@ def test_plain_apostrophes_are_not_escaped(tmp_path: Path) -> None:
 def test_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
     atomic_write(tmp_path / "f.txt", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_resume_during_a_build_is_refused_before_touching_files(tmp_path: Path) -> None:
+    from treeclip.data.build import build_dataset
+
+    (tmp_path / "src").mkdir()
+    out = tmp_path / "out"
+    (out / ".build" / "journal").mkdir(parents=True)
+    (out / "train").mkdir()
+    in_flight = out / "train" / ".shard-000000.tar.123.tmp"
+    in_flight.write_bytes(b"being written")
+    with OutputLock(out, option="--out", lock_file=out / ".build" / "lock"):  # the running build
+        with pytest.raises(UsageError, match="--out .* is being written by another process"):
+            build_dataset(sources=[f"folder:{tmp_path / 'src'}"], out=out, resume=True)
+    assert in_flight.read_bytes() == b"being written"

@@ -77,8 +77,9 @@ class OutputLock:
     A second process asking for the lock gets a `UsageError` naming the output and the holder's pid.
     """
 
-    def __init__(self, output: str | os.PathLike[str], *, option: str = "--output") -> None:
-        self.path = lock_path(output)
+    def __init__(self, output: str | os.PathLike[str], *, option: str = "--output",
+                 lock_file: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(lock_file) if lock_file is not None else lock_path(output)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -3,7 +3,9 @@
 Output layout (``OUT/``): ``train/shard-NNNNNN.tar`` and ``val/shard-NNNNNN.tar``; then, written last,
 ``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``alignment.json`` and
 ``alignment.txt`` (the alignment report and its readable summary) and finally ``manifest.json``: a build is
-complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`).
+complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`)
+and the build lock (``OUT/.build/lock``): a second build or ``--resume`` of the same folder while one runs
+is refused with one line, before it touches any file.
 
 Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
 removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
@@ -24,7 +26,7 @@ from typing import Any
 
 from treeclip import __version__
 from treeclip.data.align import Aligner, write_report
-from treeclip.atomic import atomic_write, is_temp_file
+from treeclip.atomic import OutputLock, atomic_write, is_temp_file
 from treeclip.data.backbone import read_backbone
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, map_unordered
@@ -88,20 +90,24 @@ def build_dataset(
     aligner = Aligner(backbone=read_backbone(backbone) if backbone else ())
     exclusions = load_exclusions(exclude)
     out = Path(out)
-    _prepare_out(out, resume=resume)
-    plan = plan_build(sources=opened, out=str(out.absolute()), aligner=aligner, exclusions=exclusions,
-                      image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
-                      val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
-    _remove_stale(out, plan.jobs)
-    results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
-                               engine=engine, ray_address=ray_address),
-                     key=lambda r: (SPLITS.index(r.split), r.index))
-    params = {"image_size": image_size, "resize": resize, "shard_size": shard_size, "val_fraction": val_fraction,
-              "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
-              "backbone": str(backbone) if backbone else None}
-    problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
-    manifest = _finish(out, plan, results, params, problems)
-    return BuildResult(out=out, manifest=manifest, problems=problems)
+    _check_out(out, resume=resume)
+    (out / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, option="--out", lock_file=out / BUILD_DIR / "lock"):
+        _clean_for_resume(out)
+        plan = plan_build(sources=opened, out=str(out.absolute()), aligner=aligner, exclusions=exclusions,
+                          image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
+                          val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
+        _remove_stale(out, plan.jobs)
+        results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
+                                   engine=engine, ray_address=ray_address),
+                         key=lambda r: (SPLITS.index(r.split), r.index))
+        params = {"image_size": image_size, "resize": resize, "shard_size": shard_size,
+                  "val_fraction": val_fraction,
+                  "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
+                  "backbone": str(backbone) if backbone else None}
+        problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
+        manifest = _finish(out, plan, results, params, problems)
+        return BuildResult(out=out, manifest=manifest, problems=problems)
 
 
 def _check_arguments(*, image_size: int, resize: str, shard_size: int, workers: int, val_fraction: float,
@@ -120,8 +126,8 @@ def _check_arguments(*, image_size: int, resize: str, shard_size: int, workers: 
             raise UsageError(message)
 
 
-def _prepare_out(out: Path, *, resume: bool) -> None:
-    """Refuse to overwrite; on resume, drop the old manifest and every temporary file."""
+def _check_out(out: Path, *, resume: bool) -> None:
+    """Refuse to overwrite anything but a treeclip build being resumed."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder; choose a new output folder")
     if out.is_dir() and any(out.iterdir()):
@@ -132,11 +138,14 @@ def _prepare_out(out: Path, *, resume: bool) -> None:
         if not is_build:
             raise UsageError(f"--out {out}: not a treeclip build folder (no {BUILD_DIR}/ or {MANIFEST}); "
                              "choose a new output folder")
-        (out / MANIFEST).unlink(missing_ok=True)
-        for path in out.rglob("*"):
-            if path.is_file() and is_temp_file(path):
-                path.unlink()
-    (out / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _clean_for_resume(out: Path) -> None:
+    """Drop the old manifest and every temporary file (only ever called while holding the lock)."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for path in out.rglob("*"):
+        if path.is_file() and is_temp_file(path):
+            path.unlink()
 
 
 def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
