@@ -1,9 +1,12 @@
 """Reading a taxonomic backbone (``--backbone FILE``) into lineages for the `Aligner`.
 
-Two layouts, tab- or comma-separated (the header's first tab decides), recognised by their header:
-- a **7-rank table**: columns named by rank (``kingdom, phylum, class, order, family, genus, species``;
-  also ``specificEpithet``, ``division``, ...) and optionally a common name (``common``, ``common_name``,
-  ``vernacularName``); other columns are ignored;
+Several files may be given (``--backbone`` is repeatable): partial tables complete one another in the
+alignment (a bird checklist giving order/family/genus/species, a second table the ranks above the orders).
+Two layouts, CSV/TSV/Parquet read by `treeclip.formats`, recognised by their header:
+- a **rank table**: columns found by `treeclip.formats.columns` (``kingdom ... species``, ``cls``/``class``,
+  ``specificEpithet``, a full ``scientific_name``/``scientificName``, prefixed checklist columns such as
+  ``ebird_order``; ``--columns rank=COLUMN`` for others) and optionally a common name; a row with a gap keeps
+  its deepest unbroken run of ranks;
 - a **parent-pointer table** in Darwin Core style (GBIF backbone ``Taxon.tsv``, EOL Dynamic Hierarchy):
   ``taxonID, parentNameUsageID, taxonRank, scientificName`` (``canonicalName`` is preferred when present,
   rows whose ``taxonomicStatus`` is a synonym or misapplied are skipped). Each row at one of the seven ranks
@@ -17,53 +20,49 @@ Names are cleaned by `treeclip.taxonomy.taxon_from_fields`; bad rows are counted
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from treeclip.errors import UsageError
+from treeclip.formats import TAXON_ROLES, Problem, Table, has_ranks, open_table, resolve, taxon_of
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, taxon_from_fields
 
 log = logging.getLogger(__name__)
 
 PARENT_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank", "scientificname")
-COMMON_COLUMNS = ("common", "commonname", "vernacularname", "vernacular")
 EMPTY = ("",) * len(RANK_NAMES)
 _FIELDS = ("kingdom", "phylum", "cls", "order", "family", "genus", "species")
 
 
-def read_backbone(path: str | Path) -> list[Taxon]:
-    """Every lineage in a backbone file (see the module docstring); UsageError for a missing or unknown file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--backbone {path}: no such file; give a 7-rank CSV or a Darwin Core taxon table")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        delimiter = "\t" if "\t" in handle.readline() else ","
-        handle.seek(0)
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        rows = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = [_column_key(name) for name in next(rows, [])]
-        table = _Table(header, rows, str(path))
-        if all(column in header for column in PARENT_COLUMNS):
-            taxa = _parent_pointer_taxa(table)
-        elif _rank_columns(header):
-            taxa = list(_rank_table_taxa(table))
-        else:
-            raise UsageError(f"--backbone {path}: header names neither the ranks (kingdom, ..., species) nor "
-                             f"the Darwin Core columns {', '.join(PARENT_COLUMNS)}")
+def read_backbones(paths: Iterable[str | Path], *, columns: Mapping[str, str] | None = None) -> list[Taxon]:
+    """The lineages of every backbone file, in order (partial tables complete one another in the alignment)."""
+    return [taxon for path in paths for taxon in read_backbone(path, columns=columns)]
+
+
+def read_backbone(path: str | Path, *, columns: Mapping[str, str] | None = None) -> list[Taxon]:
+    """Every lineage in a backbone file (see the module docstring); UsageError for a missing or unknown file.
+
+    `columns` ({role: column}, ``--columns``) overrides the rank-column rules of a 7-rank table."""
+    table = _Table(open_table(path, what="--backbone"))
+    parent = {name: table.source.find(name) for name in (*PARENT_COLUMNS, "canonicalname", "taxonomicstatus")}
+    ranks = resolve(table.source.header, TAXON_ROLES, columns, where=str(path))
+    if all(parent[name] for name in PARENT_COLUMNS):
+        taxa = _parent_pointer_taxa(table, parent)
+    elif has_ranks(ranks):
+        taxa = list(_rank_table_taxa(table, ranks))
+    else:
+        raise UsageError(f"--backbone {path}: header names neither the ranks (kingdom, ..., species, or a "
+                         f"scientific name) nor the Darwin Core columns {', '.join(PARENT_COLUMNS)}; name them "
+                         "with --columns rank=COLUMN")
     for reason, n in sorted(table.problems.items()):
-        log.warning("%s: %d rows: %s (first at line %d)", path, n, reason, table.first_line[reason])
+        log.warning("%s: %d rows: %s (first at %s)", path, n, reason, table.first[reason])
+    if not taxa:
+        raise UsageError(f"--backbone {path}: no usable lineage in {table.rows} rows")
     log.info("backbone %s: %d lineages", path, len(taxa))
     return taxa
-
-
-def _column_key(name: str) -> str:
-    """A header name without namespace, case and punctuation: "dwc:parentNameUsageID" -> "parentnameusageid"."""
-    return re.sub(r"[^a-z0-9]", "", name.rsplit(":", 1)[-1].lower())
 
 
 def _rank_of(text: str) -> int:
@@ -74,60 +73,38 @@ def _rank_of(text: str) -> int:
         return -1
 
 
-def _rank_columns(header: list[str]) -> dict[int, int]:
-    """{rank index: column index} for header names that are ranks (the first column of each rank)."""
-    columns: dict[int, int] = {}
-    for index, name in enumerate(header):
-        rank = _rank_of(name)
-        if rank >= 0:
-            columns.setdefault(rank, index)
-    return columns
-
-
 @dataclass
 class _Table:
-    """The rows of a backbone file after its header, counting the problems met."""
+    """The rows of a backbone file, counting the problems met."""
 
-    header: list[str]
-    rows: Iterator[list[str]]
-    origin: str
+    source: Table
     problems: Counter[str] = field(default_factory=Counter)
-    first_line: dict[str, int] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
 
-    def problem(self, reason: str, line: int) -> None:
-        """Count a problem (logged once per reason by `read_backbone`, with its first line)."""
-        self.first_line.setdefault(reason, line)
+    def problem(self, reason: str, where: str) -> None:
+        """Count a problem (logged once per reason by `read_backbone`, with its first place)."""
+        place = where.rsplit(":", 1)[-1]
+        self.first.setdefault(reason, f"line {place}" if place.isdigit() else where)
         self.problems[reason] += 1
-        log.debug("%s:%d: %s", self.origin, line, reason)
+        log.debug("%s: %s", where, reason)
 
-    def column(self, *names: str) -> int | None:
-        return next((self.header.index(n) for n in names if n in self.header), None)
-
-    def records(self) -> Iterator[tuple[int, list[str]]]:
-        """(line number, fields) of every row with as many fields as the header; others are counted."""
-        for line, row in enumerate(self.rows, start=2):
-            if len(row) == len(self.header):
-                yield line, row
-            elif any(row):
-                self.problem(f"the number of fields differs from the header's {len(self.header)}", line)
+    def records(self, columns: Mapping[str, str | None]) -> Iterator[tuple[int, dict[str, str]]]:
+        """(line, values) of every readable row; the others are counted."""
+        for item in self.source.rows(columns):
+            self.rows += 1
+            if isinstance(item, Problem):
+                self.problem(item.reason.split(" (", 1)[0], item.origin)
+            else:
+                yield item
 
 
-def _taxon(names: list[str], common: str, table: _Table, line: int) -> Taxon | None:
-    """A cleaned taxon from raw rank names, or None (counted) when nothing usable is left."""
-    taxon = taxon_from_fields(**dict(zip(_FIELDS, names)), common=common, strict=False)
-    if not any(taxon.lineage):
-        table.problem("no usable rank names", line)
-        return None
-    return taxon
-
-
-def _rank_table_taxa(table: _Table) -> Iterator[Taxon]:
-    columns = _rank_columns(table.header)
-    common = table.column(*COMMON_COLUMNS)
-    for line, row in table.records():
-        names = [row[columns[rank]] if rank in columns else "" for rank in range(len(RANK_NAMES))]
-        taxon = _taxon(names, row[common] if common is not None else "", table, line)
-        if taxon is not None:
+def _rank_table_taxa(table: _Table, columns: Mapping[str, str]) -> Iterator[Taxon]:
+    for line, row in table.records(columns):
+        taxon = taxon_of(row, table.source.where(line), strict=False)
+        if isinstance(taxon, Problem):
+            table.problem(taxon.reason.split(":", 1)[0], taxon.origin)
+        else:
             yield taxon
 
 
@@ -139,8 +116,8 @@ class _Node:
     line: int
 
 
-def _parent_pointer_taxa(table: _Table) -> list[Taxon]:
-    nodes = _read_nodes(table)
+def _parent_pointer_taxa(table: _Table, columns: Mapping[str, str | None]) -> list[Taxon]:
+    nodes = _read_nodes(table, columns)
     walker = _Walker(nodes, table)
     taxa = []
     for node_id, node in nodes.items():
@@ -151,19 +128,19 @@ def _parent_pointer_taxa(table: _Table) -> list[Taxon]:
     return taxa
 
 
-def _read_nodes(table: _Table) -> dict[str, _Node]:
+def _read_nodes(table: _Table, columns: Mapping[str, str | None]) -> dict[str, _Node]:
     """{taxonID: node} of the accepted rows."""
-    ids, parents, ranks, names = (table.header.index(c) for c in PARENT_COLUMNS)
-    canonical, status = table.column("canonicalname"), table.column("taxonomicstatus")
     nodes: dict[str, _Node] = {}
-    for line, row in table.records():
-        if status is not None and ("synonym" in row[status].lower() or row[status].lower() == "misapplied"):
+    for line, row in table.records(columns):
+        status = row["taxonomicstatus"].lower()
+        if "synonym" in status or status == "misapplied":
             continue
-        name = (row[canonical] if canonical is not None else "") or row[names]
-        if row[ids] in nodes:
-            table.problem("repeated taxonID (the first is kept)", line)
+        name = row["canonicalname"] or row["scientificname"]
+        if row["taxonid"] in nodes:
+            table.problem("repeated taxonID (the first is kept)", table.source.where(line))
             continue
-        nodes[row[ids]] = _Node(row[parents].strip(), _rank_of(row[ranks]), name.strip(), line)
+        nodes[row["taxonid"]] = _Node(row["parentnameusageid"].strip(), _rank_of(row["taxonrank"]), name.strip(),
+                                      line)
     return nodes
 
 
@@ -228,4 +205,4 @@ class _Walker:
         return ("",) * top + tuple(names[top:])
 
     def _problem(self, reason: str, node_id: str) -> None:
-        self._table.problem(f"{reason}; lineages end there", self._nodes[node_id].line)
+        self._table.problem(f"{reason}; lineages end there", self._table.source.where(self._nodes[node_id].line))

@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 from treeclip import __version__
 from treeclip.data.align import Aligner, write_report
 from treeclip.atomic import OutputLock, atomic_write, is_temp_file
-from treeclip.data.backbone import read_backbone
+from treeclip.data.backbone import read_backbones
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, map_unordered
 from treeclip.data.exclude import load_exclusions
@@ -67,7 +67,9 @@ def build_dataset(
     workers: int = 1,
     exclude: Sequence[str | Path] = (),
     val_fraction: float = 0.05,
-    backbone: str | Path | None = None,
+    backbone: str | Path | Sequence[str | Path] | None = None,
+    columns: Mapping[str, str] | None = None,
+    allow_absolute_paths: bool = False,
     resume: bool = False,
     seed: int = 0,
     quality: int = 95,
@@ -78,6 +80,8 @@ def build_dataset(
 ) -> BuildResult:
     """Build WebDataset shards from `sources` ("KIND:PATH[,EXTRA]" specs) into `out`.
 
+    `columns` ({role: column}) overrides the column rules of every table read; `allow_absolute_paths` lets
+    tables name images outside their own folder; `backbone` is one file or several.
     Bad source rows/files/images are reported through `on_problem` and skipped; the returned result lists
     them. Raises `UsageError` for bad arguments, an unknown source kind or path, or a non-empty `out`
     without `resume`. `engine` says who writes the shards (`treeclip.data.engines`: ``local`` processes, or
@@ -86,8 +90,9 @@ def build_dataset(
     check_engine(engine, ray_address)
     _check_arguments(image_size=image_size, resize=resize, shard_size=shard_size, workers=workers,
                      val_fraction=val_fraction, quality=quality, sources=sources)
-    opened = [open_source(spec) for spec in sources]
-    aligner = Aligner(backbone=read_backbone(backbone) if backbone else ())
+    opened = [open_source(spec, columns=columns, allow_absolute_paths=allow_absolute_paths) for spec in sources]
+    backbones = [backbone] if isinstance(backbone, (str, Path)) else list(backbone or ())
+    aligner = Aligner(backbone=read_backbones(backbones, columns=columns))
     exclusions = load_exclusions(exclude)
     out = Path(out)
     _check_out(out, resume=resume)
@@ -104,7 +109,7 @@ def build_dataset(
         params = {"image_size": image_size, "resize": resize, "shard_size": shard_size,
                   "val_fraction": val_fraction,
                   "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
-                  "backbone": str(backbone) if backbone else None}
+                  "backbone": [str(b) for b in backbones] or None}
         problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
         manifest = _finish(out, plan, results, params, problems)
         return BuildResult(out=out, manifest=manifest, problems=problems)

@@ -9,25 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.atomic import atomic_path, atomic_write
-from treeclip.taxonomy import RANK_NAMES
+from treeclip.formats.shards import CATALOG, CATALOG_COLUMNS, EXTRA_COLUMNS, MANIFEST, catalog_schema
 
-MANIFEST = "manifest.json"
-CATALOG = "catalog.parquet"
 DROPPED = "dropped.csv"
-CATALOG_COLUMNS: tuple[str, ...] = (
-    "id", "split", "source", "source_id", "path", *RANK_NAMES, "common", "width", "height", "sha256",
-)
-EXTRA_COLUMNS: tuple[str, ...] = ("license", "owner")
 DROPPED_COLUMNS: tuple[str, ...] = ("id", "source", "source_id", "path", "origin", "reason", "kept_id")
-_INT_COLUMNS = frozenset({"width", "height"})
-
-
-def catalog_schema() -> Any:
-    """The Arrow schema: strings everywhere except int32 width/height."""
-    import pyarrow as pa  # noqa: PLC0415 - heavy; only the writer needs it
-
-    columns = CATALOG_COLUMNS + EXTRA_COLUMNS
-    return pa.schema([(name, pa.int32() if name in _INT_COLUMNS else pa.string()) for name in columns])
+__all__ = ["CATALOG", "CATALOG_COLUMNS", "DROPPED", "DROPPED_COLUMNS", "EXTRA_COLUMNS", "MANIFEST", "write_catalog",
+           "write_dropped"]
 
 
 def write_catalog(rows: Iterable[Mapping[str, Any]], path: str | Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from treeclip.formats.problems import Problem
 from treeclip.taxonomy import Taxon
 
 
@@ -21,10 +22,4 @@ class Record:
     origin: str = ""  # "file:line" for error messages
     payload: bytes | None = None  # image bytes when the source holds them (wds)
 
-
-@dataclass
-class Problem:
-    """A bad source row or file: reported, never fatal."""
-
-    origin: str  # "file:line" or "file"
-    reason: str
+__all__ = ["Problem", "Record"]

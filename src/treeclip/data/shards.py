@@ -28,10 +28,10 @@ from PIL import Image
 from treeclip import __version__
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
+from treeclip.formats.shards import TAXON_JSON, shard_name, taxon_json
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
 JOURNAL_DIR = ".build/journal"
-TAXON_JSON = "taxon.json"
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -93,17 +93,8 @@ class ShardResult:
         return shard_name(self.split, self.index)
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}/shard-{index:06d}.tar"
-
-
 def journal_path(out: str | Path, split: str, index: int) -> Path:
     return Path(out) / JOURNAL_DIR / f"{split}-{index:06d}.json"
-
-
-def taxon_json(taxon: Taxon) -> str:
-    """The ``taxon.json`` member: the seven ranks and the common name."""
-    return json.dumps({**taxon.ranks(), "common": taxon.common}, ensure_ascii=False)
 
 
 def sample_members(key: str, taxon: Taxon, jpeg: bytes) -> list[tuple[str, bytes]]:

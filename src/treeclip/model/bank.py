@@ -31,17 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from treeclip.errors import UsageError
+from treeclip.formats.banks import BANK_JSON, BANK_META, BANK_NPY, names_json, read_meta, read_names
 from treeclip.taxonomy import Taxon, TextType, get_templates, render_name
 
 from .hub import replace_atomically
 
 log = logging.getLogger(__name__)
 
-BANK_NPY = "txt_emb_species.npy"
-BANK_JSON = "txt_emb_species.json"
-BANK_META = "bank.json"
 CHUNK_DIR = ".chunks"
-N_RANKS = 7
 Progress = Callable[[int], Any]
 
 
@@ -98,32 +95,10 @@ def load_bank(path: str | os.PathLike[str], *, mmap: bool = True) -> LabelBank:
                          "(build one with `treeclip bank build`)")
     try:
         embeddings = np.load(folder / BANK_NPY, mmap_mode="r" if mmap else None)
-        names = json.loads((folder / BANK_JSON).read_text(encoding="utf-8"))
-        lineages, commons = _parse_names(names)
-        meta_path = folder / BANK_META
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        return LabelBank(embeddings, lineages, commons, meta)
+        lineages, commons = read_names(folder / BANK_JSON)
+        return LabelBank(embeddings, lineages, commons, read_meta(folder))
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot read label bank {folder}: {exc}") from exc
-
-
-def _parse_names(names: Any) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Lineages and common names from the bank json (``[[7 ranks], common]`` per taxon)."""
-    if not isinstance(names, list):
-        raise ValueError(f"{BANK_JSON} must hold a list of [[7 ranks], common name]")
-    lineages, commons = [], []
-    for entry in names:
-        ranks, common = entry
-        lineages.append(tuple((str(name) if name else "") for name in ranks[:N_RANKS])
-                        + ("",) * (N_RANKS - len(ranks)))
-        commons.append(str(common) if common else "")
-    return lineages, commons
-
-
-def names_json(lineages: Sequence[Sequence[str]], commons: Sequence[str]) -> str:
-    """The ``txt_emb_species.json`` text for these taxa."""
-    return json.dumps([[list(lineage), common] for lineage, common in zip(lineages, commons, strict=True)],
-                      ensure_ascii=False)
 
 
 def save_bank(bank: LabelBank, out: str | os.PathLike[str], *, dtype: str = "float32") -> Path:

@@ -283,6 +283,24 @@ def parse_inat21_dirname(name: str) -> Taxon:
     )
 
 
+def parse_lineage_key(text: str) -> Taxon:
+    """The 7 ranks of a hyphen-joined key such as ``Animalia-Arthropoda-Arachnida-Araneae-Pisauridae-Dolomedes-
+    plantarius`` (Rare Species folders, BioCLIP's ``unseen_in_training.json``); ValueError for anything else."""
+    _require_str(text, "lineage key")
+    parts = text.strip().split("-")
+    if len(parts) != N_RANKS or not all(part.strip() for part in parts) or \
+            normalize_kingdom(parts[0]) not in KNOWN_KINGDOMS:
+        raise ValueError(f"{text!r} is not a Kingdom-Phylum-Class-Order-Family-Genus-epithet key")
+    kingdom, phylum, cls, order, family, genus, species = parts
+    return taxon_from_fields(kingdom=kingdom, phylum=phylum, cls=cls, order=order, family=family, genus=genus,
+                             species=species)
+
+
+def _is_lineage_key(body: str) -> bool:
+    parts = body.split("-")
+    return len(parts) == N_RANKS and " " not in body and normalize_kingdom(parts[0]) in KNOWN_KINGDOMS
+
+
 def _fields_from_separated(text: str) -> list[str]:
     fields = [""] * N_RANKS
     items = _SEPARATORS.split(text.strip().rstrip(";|>").strip())
@@ -379,6 +397,8 @@ def _parse_body(body: str) -> Taxon | None:
         return None
     if _INAT21.match(body.replace("\\", "/").rsplit("/", 1)[-1]):
         return parse_inat21_dirname(body)
+    if _is_lineage_key(body):
+        return parse_lineage_key(body)
     if _SEPARATORS.search(body) or _is_tagged(tokens) or normalize_kingdom(tokens[0]) in KNOWN_KINGDOMS:
         return parse_taxonomic_string(body)
     if not _looks_like_name(tokens):

@@ -22,6 +22,8 @@ never with the number of images), sets `Record.origin` to ``file:line`` (``file:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from treeclip.errors import UsageError
 
 from .base import Source
@@ -39,8 +41,11 @@ SOURCES: dict[str, type[Source]] = {
 KINDS: tuple[str, ...] = tuple(SOURCES)
 
 
-def open_source(spec: str) -> Source:
-    """The Source a ``KIND:PATH[,EXTRA]`` spec names; UsageError for an unknown kind or a missing path."""
+def open_source(spec: str, *, columns: Mapping[str, str] | None = None, allow_absolute_paths: bool = False) -> Source:
+    """The Source a ``KIND:PATH[,EXTRA]`` spec names; UsageError for an unknown kind or a missing path.
+
+    `columns` ({role: column}, from ``--columns``) overrides the column rules of the source's tables;
+    `allow_absolute_paths` lets a table name images outside its own folder."""
     kind, colon, rest = spec.partition(":")
     cls = SOURCES.get(kind.strip().lower()) if colon else None
     if cls is None:
@@ -50,7 +55,8 @@ def open_source(spec: str) -> Source:
     path, *extras = (field.strip() for field in rest.split(","))
     if not path:
         raise UsageError(f"source {spec!r}: no path given (syntax: {cls.usage})")
-    return cls(spec, path, _options(spec, cls, [extra for extra in extras if extra]))
+    options = _options(spec, cls, [extra for extra in extras if extra])
+    return cls(spec, path, options, columns=columns, allow_absolute_paths=allow_absolute_paths)
 
 
 def _options(spec: str, cls: type[Source], extras: list[str]) -> dict[str, str]:

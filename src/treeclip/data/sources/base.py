@@ -3,37 +3,20 @@ aliases, taxon checking and image lookup helpers."""
 
 from __future__ import annotations
 
-import csv
-import functools
 import os
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from treeclip.errors import UsageError
-from treeclip.taxonomy import Taxon, taxon_from_fields
+from treeclip.formats import Table, open_table
+from treeclip.formats.columns import without_repeated_common
+from treeclip.taxonomy import Taxon
 
 from ..records import Problem, Record
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
-
-# normalised header name → taxon_from_fields keyword; first match wins
-RANK_ALIASES: dict[str, tuple[str, ...]] = {
-    "kingdom": ("kingdom",),
-    "phylum": ("phylum", "division"),
-    "cls": ("class", "cls", "class_"),
-    "order": ("order",),
-    "family": ("family",),
-    "genus": ("genus",),
-    "species": ("species", "specific_epithet", "epithet"),
-    "common": ("common", "common_name", "vernacular_name", "vernacularname", "vernacular"),
-}
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
 
 class Source(ABC):
     """A stream of `Record`s (and `Problem`s) from one data set on disk.
@@ -47,9 +30,12 @@ class Source(ABC):
     required: ClassVar[tuple[str, ...]] = ()
     usage: ClassVar[str]  # e.g. "bioscan:TSV[,IMAGE_ROOT]"
 
-    def __init__(self, spec: str, path: str, options: Mapping[str, str]) -> None:
+    def __init__(self, spec: str, path: str, options: Mapping[str, str], *,
+                 columns: Mapping[str, str] | None = None, allow_absolute_paths: bool = False) -> None:
         self.spec = spec
         self.options = dict(options)
+        self.columns = dict(columns or {})  # --columns role=COLUMN overrides for the source's tables
+        self.allow_absolute_paths = allow_absolute_paths
         self.path = self.locate(path)
 
     @abstractmethod
@@ -77,84 +63,24 @@ def origin(path: str | os.PathLike[str], line: int) -> str:
     return f"{path}:{line}"
 
 
-def normalise_header(name: str) -> str:
-    """'EOL content ID' → 'eol_content_id'; 'Class ' → 'class'."""
-    return "_".join(name.strip().lower().replace("-", " ").split())
+def open_source_table(path: Path, what: str) -> Table | Problem:
+    """The table at `path`, or a Problem naming it when it cannot be read (the other sources still run)."""
+    try:
+        return open_table(path, what=what)
+    except UsageError as exc:
+        return Problem(str(path), str(exc))
 
 
-def find_column(columns: Sequence[str], aliases: Sequence[str]) -> str | None:
-    """The first of `aliases` present among the (normalised) `columns`, else None."""
-    present = set(columns)
-    return next((alias for alias in aliases if alias in present), None)
-
-
-def guess_delimiter(path: Path, header: str) -> str:
-    """Tab for .tsv/.tab files or a header with tabs and no commas; comma otherwise."""
-    if path.suffix.lower() in {".tsv", ".tab"}:
-        return "\t"
-    return "\t" if "\t" in header and "," not in header else ","
-
-
-@contextmanager
-def open_table(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, dict[str, str]] | Problem]]]:
-    """(normalised header, rows) of a CSV/TSV file; rows stream as (line number, {column: stripped value}).
-
-    A row with the wrong number of fields, or one the csv module cannot parse, becomes a Problem and the
-    reading continues. Undecodable bytes are replaced (U+FFFD) rather than stopping the file. An unreadable
-    header gives an empty header and a single Problem.
-    """
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        header_line = handle.readline()
-        handle.seek(0)
-        reader = csv.reader(handle, delimiter=guess_delimiter(path, header_line), strict=True)
-        try:
-            header = [normalise_header(name) for name in next(reader)]
-        except (StopIteration, csv.Error) as exc:
-            yield [], iter([Problem(origin(path, 1), f"no readable header row ({str(exc) or 'empty file'})")])
-            return
-        yield header, _rows(path, reader, header)
-
-
-def _rows(path: Path, reader: csv.Reader, header: list[str]) -> Iterator[tuple[int, dict[str, str]] | Problem]:
-    while True:
-        previous = reader.line_num
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield Problem(origin(path, reader.line_num), f"malformed row: {exc}")
-            if reader.line_num == previous:
-                return
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            yield Problem(origin(path, reader.line_num), f"expected {len(header)} fields, found {len(row)}")
-            continue
-        yield reader.line_num, {name: value.strip() for name, value in zip(header, row, strict=True)}
-
-
-def rank_columns(columns: Sequence[str]) -> dict[str, str]:
-    """taxon_from_fields keyword → column name, for the rank/common columns present."""
-    found = {}
-    for keyword, aliases in RANK_ALIASES.items():
-        column = find_column(columns, aliases)
-        if column is not None:
-            found[keyword] = column
-    return found
-
-
-def fields_taxon(where: str, fields: Mapping[str, str]) -> Taxon | Problem:
-    """`taxon_from_fields(**fields)` checked like `checked_taxon`, cached: big tables repeat a few names."""
-    result = _cached_fields_taxon(tuple(sorted(fields.items())))
-    return Problem(where, result) if isinstance(result, str) else result
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _cached_fields_taxon(items: tuple[tuple[str, str], ...]) -> Taxon | str:
-    result = checked_taxon("", taxon_from_fields, **dict(items))
-    return result.reason if isinstance(result, Problem) else result
+def contained_path(base: Path, value: str, *, allow_absolute: bool) -> Path | str:
+    """The image `value` of a table row resolved against the table's folder `base`, or the reason it is
+    refused: absolute paths and ``..`` escapes leave the folder and are refused unless `allow_absolute`."""
+    candidate = Path(os.path.expanduser(value))
+    resolved = (base / candidate).resolve()
+    if allow_absolute:
+        return resolved
+    if candidate.is_absolute() or not resolved.is_relative_to(base.resolve()):
+        return f"image path {value!r} leaves the table's folder {base} (pass --allow-absolute-paths to allow it)"
+    return resolved
 
 
 def checked_taxon(where: str, parse: Callable[..., Taxon | None], *args: Any, **kwargs: Any) -> Taxon | Problem:
@@ -169,10 +95,7 @@ def checked_taxon(where: str, parse: Callable[..., Taxon | None], *args: Any, **
         return Problem(where, f"unusable taxon names: {exc}")
     if taxon is None or taxon.depth == 0:
         return Problem(where, "no taxonomic names")
-    common = taxon.common.casefold()
-    if common and common in (taxon.scientific.casefold(), taxon.taxonomic.casefold()):
-        return Taxon(taxon.lineage)
-    return taxon
+    return without_repeated_common(taxon)
 
 
 def first_existing(candidates: Iterable[Path]) -> Path | None:

@@ -1,37 +1,38 @@
-"""``csv:FILE`` — a generic table with one image per row (what ``treeclip synth`` writes).
+"""``csv:FILE`` — a generic table with one image per row (what ``treeclip synth`` writes), CSV, TSV or Parquet.
 
-Columns (header names are matched case-insensitively, spaces = underscores):
+Columns (matched by `treeclip.formats.columns`; ``--columns role=COLUMN`` overrides):
 - the image path: ``path``, ``filepath``, ``file_path``, ``file_name``, ``filename``, ``image``,
-  ``image_path`` or ``file``; relative paths resolve against the CSV's folder;
-- ranks: ``kingdom, phylum, class`` (or ``cls``), ``order, family, genus, species`` (an epithet or a
-  binomial); optional ``common`` / ``common_name`` / ``vernacular_name``;
-- optional ``split``, ``id`` (else the path as written is the source id), ``license``, ``owner``.
-Tab-separated files (``.tsv`` or a tab-only header) work too.
+  ``image_path`` or ``file``, relative to the table's folder. Absolute paths and ``..`` escapes are refused
+  (each row a problem) unless ``--allow-absolute-paths`` is given;
+- ranks: ``kingdom, phylum, cls``/``class``, ``order, family, genus, species`` (an epithet or a binomial),
+  a full ``scientific_name``/``sciName``/``scientificName``; optional ``common``/``common_name``/
+  ``vernacularName``. BioCLIP's ``cls`` + ``class`` header reads ``cls`` as the class rank;
+- optional ``split``, ``id`` (else the path as written is the source id), licence (``license``,
+  ``licence``, ``copyright_license``) and owner (``owner``, ``licence_holder``, ``rights_holder``,
+  ``copyright_holder``).
+A header that names no image or rank column, or a table with no data rows, is one Problem.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from treeclip.formats import Table, has_ranks, resolve, taxon_of
+from treeclip.formats.columns import TAXON_ROLES
+
 from ..records import Problem, Record
-from .base import Source, fields_taxon, find_column, open_table, origin, rank_columns
+from .base import Source, contained_path, open_source_table
 
 PATH_COLUMNS = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
-LICENSE_COLUMNS = ("license", "license_name", "licence")
-OWNER_COLUMNS = ("owner", "copyright_owner", "rights_holder", "rightsholder")
-OPTIONAL_COLUMNS = {
-    "path": PATH_COLUMNS,
-    "split": ("split",),
-    "id": ("id",),
-    "license": LICENSE_COLUMNS,
-    "owner": OWNER_COLUMNS,
-}
+LICENSE_COLUMNS = ("license", "license_name", "licence", "copyright_license", "licence_name")
+OWNER_COLUMNS = ("owner", "copyright_owner", "rights_holder", "rightsholder", "licence_holder", "license_holder",
+                 "copyright_holder")
+OPTIONAL_COLUMNS = {"split": ("split",), "id": ("id",), "license": LICENSE_COLUMNS, "owner": OWNER_COLUMNS}
 
 
 class CsvSource(Source):
-    """Images listed in a CSV/TSV table with rank columns."""
+    """Images listed in a CSV/TSV/Parquet table with rank columns."""
 
     kind = "csv"
     usage = "csv:FILE"
@@ -40,40 +41,44 @@ class CsvSource(Source):
         return self.existing(path, "CSV", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
-        with open_table(self.path) as (header, rows):
-            columns = {name: find_column(header, aliases) for name, aliases in OPTIONAL_COLUMNS.items()}
-            ranks = rank_columns(header)
-            if header and columns["path"] is None:
-                yield Problem(origin(self.path, 1), f"no image path column (one of {', '.join(PATH_COLUMNS)})")
-                return
-            if header and not set(ranks) - {"common"}:
-                yield Problem(origin(self.path, 1), "no rank columns (kingdom ... species)")
-                return
-            base = str(self.path.parent)
-            for item in rows:
-                yield item if isinstance(item, Problem) else self._record(*item, base, columns, ranks)
+        table = open_source_table(self.path, "csv: table")
+        if isinstance(table, Problem):
+            yield table
+            return
+        columns = self._columns(table)
+        if isinstance(columns, Problem):
+            yield columns
+            return
+        rows = 0
+        for item in table.rows(columns):
+            rows += not isinstance(item, Problem)
+            yield item if isinstance(item, Problem) else self._record(table, *item)
+        if not rows:
+            yield Problem(table.where(), "no data rows (only a header)")
 
-    def _record(
-        self, line: int, row: dict[str, str], base: str, columns: dict[str, str | None], ranks: dict[str, str]
-    ) -> Record | Problem:
-        where = origin(self.path, line)
-        cells = {name: row[column] if column else "" for name, column in columns.items()}
-        value = cells["path"]
+    def _columns(self, table: Table) -> dict[str, str | None] | Problem:
+        ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path))
+        path = self.columns.get("path") or table.find(*PATH_COLUMNS)
+        if path is None:
+            return Problem(table.where(1), f"no image path column (one of {', '.join(PATH_COLUMNS)})")
+        if not has_ranks(ranks):
+            return Problem(table.where(1), "no rank columns (kingdom ... species, or scientific_name)")
+        optional = {name: self.columns.get(name) or table.find(*aliases) for name, aliases in OPTIONAL_COLUMNS.items()}
+        return {**ranks, "path": path, **optional}
+
+    def _record(self, table: Table, line: int, row: dict[str, str]) -> Record | Problem:
+        where = table.where(line)
+        value = row["path"]
         if not value:
             return Problem(where, "empty image path")
-        image = os.path.join(base, os.path.expanduser(value))  # an absolute value stays as it is
-        if not os.path.isfile(image):
+        image = contained_path(self.path.parent, value, allow_absolute=self.allow_absolute_paths)
+        if isinstance(image, str):
+            return Problem(where, image)
+        if not image.is_file():
             return Problem(where, f"image not found: {image}")
-        taxon = fields_taxon(where, {keyword: row[column] for keyword, column in ranks.items()})
+        taxon = taxon_of(row, where, strict=False)
         if isinstance(taxon, Problem):
             return taxon
-        return Record(
-            source=self.kind,
-            source_id=cells["id"] or value.replace("\\", "/"),
-            path=image,
-            taxon=taxon,
-            split_hint=cells["split"],
-            license=cells["license"],
-            owner=cells["owner"],
-            origin=where,
-        )
+        return Record(source=self.kind, source_id=row.get("id") or value.replace("\\", "/"), path=str(image),
+                      taxon=taxon, split_hint=row.get("split", ""), license=row.get("license", ""),
+                      owner=row.get("owner", ""), origin=where)

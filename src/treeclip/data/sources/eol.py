@@ -19,8 +19,9 @@ The taxonomy file (CSV or tab-separated) is one of:
   identify the organism and the alignment can refill the higher ranks.
 
 Images are found under IMAGE_ROOT as ``{content_id}.jpg`` (or another image extension),
-``{content_id}_{page_id}_eol_full-size-copy.jpg`` (TreeOfLife-10M's download naming), or the basename of
-either URL; nothing is downloaded.
+``{content_id}_{page_id}_eol-full-size-copy.jpg`` (the name BioCLIP's downloader, the Rare Species files and
+TreeOfLife-10M give), also in any sub-folder one level down (the downloader's dated folders such as
+``2024-03-20/``), or the basename of either URL; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -33,25 +34,20 @@ from urllib.parse import unquote, urlparse
 
 from treeclip.taxonomy import RANK_NAMES, Taxon, parse_binomial, taxon_from_fields
 
+from treeclip.formats import Table, has_ranks, resolve, taxon_of
+from treeclip.formats.columns import TAXON_ROLES
+
 from ..records import Problem, Record
-from .base import (
-    IMAGE_EXTENSIONS,
-    Source,
-    checked_taxon,
-    fields_taxon,
-    find_column,
-    first_existing,
-    int_text,
-    open_table,
-    origin,
-    rank_columns,
-)
+from .base import IMAGE_EXTENSIONS, Source, checked_taxon, first_existing, int_text, open_source_table, subdirs
 
 PAGE_COLUMNS = ("page_id", "eol_page_id", "eolid", "eol_id", "pageid")
-DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank")
+DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank", "scientificname", "canonicalname", "eolid",
+               "vernacularname")
+EOL_SUFFIX = "_eol-full-size-copy.jpg"
 RANK_INDEX = {**{name: index for index, name in enumerate(RANK_NAMES)}, "division": 1}
 MAX_DEPTH = 1_000  # no real taxonomy is this deep; stops a walk in a pathological file
-Rows = Iterator[tuple[int, dict[str, str]] | Problem]
+MANIFEST_COLUMNS = ("eol_content_id", "eol_page_id", "license_name", "copyright_owner", "eol_full_size_copy_url",
+                    "medium_source_url")
 
 
 class PageTaxa(Protocol):
@@ -84,18 +80,21 @@ class EolSource(Source):
 
     def records(self) -> Iterator[Record | Problem]:
         pages = yield from self._load_taxonomy()
-        with open_table(self.path) as (header, rows):
-            content = find_column(header, ("eol_content_id", "content_id"))
-            page = find_column(header, ("eol_page_id", "page_id"))
-            if header and (content is None or page is None):
-                yield Problem(origin(self.path, 1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
-                return
-            for item in rows:
-                yield item if isinstance(item, Problem) else self._record(*item, content, page, pages)
+        table = open_source_table(self.path, "eol: media manifest")
+        if isinstance(table, Problem):
+            yield table
+            return
+        columns = {name: table.find(name, name.removeprefix("eol_")) for name in MANIFEST_COLUMNS}
+        if columns["eol_content_id"] is None or columns["eol_page_id"] is None:
+            yield Problem(table.where(1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
+            return
+        self._folders = [self.image_root, *subdirs(self.image_root)]
+        for item in table.rows(columns):
+            yield item if isinstance(item, Problem) else self._record(table, *item, pages)
 
-    def _record(self, line: int, row: dict[str, str], content: str, page: str, pages: PageTaxa) -> Record | Problem:
-        where = origin(self.path, line)
-        content_id, page_id = int_text(row[content]), int_text(row[page])
+    def _record(self, table: Table, line: int, row: dict[str, str], pages: PageTaxa) -> Record | Problem:
+        where = table.where(line)
+        content_id, page_id = int_text(row["eol_content_id"]), int_text(row["eol_page_id"])
         if not content_id or not page_id:
             return Problem(where, "empty content id or page id")
         taxon = pages.get(page_id)
@@ -111,15 +110,15 @@ class EolSource(Source):
             content_id,
             str(image),
             taxon,
-            license=row.get("license_name", ""),
-            owner=row.get("copyright_owner", ""),
+            license=row["license_name"],
+            owner=row["copyright_owner"],
             origin=where,
         )
 
     def _candidates(self, row: dict[str, str], content_id: str, page_id: str) -> Iterator[Path]:
         root = self.image_root
         yield root / f"{content_id}.jpg"
-        yield root / f"{content_id}_{page_id}_eol_full-size-copy.jpg"
+        yield from (folder / f"{content_id}_{page_id}{EOL_SUFFIX}" for folder in self._folders)
         for column in ("eol_full_size_copy_url", "medium_source_url"):
             name = Path(unquote(urlparse(row.get(column, "")).path)).name
             if name:
@@ -128,37 +127,35 @@ class EolSource(Source):
 
     def _load_taxonomy(self) -> Generator[Problem, None, PageTaxa]:
         """Yield the taxonomy file's Problems; return its page id → taxon lookup."""
-        with open_table(self.taxonomy) as (header, rows):
-            if all(column in header for column in DWC_COLUMNS):
-                return (yield from _parent_pointer_pages(self.taxonomy, header, rows))
-            if find_column(header, PAGE_COLUMNS) and rank_columns(header):
-                return (yield from _rank_table_pages(self.taxonomy, header, rows))
-            if header:
-                yield Problem(
-                    origin(self.taxonomy, 1),
-                    "taxonomy is neither a 7-rank table with a page_id column nor a parent-pointer table "
-                    "(taxonID, parentNameUsageID, taxonRank, scientificName)",
-                )
-            else:
-                yield from (item for item in rows if isinstance(item, Problem))
+        table = open_source_table(self.taxonomy, "eol: taxonomy")
+        if isinstance(table, Problem):
+            yield table
+            return {}
+        dwc = {name: table.find(name) for name in DWC_COLUMNS}
+        if all(dwc[name] for name in DWC_COLUMNS[:4]):
+            return (yield from _parent_pointer_pages(table, dwc))
+        ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.taxonomy))
+        page = table.find(*PAGE_COLUMNS)
+        if page is not None and has_ranks(ranks):
+            return (yield from _rank_table_pages(table, {**ranks, "page": page}))
+        yield Problem(table.where(1), "taxonomy is neither a 7-rank table with a page_id column nor a parent-pointer "
+                      "table (taxonID, parentNameUsageID, taxonRank, scientificName)")
         return {}
 
 
-def _rank_table_pages(path: Path, header: list[str], rows: Rows) -> Generator[Problem, None, PageTaxa]:
+def _rank_table_pages(table: Table, columns: dict[str, str]) -> Generator[Problem, None, PageTaxa]:
     """page id → Taxon for every usable row of a 7-rank table."""
     pages: dict[str, Taxon | Problem] = {}
-    page_column = find_column(header, PAGE_COLUMNS)
-    columns = rank_columns(header)
-    for item in rows:
+    for item in table.rows(columns):
         if isinstance(item, Problem):
             yield item
             continue
         line, row = item
-        taxon = fields_taxon(origin(path, line), {keyword: row[column] for keyword, column in columns.items()})
+        taxon = taxon_of(row, table.where(line), strict=False)
         if isinstance(taxon, Problem):
             yield taxon
         else:
-            pages[int_text(row[page_column])] = taxon  # type: ignore[index]
+            pages[int_text(row["page"])] = taxon
     return pages
 
 
@@ -178,20 +175,19 @@ class _ParentPointers:
         return self.walked[page]
 
 
-def _parent_pointer_pages(path: Path, header: list[str], rows: Rows) -> Generator[Problem, None, PageTaxa]:
+def _parent_pointer_pages(source: Table, columns: dict[str, str | None]) -> Generator[Problem, None, PageTaxa]:
     """Every node of a Darwin Core table, indexed by page id (eolID when present, else taxonID)."""
-    table = _ParentPointers(path)
-    name_column = "canonicalname" if "canonicalname" in header else "scientificname"
-    for item in rows:
+    table = _ParentPointers(source.path)
+    for item in source.rows(columns):
         if isinstance(item, Problem):
             yield item
             continue
         _, row = item
         taxon_id = row["taxonid"]
         rank = RANK_INDEX.get(row["taxonrank"].strip().lower(), -1)
-        name = row.get(name_column, "") or row.get("scientificname", "")
-        table.nodes[taxon_id] = _Node(row["parentnameusageid"], rank, name, row.get("vernacularname", ""))
-        page = int_text(row.get("eolid", "")) if "eolid" in header else taxon_id
+        name = row["canonicalname"] or row["scientificname"]
+        table.nodes[taxon_id] = _Node(row["parentnameusageid"], rank, name, row["vernacularname"])
+        page = int_text(row["eolid"]) if columns["eolid"] else taxon_id
         if page:
             table.page_to_node.setdefault(page, taxon_id)
     return table

@@ -6,7 +6,7 @@ validation, test), ``ROOT/SPLIT/CLASS/**/image`` with the split kept as the spli
 A class folder's name is looked up in the optional TAXONOMY_CSV first (a ``folder``/``label``/``name``/
 ``dirname`` column matched case-insensitively with ``_`` = space, plus rank columns as in ``csv:``), and is
 otherwise parsed as a taxon label (``treeclip.taxonomy.parse_label``: binomials, taxonomic strings, iNat
-folder names ...). A folder that is neither is one Problem, and its images are skipped.
+folder names, the hyphen-joined 7-rank names of Rare Species ``Animalia-Chordata-...-Genus-epithet`` ...). A folder that is neither is one Problem, and its images are skipped.
 """
 
 from __future__ import annotations
@@ -14,20 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from treeclip.formats import resolve, taxon_of
+from treeclip.formats.columns import TAXON_ROLES
 from treeclip.taxonomy import Taxon, parse_label
 
 from ..records import Problem, Record
-from .base import (
-    Source,
-    checked_taxon,
-    fields_taxon,
-    find_column,
-    iter_images,
-    open_table,
-    origin,
-    rank_columns,
-    subdirs,
-)
+from .base import Source, checked_taxon, iter_images, open_source_table, subdirs
 
 SPLIT_NAMES = frozenset({"train", "train_mini", "val", "validation", "test"})
 KEY_COLUMNS = ("folder", "label", "name", "dirname", "directory", "class_name")
@@ -73,20 +65,22 @@ class FolderSource(Source):
             yield from (("", class_dir) for class_dir in top)
 
     def _read_mapping(self, path: Path, mapping: dict[str, Taxon]) -> Iterator[Problem]:
-        with open_table(path) as (header, rows):
-            key = find_column(header, KEY_COLUMNS)
-            if header and key is None:
-                yield Problem(origin(path, 1), f"no folder name column (one of {', '.join(KEY_COLUMNS)})")
-                return
-            columns = rank_columns(header)
-            for item in rows:
-                if isinstance(item, Problem):
-                    yield item
-                    continue
-                line, row = item
-                fields = {keyword: row[column] for keyword, column in columns.items()}
-                taxon = fields_taxon(origin(path, line), fields)
-                if isinstance(taxon, Problem):
-                    yield taxon
-                else:
-                    mapping[folder_key(row[key])] = taxon  # type: ignore[index]
+        table = open_source_table(path, "folder: taxonomy")
+        if isinstance(table, Problem):
+            yield table
+            return
+        key = self.columns.get("folder") or table.find(*KEY_COLUMNS)
+        if key is None:
+            yield Problem(table.where(1), f"no folder name column (one of {', '.join(KEY_COLUMNS)})")
+            return
+        columns = {**resolve(table.header, TAXON_ROLES, self.columns, where=str(path)), "folder": key}
+        for item in table.rows(columns):
+            if isinstance(item, Problem):
+                yield item
+                continue
+            line, row = item
+            taxon = taxon_of(row, table.where(line), strict=False)
+            if isinstance(taxon, Problem):
+                yield taxon
+            else:
+                mapping[folder_key(row["folder"])] = taxon

@@ -9,7 +9,8 @@ only repeats the scientific or taxonomic name (the catalog's fallback) is droppe
 Images are found under IMAGE_ROOT in the layout of BioCLIP's reproduction scripts
 (``Imageomics/bioclip`` ``src/imageomics/disk_reproduce.py``: ``dataset/{eol,inat21/train,bioscan}``):
 - EOL rows: ``eol/{treeoflife_id}.jpg`` (the released ``EOL/image_set_NN.tar.gz`` hold files named
-  ``<treeoflife_id>.jpg``; ``EOL/`` works too) or ``eol/{content_id}_{page_id}_eol_full-size-copy.jpg``;
+  ``<treeoflife_id>.jpg``; ``EOL/`` works too) or ``eol/{content_id}_{page_id}_eol-full-size-copy.jpg``
+  (the name BioCLIP's downloader gives);
 - BIOSCAN-1M rows: ``bioscan/part{bioscan_part}/{bioscan_filename}``;
 - iNat21 rows: ``inat21/train/{inat21_cls_num:05d}_{inat21_cls_name}/{inat21_filename}`` (or without
   ``train/``);
@@ -21,10 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from treeclip.formats import Table, resolve, taxon_of
+from treeclip.formats.columns import TAXON_ROLES
+
 from ..records import Problem, Record
-from .base import Source, fields_taxon, first_existing, int_text, open_table, origin, rank_columns
+from .base import Source, first_existing, int_text, open_source_table
 
 SKIPPED_SPLITS = frozenset({"train_small"})
+OTHER_COLUMNS = ("treeoflife_id", "split", "eol_content_id", "eol_page_id", "bioscan_part", "bioscan_filename",
+                 "inat21_filename", "inat21_cls_name", "inat21_cls_num")
 
 
 class Tol10mSource(Source):
@@ -40,27 +46,30 @@ class Tol10mSource(Source):
         return self.existing(path, "catalog", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
-        with open_table(self.path) as (header, rows):
-            if header and "treeoflife_id" not in header:
-                yield Problem(origin(self.path, 1), "no treeoflife_id column: not a TreeOfLife-10M catalog")
-                return
-            columns = rank_columns(header)
-            for item in rows:
-                if isinstance(item, Problem):
-                    yield item
-                elif item[1].get("split", "") not in SKIPPED_SPLITS:
-                    yield self._record(*item, columns)
+        table = open_source_table(self.path, "tol10m: catalog")
+        if isinstance(table, Problem):
+            yield table
+            return
+        if table.find("treeoflife_id") is None:
+            yield Problem(table.where(1), "no treeoflife_id column: not a TreeOfLife-10M catalog")
+            return
+        columns = {**resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path)),
+                   **{name: table.find(name) for name in OTHER_COLUMNS}}
+        for item in table.rows(columns):
+            if isinstance(item, Problem):
+                yield item
+            elif item[1]["split"] not in SKIPPED_SPLITS:
+                yield self._record(table, *item)
 
-    def _record(self, line: int, row: dict[str, str], columns: dict[str, str]) -> Record | Problem:
-        where = origin(self.path, line)
+    def _record(self, table: Table, line: int, row: dict[str, str]) -> Record | Problem:
+        where = table.where(line)
         tol_id = row["treeoflife_id"]
         if not tol_id:
             return Problem(where, "empty treeoflife_id")
         image = first_existing(self._candidates(row, tol_id))
         if image is None:
             return Problem(where, f"image for {tol_id} not found under {self.image_root}")
-        fields = {keyword: row[column] for keyword, column in columns.items()}
-        taxon = fields_taxon(where, fields)
+        taxon = taxon_of(row, where, strict=False)
         if isinstance(taxon, Problem):
             return taxon
         return Record(self.kind, tol_id, str(image), taxon, split_hint=row.get("split", ""), origin=where)
@@ -70,7 +79,7 @@ class Tol10mSource(Source):
         content, page = int_text(row.get("eol_content_id", "")), int_text(row.get("eol_page_id", ""))
         if content:
             yield from (root / folder / f"{tol_id}.jpg" for folder in ("eol", "EOL"))
-            yield root / "eol" / f"{content}_{page}_eol_full-size-copy.jpg"
+            yield root / "eol" / f"{content}_{page}_eol-full-size-copy.jpg"
         if row.get("bioscan_filename"):
             yield root / "bioscan" / f"part{int_text(row.get('bioscan_part', ''))}" / row["bioscan_filename"]
         if row.get("inat21_filename"):

@@ -18,25 +18,22 @@ a split name (``SHARDS/train/shard-000000.tar`` → ``train``).
 from __future__ import annotations
 
 import glob
-import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
 from braceexpand import braceexpand
 
 from treeclip.errors import UsageError
-from treeclip.taxonomy import Taxon, clean_common, parse_label, taxon_from_fields
+from treeclip.formats.shards import TAXON_JSON, read_taxon_json, split_member
+from treeclip.taxonomy import Taxon, clean_common, parse_label
 
 from ..records import Problem, Record
-from .base import RANK_ALIASES, Source, checked_taxon, normalise_header, one_line
+from .base import Source, checked_taxon, one_line
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 NAME_KEYS = ("taxonTag.txt", "taxonomic_name.txt", "scientific_name.txt")
 SPLIT_NAMES = frozenset({"train", "train_small", "train_mini", "val", "validation", "test"})
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_KEYWORDS = ("kingdom", "phylum", "cls", "order", "family", "genus", "species")
 
 
 class WdsSource(Source):
@@ -88,7 +85,7 @@ def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem
     try:
         with tarfile.open(shard, "r|*") as tar:
             for member in tar:
-                split = _split_name(member.name) if member.isfile() else None
+                split = split_member(member.name) if member.isfile() else None
                 if split is None:
                     continue
                 if split[0] != key and files:
@@ -104,27 +101,18 @@ def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem
         yield key, files
 
 
-def _split_name(name: str) -> tuple[str, str] | None:
-    """('dir/key', 'ext.txt') for 'dir/key.ext.txt'; None for names without an extension."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot or not stem:
-        return None
-    return (f"{folder}/{stem}" if folder else stem), ext
-
-
 def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
     """The taxon of a sample from taxon.json, else from its name texts (see the module docstring).
 
     Member names are matched case-insensitively (webdataset lower-cases them: ``taxontag.txt``).
     """
     files = {name.lower(): data for name, data in files.items()}
-    if "taxon.json" in files:
+    if TAXON_JSON in files:
         try:
-            data = json.loads(files["taxon.json"])
-        except (ValueError, UnicodeDecodeError) as exc:
+            taxon = read_taxon_json(files[TAXON_JSON])
+        except ValueError as exc:
             return Problem(where, f"unreadable taxon.json: {one_line(exc)}")
-        return checked_taxon(where, _taxon_from_json, data)
+        return checked_taxon(where, lambda: taxon)
     common = files.get("common_name.txt", b"").decode("utf-8", "replace").strip()
     for name in NAME_KEYS:
         if name.lower() in files:
@@ -133,26 +121,7 @@ def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
     return Problem(where, f"no taxon.json nor any of {', '.join(NAME_KEYS)}")
 
 
-def _taxon_from_json(data: Any) -> Taxon:
-    if not isinstance(data, dict):
-        raise ValueError(f"taxon.json holds {type(data).__name__}, not an object")
-    if "lineage" in data:
-        lineage = data["lineage"]
-        if not isinstance(lineage, list) or len(lineage) > len(_KEYWORDS):
-            raise ValueError("taxon.json 'lineage' is not a list of at most 7 names")
-        fields = dict(zip(_KEYWORDS, (_text(value) for value in lineage)))
-        return taxon_from_fields(**fields, common=_text(data.get("common")))
-    values = {normalise_header(str(key)): _text(value) for key, value in data.items()}
-    fields = {}
-    for keyword, aliases in RANK_ALIASES.items():
-        fields[keyword] = next((values[alias] for alias in aliases if values.get(alias)), "")
-    return taxon_from_fields(**fields)
-
-
 def _taxon_from_text(text: str, common: str) -> Taxon | None:
     taxon = parse_label(text)
     return None if taxon is None else Taxon(taxon.lineage, clean_common(common) or taxon.common)
 
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
