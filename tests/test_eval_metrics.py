@@ -123,3 +123,35 @@ def test_pairs_are_seeded_and_never_self() -> None:
     pairs = sample_pairs(5, 200, seed=3)
     assert (pairs[:, 0] != pairs[:, 1]).all() and pairs.max() < 5
     assert (sample_pairs(5, 200, seed=3) == pairs).all()
+
+
+def test_expected_calibration_error_matches_a_hand_computed_case() -> None:
+    from treeclip.eval.metrics import expected_calibration_error
+
+    # bin 0.9: 3 of 4 right (|0.75 - 0.9| = 0.15, weight 4/6); bin 0.6: 1 of 2 right (|0.5 - 0.6|, weight 2/6)
+    confidence = np.array([0.9, 0.9, 0.9, 0.9, 0.6, 0.6])
+    correct = np.array([1, 1, 1, 0, 1, 0])
+    assert expected_calibration_error(confidence, correct, n_bins=10) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.1)
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([1, 0])) == pytest.approx(0.0)
+
+
+def test_accuracy_coverage_answers_the_most_confident_first() -> None:
+    from treeclip.eval.metrics import accuracy_coverage
+
+    confidence = np.array([0.2, 0.9, 0.8, 0.1, 0.7])
+    correct = np.array([0, 1, 1, 0, 0])
+    curve = accuracy_coverage(confidence, correct, coverages=(0.2, 0.4, 0.6, 1.0))
+    assert curve == {0.2: 1.0, 0.4: 1.0, 0.6: pytest.approx(2 / 3), 1.0: pytest.approx(0.4)}
+
+
+def test_zero_shot_reports_calibration_with_a_logit_scale() -> None:
+    from treeclip.eval.zeroshot import zero_shot_eval
+
+    classes = np.eye(3)
+    features = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0.8, 0]])
+    labels = np.array([0, 1, 0])
+    plain = zero_shot_eval(features, labels, classes)
+    assert plain.ece is None and plain.coverage is None
+    sharp = zero_shot_eval(features, labels, classes, logit_scale=100.0)
+    assert sharp.coverage[1.0] == pytest.approx(2 / 3)  # the ambiguous image is wrong and least confident
+    assert sharp.coverage[0.6] == 1.0 and 0 < sharp.ece < 0.5

@@ -47,3 +47,34 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and population standard deviation (as BioCLIP reports few-shot runs)."""
     array = np.asarray(list(values), dtype=float)
     return (float(array.mean()), float(array.std())) if array.size else (float("nan"), float("nan"))
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the sample-weighted mean |accuracy - mean confidence| over `n_bins` equal-width confidence bins
+    (Guo et al., 2017); NaN for no samples."""
+    confidences, correct = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
+    if confidences.shape != correct.shape:
+        raise ValueError(f"confidences {confidences.shape} and correct {correct.shape} differ in shape")
+    if not confidences.size:
+        return float("nan")
+    bins = np.minimum((confidences * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        total += members.sum() * abs(correct[members].mean() - confidences[members].mean())
+    return float(total / confidences.size)
+
+
+def accuracy_coverage(confidences: np.ndarray, correct: np.ndarray,
+                      coverages: Iterable[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+                      ) -> dict[float, float]:
+    """Selective accuracy: {coverage: accuracy on the most confident `coverage` fraction of the samples}
+    (answering only when most sure; ties in confidence keep the input order)."""
+    confidences, correct = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
+    order = np.argsort(-confidences, kind="stable")
+    hits = np.cumsum(correct[order])
+    curve = {}
+    for coverage in coverages:
+        answered = max(1, round(coverage * confidences.size))
+        curve[float(coverage)] = float(hits[answered - 1] / answered) if confidences.size else float("nan")
+    return curve

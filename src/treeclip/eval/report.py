@@ -35,6 +35,8 @@ def _rows(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for text_type, zero in result.get("zero_shot", {}).items():
         for metric in ("top1", "top5"):
             yield {**base, "metric": f"zero_shot_{metric}", "text_type": text_type, "k": 0, "value": zero[metric]}
+        if zero.get("ece") is not None:
+            yield {**base, "metric": "zero_shot_ece", "text_type": text_type, "k": 0, "value": zero["ece"]}
     for method in FEW_SHOT_METHODS:
         for k, few in result.get(method, {}).items():
             yield {**base, "metric": method, "k": k, "value": few["mean"], "std": few["std"]}
@@ -111,6 +113,19 @@ def hierarchy_table(results: Sequence[dict[str, Any]]) -> str:
     return _table(["Model", "Task", *ranks, "Mistake severity", "Spearman ρ"], rows)
 
 
+def calibration_table(results: Sequence[dict[str, Any]], *, text_type: str) -> str:
+    """Per model × task: expected calibration error of zero-shot top-1 probabilities and selective accuracy
+    (top-1 % on the most confident 30/50/80/100 % of images)."""
+    coverages = ("0.3", "0.5", "0.8", "1.0")
+    rows = []
+    for r in results:
+        zero = r.get("zero_shot", {}).get(text_type, {})
+        if zero.get("ece") is not None:
+            curve = zero.get("accuracy_coverage", {})
+            rows.append([r["model"], r["task"], _pct(zero["ece"]), *(_pct(curve.get(c)) for c in coverages)])
+    return _table(["Model", "Task", "ECE (%)", *(f"acc @ {float(c):.0%} coverage" for c in coverages)], rows)
+
+
 def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title: str = "Evaluation") -> str:
     """The whole Markdown report."""
     parts = [f"# {title}", "", f"Top-1 accuracy (%); zero-shot class texts: `{text_type}`; few-shot: "
@@ -118,6 +133,10 @@ def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title:
              paper_table(results, text_type=text_type)]
     if any("zero_shot" in r for r in results):
         parts += ["", "## Train type × test type (zero-shot top-1 %, mean over tasks)", "", ablation_grid(results)]
+    if any(r.get("zero_shot", {}).get(text_type, {}).get("ece") is not None for r in results):
+        parts += ["", "## Calibration and selective accuracy", "", "Expected calibration error of the zero-shot "
+                  "top-1 softmax probability (15 bins) and top-1 % when answering only the most confident "
+                  "images.", "", calibration_table(results, text_type=text_type)]
     if any("linear_probe" in r for r in results):
         parts += ["", "## Linear probe (logistic regression, top-1 %)", "",
                   paper_table(results, text_type=text_type, method="linear_probe", zero_shot=False)]

@@ -94,12 +94,19 @@ def _zero_shot(model: EvalModel, benchmark: Benchmark, features: np.ndarray, lab
     for text_type in settings.text_types:
         classes = text_classifier(model, benchmark.class_strings(text_type), cache=cache, settings=settings,
                                   progress=progress)
-        result = zero_shot_eval(features, labels, classes)
+        result = zero_shot_eval(features, labels, classes, logit_scale=_logit_scale(model.model))
         results[text_type] = {
             "top1": result.top1, "top5": result.top5, "predictions": result.predictions.tolist(),
             "per_class": {name: _nan_to_none(acc) for name, acc in zip(benchmark.class_names, result.per_class)},
+            "ece": result.ece, "accuracy_coverage": {str(c): a for c, a in (result.coverage or {}).items()},
         }
     return results
+
+
+def _logit_scale(model: torch.nn.Module) -> float | None:
+    """The model's softmax scale ``logit_scale.exp()`` (None for a model without one)."""
+    scale = getattr(model, "logit_scale", None)
+    return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else None
 
 
 def _hierarchy(benchmark: Benchmark, features: np.ndarray, predictions: Sequence[int] | None,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from treeclip.eval.features import Progress, eval_mode
-from treeclip.eval.metrics import per_class_accuracy, topk_accuracy, topk_indices
+from treeclip.eval.metrics import (accuracy_coverage, expected_calibration_error, per_class_accuracy, topk_accuracy,
+                                   topk_indices)
 from treeclip.model.bank import encode_class_texts
 
 
@@ -29,19 +30,30 @@ def class_embeddings(model: torch.nn.Module, tokenizer: Callable[[list[str]], to
 
 @dataclass
 class ZeroShotResult:
-    """Top-1/top-5 accuracy, per-class accuracy (NaN for classes without images) and top-1 predictions."""
+    """Top-1/top-5 accuracy, per-class accuracy (NaN for classes without images), top-1 predictions and, given
+    the model's logit scale, the ECE and accuracy-coverage curve of the top-1 softmax probabilities."""
 
     top1: float
     top5: float
     per_class: np.ndarray
     predictions: np.ndarray
+    ece: float | None = None
+    coverage: dict[float, float] | None = None
 
 
-def zero_shot_eval(image_features: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> ZeroShotResult:
-    """Score L2-normalised image features against class embeddings and measure accuracy."""
+def zero_shot_eval(image_features: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+                   logit_scale: float | None = None) -> ZeroShotResult:
+    """Score L2-normalised image features against class embeddings and measure accuracy; with the model's
+    `logit_scale` also how well ``softmax(logit_scale * scores)`` is calibrated."""
     labels = np.asarray(labels)
     scores = np.asarray(image_features) @ np.asarray(classes).T
     accuracies = topk_accuracy(scores, labels, ks=(1, 5))
     predictions = topk_indices(scores, 1)[:, 0]
-    return ZeroShotResult(top1=accuracies[1], top5=accuracies[5],
-                          per_class=per_class_accuracy(predictions, labels, len(classes)), predictions=predictions)
+    result = ZeroShotResult(top1=accuracies[1], top5=accuracies[5],
+                            per_class=per_class_accuracy(predictions, labels, len(classes)), predictions=predictions)
+    if logit_scale is not None and len(labels):
+        confidence = torch.softmax(torch.from_numpy(scores * logit_scale).double(), dim=1).max(dim=1).values.numpy()
+        correct = predictions == labels
+        result.ece = expected_calibration_error(confidence, correct)
+        result.coverage = accuracy_coverage(confidence, correct)
+    return result
