@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -10,21 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from _shards import TINY, write_shards
+import treeclip.model
+from _shards import TINY, species, write_shards
 from treeclip.cli import main
+from treeclip.data.loader import make_loader
 from treeclip.errors import UsageError
 from treeclip.model import create_model
+from treeclip.model.bank import encode_class_texts
+from treeclip.model.factory import ModelRef, parse_model_id
+from treeclip.taxonomy import class_string
+from treeclip.train import validate as validate_module
 from treeclip.train import loop
 from treeclip.train.checkpoint import list_checkpoints, load_checkpoint
-from treeclip.train.config import load_config, micro_batch_size
+from treeclip.train.config import load_config, micro_batch_size, preset_names
 from treeclip.train.metrics import read_metrics
 from treeclip.train.objectives import ClassIndex, clip_loss
 from treeclip.train.optim import lr_at, param_groups
+from treeclip.train.shards import shard_taxa
+from treeclip.train.throughput import count_flops_per_sample, peak_tflops
 
 
 
@@ -126,7 +137,7 @@ def test_accumulation_gives_the_large_batch_gradient() -> None:
     batch = {"image": torch.randn(8, 3, 32, 32, generator=generator),
              "text": torch.randint(1, 1000, (8, 16), generator=generator)}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    autocast = loop._autocast(load_config(preset="tiny"), loop.init_distributed("cpu"))
+    autocast = loop._autocast("fp32", loop.init_distributed("cpu"))
     kwargs = {"loss_fn": clip_loss(0, 1), "device": torch.device("cpu"), "autocast": autocast, "scaler": scaler}
     whole = loop.clip_step(module, [batch], **kwargs)
     reference = _grads(module)
@@ -266,3 +277,198 @@ def test_sigkill_then_resume_latest_ends_at_the_same_step(shards: Path, tmp_path
     assert read_metrics(run)[-1]["step"] == 36
     model = create_model(list_checkpoints(run)[-1])[0]  # the checkpoint is a model id
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+# ---------------------------------------------------------------- schedule length and resume equivalence
+
+
+RESUMABLE = [*TINY, "train.batch_size=32", "train.max_steps=5", "optim.warmup_steps=1", "eval.every_steps=0",
+             "checkpoint.every_steps=1", "checkpoint.keep_last=10", "data.augment=true", "data.shuffle_buffer=8"]
+
+
+def _same_state(ours: object, theirs: object, where: str = "") -> None:
+    """Equal nested checkpoint states: tensors exactly, other values by ==."""
+    if isinstance(ours, dict):
+        assert ours.keys() == theirs.keys(), where
+        for key in ours:
+            _same_state(ours[key], theirs[key], f"{where}.{key}")
+    elif isinstance(ours, (list, tuple)):
+        assert len(ours) == len(theirs), where
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            _same_state(a, b, f"{where}[{i}]")
+    elif isinstance(ours, torch.Tensor):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=where)
+    else:
+        assert ours == theirs, where
+
+
+def test_resumed_step_equals_the_in_memory_step(shards: Path, tmp_path: Path) -> None:
+    """Run A takes steps 1-5 in memory; run B restores A's step-3 checkpoint (model, optimizer, scaler, RNG
+    with random-crop augmentation on) and takes steps 4-5: B's step-4 state must equal A's, bit for bit.
+    The schedule is train.max_steps long (5), not the 6 steps of train.epochs=2, in both runs."""
+    config = load_config(preset="tiny", overrides=RESUMABLE)
+    first = loop.train(config, data_dir=shards, out_dir=tmp_path / "a")
+    assert first.steps == 5
+    expected = [lr_at(s, base_lr=1e-3, warmup_steps=1, total_steps=5) for s in range(5)]
+    assert [r["lr"] for r in read_metrics(tmp_path / "a")] == pytest.approx(expected)
+    assert expected[-1] < 0.15e-3  # the cosine ends at step 5, not at epoch 2's step 6 (0.25e-3 there)
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "b" / "checkpoints" / "step-00000003.pt").write_bytes(
+        (tmp_path / "a" / "checkpoints" / "step-00000003.pt").read_bytes())
+    second = loop.train(config, data_dir=shards, out_dir=tmp_path / "b", resume="latest")
+    assert second.steps == 5 and [r["step"] for r in second.history] == [4, 5]
+    assert [r["lr"] for r in second.history] == pytest.approx(expected[3:])
+    ours = load_checkpoint(tmp_path / "b" / "checkpoints" / "step-00000004.pt")
+    theirs = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-00000004.pt")
+    for part in ("model", "optimizer", "scaler", "rng", "step"):
+        _same_state(ours[part], theirs[part], part)
+
+
+# ---------------------------------------------------------------- validation text
+
+
+def test_validation_zero_shot_uses_evaluations_class_text_and_encoder(shards: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zero-shot validation names classes like evaluation (class_string of the shard's taxon, common name
+    included) and encodes them with the one text encoder, model.bank.encode_class_texts."""
+    seen: list[list[str]] = []
+
+    def spy(model, tokenizer, names, templates, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(list(names))
+        return encode_class_texts(model, tokenizer, names, templates, **kwargs)
+
+    monkeypatch.setattr(validate_module, "encode_class_texts", spy)
+    torch.manual_seed(0)
+    model, _, preprocess, tokenizer = create_model("treeclip-test")
+    val_shards = sorted(str(p) for p in (shards / "val").glob("*.tar"))
+    batches = make_loader(val_shards, transform=preprocess, tokenizer=tokenizer, batch_size=8, shuffle_buffer=0)
+    metrics = validate_module.validate(
+        model, batches, tokenizer=tokenizer, device=torch.device("cpu"), autocast=contextlib.nullcontext,
+        max_batches=10, text_type="taxon_com", templates="photo", taxa=shard_taxa(val_shards))
+    assert 0.0 <= metrics["zero_shot_top1"] <= 1.0 and model.training
+    expected = [class_string(taxon, "taxon_com") for taxon in sorted(species(6), key=lambda t: t.lineage)]
+    assert seen == [expected]
+    assert "Animalia Chordata Aves Passeriformes Corvidae Corvus alba with common name Alba corvus" in expected
+
+
+# ---------------------------------------------------------------- shipped configs, golden outputs, attention
+
+
+def _shipped_architectures() -> dict[str, list[str]]:
+    """Every shipped JSON architecture and preset, as {architecture: preset overrides to apply}."""
+    shipped = {path.stem: "tiny" for path in (Path(treeclip.model.__file__).parent / "configs").glob("*.json")}
+    for name in preset_names():
+        config = load_config(preset=name)
+        arch = config.model.name if config.model.name in open_clip.list_models() else "ViT-B-16"  # hub: BioCLIP's
+        shipped.setdefault(arch, name)  # ViT-B-16 once (with bioclip-vit-b-16's gradient checkpointing)
+    return shipped
+
+
+@pytest.mark.parametrize(("arch", "preset"), sorted(_shipped_architectures().items()))
+def test_every_shipped_config_trains_every_parameter(arch: str, preset: str) -> None:
+    """Forward + backward of the contrastive loss with the preset's options: every trainable parameter gets a
+    non-zero gradient (a detached tower, a dead branch or a broken checkpointing would leave some at None)."""
+    config = load_config(preset=preset, overrides=[f"model.name={arch}"])
+    torch.manual_seed(0)
+    clip, _, _, tokenizer = create_model(arch)
+    loop._apply_speed_options(clip, config)
+    size = clip.visual.image_size
+    images = torch.randn(2, 3, *((size, size) if isinstance(size, int) else size))
+    features = loop.TrainModule(clip)(images, tokenizer(["a photo of Rosa rubra.", "Corvus alba"]))
+    clip_loss(0, 1)(*features).backward()
+    for name, param in clip.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_finetune_preset_can_freeze_the_text_tower() -> None:
+    config = load_config(preset="finetune", overrides=["model.freeze_text=true", "model.name=treeclip-test"])
+    assert config.optim.lr <= 1e-5 and len(config.text_types) == 5
+    clip = create_model("treeclip-test")[0]
+    loop._apply_speed_options(clip, config)
+    trainable = {name for name, param in clip.named_parameters() if param.requires_grad}
+    assert "logit_scale" in trainable and "visual.conv1.weight" in trainable
+    assert not trainable & {"token_embedding.weight", "text_projection", "ln_final.weight"}
+
+
+GOLDEN_TOKENS = [49406, 320, 1125, 539, 11139, 4220, 36332, 25254, 593, 4176, 1981, 1579]
+GOLDEN_IMAGE = [-0.04663, 0.15953, -0.08729, 0.15774, -0.01006, -0.23117]
+GOLDEN_TEXT = [0.04629, -0.08682, 0.21058, 0.07271, -0.08237, 0.13742]
+
+
+def test_golden_outputs_of_a_seeded_tiny_model() -> None:
+    """A seeded treeclip-test model's embeddings of a fixed square image and caption: a change of
+    preprocessing (resize, normalisation), tokenisation or model construction changes these numbers."""
+    torch.manual_seed(0)
+    model, _, preprocess, tokenizer = create_model("treeclip-test")
+    model.eval()
+    ramp = np.linspace(0, 255, 48 * 48 * 3).reshape(48, 48, 3).astype(np.uint8)
+    image = preprocess(Image.fromarray(ramp)).unsqueeze(0)
+    tokens = tokenizer(["a photo of Ptilotula alba with common name White-plumed Honeyeater."])
+    with torch.no_grad():
+        image_embedding = model.encode_image(image, normalize=True)[0, :6]
+        text_embedding = model.encode_text(tokens, normalize=True)[0, :6]
+    assert tokens[0, :12].tolist() == GOLDEN_TOKENS
+    torch.testing.assert_close(image_embedding, torch.tensor(GOLDEN_IMAGE), atol=1e-4, rtol=0)
+    torch.testing.assert_close(text_embedding, torch.tensor(GOLDEN_TEXT), atol=1e-4, rtol=0)
+
+
+def test_attention_runs_through_fused_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both towers' attention goes through torch's scaled_dot_product_attention (flash / memory-efficient
+    kernels on GPUs), and the fused path computes the same as the textbook softmax(QK^T/sqrt(d))V."""
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    clip, _, _, tokenizer = create_model("treeclip-test")
+    clip(torch.randn(2, 3, 32, 32), tokenizer(["a", "b"]))
+    assert len(calls) == 2 + 2  # two vision blocks, two text blocks
+    monkeypatch.undo()
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 16, generator=generator) for _ in range(3))
+    textbook = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+    torch.testing.assert_close(real(q, k, v), textbook, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_dropout_cuts_counted_flops_and_metrics_carry_throughput(tiny_run: loop.TrainResult) -> None:
+    tokenizer = open_clip.get_tokenizer("treeclip-tiny")
+    counts = {}
+    for fraction in (0.0, 0.5):
+        config = load_config(preset="tiny", overrides=[f"train.patch_dropout={fraction}"])
+        torch.manual_seed(0)
+        clip = create_model("treeclip-tiny")[0]
+        loop._apply_speed_options(clip, config)
+        counts[fraction] = count_flops_per_sample(loop.TrainModule(clip), tokenizer=tokenizer,
+                                                  device=torch.device("cpu"))
+    # 64 patches + class token; half the patches dropped: the vision tower costs about half
+    assert 0.3 < counts[0.5] / counts[0.0] < 0.9
+    record = read_metrics(tiny_run.run_dir)[-1]
+    assert record["samples_per_s"] == pytest.approx(record["samples_per_s_per_device"])
+    assert record["tflops_per_device"] > 0 and "mfu" not in record  # no known peak for a CPU
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0 and peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+
+
+# ---------------------------------------------------------------- model ids
+
+
+def test_model_id_parsing_order(tmp_path: Path, tiny_run: loop.TrainResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf-hub: and local-dir: prefixes first, then architecture names (a folder named like one changes nothing),
+    then existing paths; anything else is a usage error."""
+    monkeypatch.chdir(tmp_path)
+    hub = tmp_path / "treeclip-test"  # a real hub folder named like an architecture
+    assert main(["export", str(tiny_run.run_dir), "--out", str(hub)]) == 0
+    (tmp_path / "ViT-B-16").mkdir()  # an empty folder named like an architecture
+    assert parse_model_id("hf-hub:imageomics/bioclip") == ModelRef("hub", "hf-hub:imageomics/bioclip")
+    assert parse_model_id("treeclip-test") == ModelRef("arch", "treeclip-test")
+    assert parse_model_id("ViT-B-16") == ModelRef("arch", "ViT-B-16")
+    assert parse_model_id("ViT-B/16") == ModelRef("arch", "ViT-B-16")
+    assert parse_model_id("./treeclip-test") == ModelRef("local_dir", "local-dir:./treeclip-test")
+    assert parse_model_id("local-dir:treeclip-test") == ModelRef("local_dir", "local-dir:treeclip-test")
+    assert parse_model_id(tiny_run.last_checkpoint) == ModelRef("checkpoint", str(tiny_run.last_checkpoint))
+    for bad, reason in (("./ViT-B-16", "no open_clip_config.json"), ("local-dir:nowhere", "no such folder"),
+                        ("ViT-Q-99", "unknown model")):
+        with pytest.raises(UsageError, match=reason):
+            parse_model_id(bad)

@@ -77,12 +77,14 @@ def make_loader(
     epoch: int = 0,
     partial: bool = True,
     pin_memory: bool = False,
+    prefetch_factor: int = 2,
 ) -> wds.WebLoader:
     """An iterable of dict batches over the shards named by `urls` (see the module docstring).
 
     `urls`: a shard folder, a glob, a brace pattern (``shard-{000000..000009}.tar``), a URL wds can open,
     or a list of any of these. `shuffle_buffer` <= 1 disables sample shuffling. `partial=False` drops each
-    worker's last incomplete batch. Call again with the next `epoch` for a new order.
+    worker's last incomplete batch. Call again with the next `epoch` for a new order. `prefetch_factor`:
+    batches each worker prepares ahead (with `num_workers` > 0).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -102,8 +104,9 @@ def make_loader(
         wds.batched(batch_size, collation_fn=None, partial=partial),
         _Collate(chooser, tokenizer, text_mix, seeds),
     )
+    workers = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
-                         pin_memory=pin_memory, collate_fn=_as_is)
+                         pin_memory=pin_memory, collate_fn=_as_is, **workers)
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Create and load CLIP models through open_clip.
 
-A model id is one of:
+A model id is one of the following (`parse_model_id` states the order in which they are tried):
 
 - an architecture name: any open_clip config (``ViT-B-16`` is BioCLIP's) or one shipped as JSON in
   ``configs/`` (``treeclip-test``, ``treeclip-tiny``, ``treeclip-small``), registered with open_clip when
@@ -67,22 +67,41 @@ class ModelRef:
 
 
 def parse_model_id(model_id: str | os.PathLike[str]) -> ModelRef:
-    """Classify a model id (see the module docstring); UsageError when it is none of them."""
+    """Classify a model id; UsageError when it is none of the kinds below. The rules, in this order:
+
+    1. ``hf-hub:ORG/NAME``: a model on the Hugging Face Hub;
+    2. ``local-dir:PATH``: a hub-layout folder (it must be one);
+    3. an architecture name of open_clip's registry (``ViT-B-16``; ``ViT-B/16`` is read as ``ViT-B-16``),
+       even when a file or folder of that name exists: a folder named like an architecture never changes
+       what loads (write ``./ViT-B-16`` or ``local-dir:ViT-B-16`` to load such a folder);
+    4. a path that exists: a hub-layout folder, or a file (a training checkpoint);
+    5. anything else is an error naming the kinds.
+    """
     text = os.fspath(model_id)
     if text.startswith(HF_HUB_PREFIX):
         return ModelRef("hub", text)
-    path = text[len(LOCAL_DIR_PREFIX):] if text.startswith(LOCAL_DIR_PREFIX) else text
-    if os.path.isdir(path):
-        if not is_hub_dir(path):
-            raise UsageError(f"model folder {path} has no open_clip_config.json; export a checkpoint with "
-                             "`treeclip export` or name a checkpoint file")
-        return ModelRef("local_dir", LOCAL_DIR_PREFIX + path)
-    if os.path.isfile(path):
-        return ModelRef("checkpoint", path)
-    if text.replace("/", "-") in open_clip.list_models():
-        return ModelRef("arch", text.replace("/", "-"))
+    if text.startswith(LOCAL_DIR_PREFIX):
+        return _local_dir(text[len(LOCAL_DIR_PREFIX):])
+    arch = text.replace("/", "-")
+    if arch in open_clip.list_models():
+        if os.path.exists(text):
+            log.info("%r is read as the architecture %s; write ./%s to load the path", text, arch, text)
+        return ModelRef("arch", arch)
+    if os.path.isdir(text):
+        return _local_dir(text)
+    if os.path.isfile(text):
+        return ModelRef("checkpoint", text)
     raise UsageError(f"unknown model {text!r}: not a file, a model folder, an hf-hub:ORG/NAME id or an "
                      f"architecture (treeclip ones: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.json')))})")
+
+
+def _local_dir(path: str) -> ModelRef:
+    if not os.path.isdir(path):
+        raise UsageError(f"model folder {path}: no such folder")
+    if not is_hub_dir(path):
+        raise UsageError(f"model folder {path} has no open_clip_config.json; export a checkpoint with "
+                         "`treeclip export` or name a checkpoint file")
+    return ModelRef("local_dir", LOCAL_DIR_PREFIX + path)
 
 
 def create_model(

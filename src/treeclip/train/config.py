@@ -22,7 +22,7 @@ from treeclip.taxonomy import TRAIN_TEXT_TYPES, TextType
 
 PRESET_DIR = Path(__file__).parent / "presets"
 OBJECTIVES = ("clip", "ce", "hier_ce")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA, fp32 on the CPU
 TEXT_MIXES = ("sample", "batch")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,7 +31,8 @@ DEVICES = ("auto", "cpu", "cuda")
 class ModelConfig:
     name: str = "treeclip-tiny"  # open_clip architecture, packaged tiny config, or local model dir
     pretrained: str | None = None  # e.g. "openai" or a checkpoint path
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
+    freeze_text: bool = False  # fine-tuning: keep the text tower (and token embedding) fixed
 
 
 @dataclass
@@ -42,7 +43,8 @@ class DataConfig:
     text_type: str | None = None  # single-type ablation; replaces text_types when set
     augment: bool = True  # random-crop training transform; False uses the evaluation transform
     shuffle_buffer: int = 1000
-    num_workers: int = 0
+    num_workers: int = 0  # loader processes per training process (a GPU needs several; see docs/training.md)
+    prefetch_factor: int = 4  # batches each worker prepares ahead (with num_workers > 0)
 
 
 @dataclass
@@ -62,10 +64,14 @@ class RunConfig:
     batch_size: int = 32768  # global batch: world size x accumulation x per-device micro-batch
     accum_steps: int = 1
     epochs: int = 100
-    max_steps: int | None = None  # stop earlier than `epochs` (keeps the schedule of `epochs`)
-    precision: str = "fp32"
+    max_steps: int | None = None  # a shorter run: the schedule (cosine) ends at this step instead of at `epochs`
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
     device: str = "auto"
     seed: int = 0
+    compile: bool = False  # torch.compile the model and the loss
+    patch_dropout: float = 0.0  # FLIP: drop this fraction of image patches while training (0.5 is FLIP's)
+    channels_last: bool = False  # images (and the patch convolution) in channels-last memory layout
+    peak_tflops: float | None = None  # the device's dense peak for MFU, when treeclip's table lacks it
 
 
 @dataclass
@@ -248,6 +254,10 @@ def validate(config: Config) -> None:
         _require(value > 0, f"config key {key}: must be positive")
     _require(len(optim.betas) == 2, "config key optim.betas: expected two numbers, e.g. [0.9, 0.98]")
     _require(optim.warmup_steps >= 0, "config key optim.warmup_steps: must be >= 0")
+    _require(0.0 <= run.patch_dropout < 1.0, "config key train.patch_dropout: must be in [0, 1)")
+    _require(data.num_workers >= 0 and data.prefetch_factor > 0,
+             "config keys data.num_workers (>= 0) and data.prefetch_factor (> 0)")
+    _require(run.peak_tflops is None or run.peak_tflops > 0, "config key train.peak_tflops: must be positive")
 
 
 def micro_batch_size(config: Config, world_size: int) -> int:
@@ -260,6 +270,13 @@ def micro_batch_size(config: Config, world_size: int) -> int:
             f"train.accum_steps {run.accum_steps} = {parts}"
         )
     return run.batch_size // parts
+
+
+def resolved_precision(config: Config, device_type: str) -> str:
+    """``train.precision`` with ``auto`` resolved: bf16 autocast on CUDA, fp32 elsewhere."""
+    if config.train.precision != "auto":
+        return config.train.precision
+    return "bf16" if device_type == "cuda" else "fp32"
 
 
 def to_yaml(config: Config) -> str:

@@ -20,11 +20,21 @@ Choices worth knowing:
   fixed-size and a process that exhausts its part starts its next pass, so no process ever waits for data.
   With one shard and no shuffling, process r of n sees samples r, r+n, ..., so the global batch of an
   n-process run is exactly the batch of a 1-process run (the basis of the equivalence test).
+* **Schedule.** The run lasts ``train.epochs`` epochs, or ``train.max_steps`` steps when that is fewer; the
+  warm-up + cosine schedule is laid over exactly the steps the run takes, so the cosine reaches its end at the
+  last step (also after a resume, where the stored config gives the same length).
 * **Resume** restores model, optimizer, GradScaler, step (the learning rate is a function of the step) and
   every process's RNG state, then starts a fresh pass over the data: the rest of the interrupted pass is not
   replayed, but the run ends after exactly the same number of optimizer steps.
+* **Speed on GPUs.** bf16 autocast by default on CUDA (``train.precision=auto``), fused AdamW on CUDA,
+  attention through PyTorch's fused ``scaled_dot_product_attention`` (open_clip's ``nn.MultiheadAttention``
+  blocks call it), optional ``train.compile`` (model and loss), ``train.patch_dropout`` (FLIP),
+  ``model.grad_checkpointing``, ``train.channels_last``, and loader workers with prefetching and pinned
+  memory. Every logged record carries samples/s (global and per device) and the model FLOPs utilisation
+  (`treeclip.train.throughput`).
 * **Seeds.** The process seeds torch's RNG with ``train.seed`` before building the model (all processes
-  build the same initial weights), then with ``seed + rank`` (per-rank augmentation and dropout).
+  build the same initial weights), then with ``seed + rank`` (per-rank augmentation and dropout), unless a
+  resumed checkpoint restores the RNG state.
 """
 
 from __future__ import annotations
@@ -32,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +50,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from open_clip.transformer import PatchDropout
 from torch.nn.parallel import DistributedDataParallel
 
 from treeclip.atomic import atomic_write
@@ -48,14 +58,15 @@ from treeclip.data.loader import make_loader
 from treeclip.errors import TreeclipError, UsageError
 from treeclip.model import create_model, model_config
 from treeclip.train import checkpoint as ckpt
-from treeclip.train.config import Config, micro_batch_size, to_yaml
+from treeclip.train.config import Config, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
 from treeclip.train.metrics import MetricsWriter
 from treeclip.train.objectives import (
     ClassIndex, ClassifierHeads, TrainModule, clip_loss, cross_entropy_sum, ranks_for,
 )
 from treeclip.train.optim import lr_at, make_optimizer, set_lr
-from treeclip.train.shards import count_samples, find_shards, train_lineages
+from treeclip.train.shards import count_samples, find_shards, shard_taxa, train_lineages
+from treeclip.train.throughput import Throughput, count_flops_per_sample, peak_tflops
 from treeclip.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -76,8 +87,7 @@ class Plan:
     train_samples: int
     micro_batch: int
     steps_per_epoch: int
-    total_steps: int  # the schedule's length (epochs x steps per epoch)
-    stop_step: int  # where this run stops (train.max_steps may end it earlier)
+    stop_step: int  # the last step: epochs x steps per epoch, or train.max_steps when fewer; the schedule's end
 
 
 @dataclass
@@ -113,7 +123,10 @@ def plan_run(config: Config, data_dir: Path, world_size: int) -> Plan:
     per_epoch = samples // config.train.batch_size
     total = per_epoch * config.train.epochs
     stop = min(total, config.train.max_steps or total)
-    return Plan(train_shards, find_shards(data_dir, "val", required=False), samples, micro, per_epoch, total, stop)
+    if config.optim.warmup_steps >= stop:
+        log.warning("optim.warmup_steps %d >= the run's %d steps: the learning rate never decays",
+                    config.optim.warmup_steps, stop)
+    return Plan(train_shards, find_shards(data_dir, "val", required=False), samples, micro, per_epoch, stop)
 
 
 @dataclass
@@ -130,6 +143,7 @@ class Session:
     transforms: tuple[Callable, Callable]  # (train, val)
     tokenizer: Callable
     autocast: Callable[[], contextlib.AbstractContextManager]
+    val_taxa: dict[tuple[str, ...], Any] = field(default_factory=dict)  # lineage -> Taxon of the val shards
 
 
 def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: str | None,
@@ -138,21 +152,30 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
     _prepare_run_dir(env, config, out_dir, resume)
     module, transforms, tokenizer, class_index = _build(env, config, data_dir, plan)
     optimizer = make_optimizer(module.named_parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
-                               eps=config.optim.eps, weight_decay=config.optim.weight_decay)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=config.train.precision == "fp16")
-    s = Session(env, config, plan, out_dir, module, optimizer, scaler, transforms, tokenizer, _autocast(config, env))
+                               eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+                               fused=env.device.type == "cuda")
+    precision = resolved_precision(config, env.device.type)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+    s = Session(env, config, plan, out_dir, module, optimizer, scaler, transforms, tokenizer,
+                _autocast(precision, env), shard_taxa(plan.val_shards) if config.eval.zero_shot else {})
+    flops = count_flops_per_sample(module, tokenizer=tokenizer, device=env.device)
+    timer = Throughput(config.train.batch_size, world_size=env.world_size, flops_per_sample=flops,
+                       peak_tflops=config.train.peak_tflops or _table_peak(precision, env))
+    torch.manual_seed(config.train.seed + env.rank)
     step, data_pass, last_checkpoint = _restore(s, resume)
     model = DistributedDataParallel(module, device_ids=[env.device] if env.device.type == "cuda" else None) \
         if env.distributed else module
-    torch.manual_seed(config.train.seed + env.rank)
+    if config.train.compile:
+        model = torch.compile(model)
     batches = MicroBatches(partial(_train_loader, s), data_pass)
     step_fn = _step_function(config, env, class_index)
     writer = MetricsWriter(out_dir, tensorboard=config.log.tensorboard) if env.is_main else None
-    result, timer = TrainResult(out_dir, step, last_checkpoint), Throughput(config.train.batch_size)
+    result = TrainResult(out_dir, step, last_checkpoint)
+    timer.reset()
 
     while step < plan.stop_step:
         lr = lr_at(step, base_lr=config.optim.lr, warmup_steps=config.optim.warmup_steps,
-                   total_steps=plan.total_steps, schedule=config.optim.schedule)
+                   total_steps=plan.stop_step, schedule=config.optim.schedule)
         set_lr(optimizer, lr)
         micro_batches = [next(batches) for _ in range(config.train.accum_steps)]
         loss = step_fn(model, micro_batches, autocast=s.autocast, scaler=scaler)
@@ -162,7 +185,7 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at step {step}; last good checkpoint: {last_checkpoint or 'none'}")
         record = {"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
-                  "logit_scale": float(module.clip.logit_scale.detach().exp()), "samples_per_s": timer.tick()}
+                  "logit_scale": float(module.clip.logit_scale.detach().exp()), **timer.tick()}
         if env.is_main and on_step is not None:
             on_step({**record, "total_steps": plan.stop_step})
         last = step == plan.stop_step
@@ -194,14 +217,20 @@ def _prepare_run_dir(env: DistEnv, config: Config, out_dir: Path, resume: str | 
     barrier(env)
 
 
+def _table_peak(precision: str, env: DistEnv) -> float | None:
+    """The device's dense bf16/fp16 peak for MFU (None on the CPU, for fp32, or for an unlisted GPU)."""
+    if env.device.type != "cuda" or precision == "fp32":
+        return None
+    return peak_tflops(torch.cuda.get_device_name(env.device))
+
+
 def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
            ) -> tuple[TrainModule, tuple[Callable, Callable], Callable, ClassIndex | None]:
     """The model (same initial weights on every process), transforms, tokenizer and class index."""
     torch.manual_seed(config.train.seed)
     clip, preprocess_train, preprocess_val, tokenizer = create_model(
         config.model.name, pretrained=config.model.pretrained, precision="fp32", device=env.device)
-    if config.model.grad_checkpointing:
-        clip.set_grad_checkpointing(True)
+    _apply_speed_options(clip, config)
     heads, class_index = None, None
     if config.train.objective != "clip":
         class_index = ClassIndex(train_lineages(data_dir, plan.train_shards), ranks_for(config.train.objective))
@@ -212,6 +241,20 @@ def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
     return TrainModule(clip, heads), transforms, tokenizer, class_index
 
 
+def _apply_speed_options(clip: nn.Module, config: Config) -> None:
+    """Gradient checkpointing, FLIP patch dropout, channels-last and a frozen text tower, as configured."""
+    if config.model.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    if config.train.patch_dropout > 0:  # open_clip's own module; the identity in eval mode
+        clip.visual.patch_dropout = PatchDropout(config.train.patch_dropout)
+    if config.train.channels_last:
+        clip.to(memory_format=torch.channels_last)  # only 4-D weights (the patch convolution) change layout
+    if config.model.freeze_text:
+        for name, param in clip.named_parameters():
+            if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias"):
+                param.requires_grad = False
+
+
 def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
     config, env = s.config, s.env
     return make_loader(
@@ -220,6 +263,7 @@ def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
         text_weights=None if config.data.text_type else config.data.text_weights, seed=config.train.seed,
         shuffle_buffer=config.data.shuffle_buffer, num_workers=config.data.num_workers, rank=env.rank,
         world_size=env.world_size, epoch=data_pass, partial=False, pin_memory=env.device.type == "cuda",
+        prefetch_factor=config.data.prefetch_factor,
     )
 
 
@@ -272,8 +316,8 @@ def _restore(s: Session, resume: str | None) -> tuple[int, int, Path | None]:
 # ---------------------------------------------------------------- one step
 
 
-def _autocast(config: Config, env: DistEnv) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+def _autocast(precision: str, env: DistEnv) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return partial(torch.autocast, device_type=env.device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -281,9 +325,12 @@ StepFn = Callable[..., torch.Tensor]
 
 
 def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None) -> StepFn:
+    layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
     if class_index is None:
-        return partial(clip_step, loss_fn=clip_loss(env.rank, env.world_size), device=env.device)
-    return partial(ce_step, class_index=class_index, device=env.device)
+        loss_fn = clip_loss(env.rank, env.world_size)
+        loss_fn = torch.compile(loss_fn) if config.train.compile else loss_fn
+        return partial(clip_step, loss_fn=loss_fn, device=env.device, memory_format=layout)
+    return partial(ce_step, class_index=class_index, device=env.device, memory_format=layout)
 
 
 def _sync_unless_last(model: nn.Module, index: int, count: int) -> contextlib.AbstractContextManager:
@@ -293,9 +340,10 @@ def _sync_unless_last(model: nn.Module, index: int, count: int) -> contextlib.Ab
 
 
 def clip_step(model: nn.Module, micro_batches: list[dict], *, loss_fn: nn.Module, device: torch.device,
-              autocast: Callable, scaler: torch.amp.GradScaler) -> torch.Tensor:
+              autocast: Callable, scaler: torch.amp.GradScaler,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Back-propagate the contrastive loss of the whole accumulated batch; returns this process's loss."""
-    images = [b["image"].to(device, non_blocking=True) for b in micro_batches]
+    images = [b["image"].to(device, non_blocking=True, memory_format=memory_format) for b in micro_batches]
     texts = [b["text"].to(device, non_blocking=True) for b in micro_batches]
     count = len(micro_batches)
     cached = []
@@ -320,12 +368,13 @@ def _swap_in(live: torch.Tensor, cached: list[torch.Tensor], index: int) -> torc
 
 
 def ce_step(model: nn.Module, micro_batches: list[dict], *, class_index: ClassIndex, device: torch.device,
-            autocast: Callable, scaler: torch.amp.GradScaler) -> torch.Tensor:
+            autocast: Callable, scaler: torch.amp.GradScaler,
+            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Back-propagate the (hierarchical) cross-entropy, averaged over the micro-batches."""
     total = torch.zeros((), device=device)
     for j, batch in enumerate(micro_batches):
         with _sync_unless_last(model, j, len(micro_batches)), autocast():
-            logits = model(batch["image"].to(device, non_blocking=True))
+            logits = model(batch["image"].to(device, non_blocking=True, memory_format=memory_format))
             loss = cross_entropy_sum(logits, class_index.labels(batch["lineage"], device)) / len(micro_batches)
         scaler.scale(loss).backward()
         total += loss.detach()
@@ -347,21 +396,6 @@ def _optimizer_step(module: TrainModule, optimizer: torch.optim.Optimizer, scale
 # ---------------------------------------------------------------- logging, validation, checkpoints
 
 
-class Throughput:
-    """Global samples per second since the last tick (checkpoint time excluded via `reset`)."""
-
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size, self.last = batch_size, time.perf_counter()
-
-    def tick(self) -> float:
-        now = time.perf_counter()
-        rate, self.last = self.batch_size / max(now - self.last, 1e-9), now
-        return rate
-
-    def reset(self) -> None:
-        self.last = time.perf_counter()
-
-
 def _log(writer: MetricsWriter | None, result: TrainResult, record: dict[str, Any]) -> None:
     result.history.append(record)
     if writer is not None:
@@ -378,7 +412,7 @@ def _validate(s: Session) -> dict[str, float]:
                              text_types=config.text_types, seed=config.train.seed, shuffle_buffer=0)
         metrics = validate(s.module.clip, loader, tokenizer=s.tokenizer, device=s.env.device, autocast=s.autocast,
                            max_batches=config.eval.max_batches, text_type=config.eval.zero_shot_text_type,
-                           templates=config.eval.templates, zero_shot=config.eval.zero_shot)
+                           templates=config.eval.templates, taxa=s.val_taxa, zero_shot=config.eval.zero_shot)
     barrier(s.env)
     return metrics
 

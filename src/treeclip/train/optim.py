@@ -24,9 +24,11 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
 
 
 def make_optimizer(
-    named: Iterable[tuple[str, nn.Parameter]], *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+    named: Iterable[tuple[str, nn.Parameter]], *, lr: float, betas: tuple[float, float], eps: float,
+    weight_decay: float, fused: bool = False,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(named, weight_decay), lr=lr, betas=betas, eps=eps)
+    """AdamW over `param_groups`; `fused` (CUDA only) updates all parameters in one kernel."""
+    return torch.optim.AdamW(param_groups(named, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:

@@ -6,12 +6,13 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from treeclip.data.loader import IMAGE_KEYS, TAXON_JSON, TAXONOMIC_NAME, num_samples, sample_lineage
+from treeclip.data.loader import IMAGE_KEYS, num_samples, sample_lineage
+from treeclip.data.sources.wds import sample_taxon
 from treeclip.errors import UsageError
-from treeclip.taxonomy import RANK_NAMES
+from treeclip.taxonomy import RANK_NAMES, Taxon
 
 CATALOG = "catalog.parquet"
-_LINEAGE_MEMBERS = (TAXON_JSON, TAXONOMIC_NAME)
+_TEXT_SUFFIXES = (".txt", ".json")
 
 
 def find_shards(data_dir: Path, split: str, *, required: bool = True) -> list[str]:
@@ -60,13 +61,29 @@ def _catalog_lineages(path: Path) -> Iterator[tuple[str, ...]]:
 
 
 def _shard_lineages(shards: Sequence[str]) -> Iterator[tuple[str, ...]]:
-    """Lineages read like the loader reads them (``taxon.json``, else ``taxonomic_name.txt``)."""
+    """Lineages read like the loader reads them (``taxon.json``, else the name texts)."""
+    for sample in _text_members(shards):
+        yield sample_lineage(sample)
+
+
+def shard_taxa(shards: Sequence[str]) -> dict[tuple[str, ...], Taxon]:
+    """Every species-level taxon of `shards` with its common name, by lineage: the class texts of zero-shot
+    validation are rendered from these exactly as evaluation renders its classes."""
+    taxa: dict[tuple[str, ...], Taxon] = {}
+    for sample in _text_members(shards):
+        taxon = sample_taxon(str(sample["__key__"]), sample)
+        if isinstance(taxon, Taxon) and taxon.lineage[-1]:
+            taxa.setdefault(taxon.lineage, taxon)
+    return taxa
+
+
+def _text_members(shards: Sequence[str]) -> Iterator[dict[str, bytes | str]]:
+    """The text and JSON members of each sample (``{"__key__": key, "taxon.json": b"...", ...}``)."""
     for shard in shards:
-        samples: dict[str, dict[str, bytes]] = {}
+        samples: dict[str, dict[str, bytes | str]] = {}
         with tarfile.open(shard, "r") as tar:
             for member in tar:
                 key, suffix = _split(member.name)
-                if suffix in _LINEAGE_MEMBERS:
-                    samples.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-        for sample in samples.values():
-            yield sample_lineage(sample)
+                if member.isfile() and suffix.endswith(_TEXT_SUFFIXES):
+                    samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(member).read()
+        yield from samples.values()
