@@ -44,8 +44,10 @@ def image(index: int, rng: np.random.Generator, size: int = 32) -> bytes:
 
 
 def write_shards(root: Path, *, n_species: int = 6, per_species: dict[str, int] | None = None,
-                 shards: dict[str, int] | None = None, seed: int = 0, manifest: bool = True) -> Path:
-    """``root/{train,val}/shard-NNNNNN.tar`` (+ manifest.json); samples interleave the species."""
+                 shards: dict[str, int] | None = None, seed: int = 0, manifest: bool = True,
+                 image_size: int = 32) -> Path:
+    """``root/{train,val}/shard-NNNNNN.tar`` (+ manifest.json); samples interleave the species; JPEGs are
+    `image_size` pixels square."""
     per_species = per_species or {"train": 16, "val": 4}
     shards = shards or {"train": 1, "val": 1}
     rng = np.random.default_rng(seed)
@@ -55,7 +57,8 @@ def write_shards(root: Path, *, n_species: int = 6, per_species: dict[str, int] 
         samples = [(f"{split}{i:05d}", i % n_species) for i in range(count * n_species)]
         for shard, chunk in enumerate(np.array_split(np.arange(len(samples)), shards[split])):
             name = f"{split}/shard-{shard:06d}.tar"
-            _write_tar(root / name, [(samples[i][0], taxa[samples[i][1]], image(samples[i][1], rng)) for i in chunk])
+            _write_tar(root / name, [(samples[i][0], taxa[samples[i][1]], image(samples[i][1], rng, image_size))
+                                      for i in chunk])
             entries.append({"path": name, "count": len(chunk)})
     if manifest:
         (root / "manifest.json").write_text(json.dumps({"shards": entries}), encoding="utf-8")
