@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ from treeclip.errors import UsageError
 
 HELP = "Evaluate models zero-shot, few-shot and against the taxonomy on benchmark tasks; write a report."
 TEXT_TYPES = ("asis", "sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
-TASK_HELP = ("task(s), comma-separated, as [NAME=]KIND:PATH: rare:DIR (Rare Species metadata.csv layout), "
-             "bioclip-csv:FILE (,filepath,class), metaalbum:DIR (labels.csv + info.json + images/), "
-             "inat21:DIR (val class folders), csv:FILE, folder:DIR, synth:DIR[:unseen|seen|open]")
+TASK_HELP = ("task(s), comma-separated, as [NAME=]KIND:PATH[,EXTRA]: rare:DIR (Rare Species, BioCLIP's or the "
+             "downloaded metadata.csv), bioclip-csv:FILE (,filepath,class), metaalbum:DIR (labels.csv + info.json + "
+             "images/), inat21:DIR (val class folders [+ val.json]), csv:FILE, folder:DIR[,TAXONOMY], "
+             "synth:DIR[:unseen|seen|open]")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "LABEL= names it in the report (e.g. its training text type); repeatable")
     parser.add_argument("--task", action="append", required=True, metavar="[NAME=]KIND:PATH[,...]", help=TASK_HELP)
     parser.add_argument("--shots", default="0,1,5", help="comma-separated k values; 0 = zero-shot (default 0,1,5)")
-    parser.add_argument("--text-type", default="taxon_com", metavar="T[,T]",
-                        help=f"zero-shot class text type(s): {', '.join(TEXT_TYPES)} (default taxon_com; several "
-                             "give the train-type x test-type grid)")
+    parser.add_argument("--text-type", default=None, metavar="T[,T]",
+                        help=f"zero-shot class text type(s): {', '.join(TEXT_TYPES)} (default: each task's BioCLIP "
+                             "default, asis for Meta-Album/label-only tasks, taxon_com otherwise; several give the "
+                             "train-type x test-type grid)")
+    parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN[,...]",
+                        help="column names for task tables no rule recognises, e.g. class=cls,species=epithet,label=y")
     parser.add_argument("--templates", choices=("openai", "photo"), default="openai",
                         help="openai = the 80 ImageNet templates (BioCLIP), photo = 'a photo of {}.'")
     parser.add_argument("--out", required=True, type=Path, help="report folder (report.md, results.json/.csv)")
@@ -99,40 +104,49 @@ def _safe(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
-    from treeclip.eval.benchmarks import load_task  # noqa: PLC0415
+    from treeclip.eval.benchmarks import load_task, split_task_specs  # noqa: PLC0415
     from treeclip.eval.features import FeatureCache  # noqa: PLC0415
     from treeclip.eval.report import paper_table, write_reports  # noqa: PLC0415
-    from treeclip.eval.runner import EvalSettings, evaluate, image_features  # noqa: PLC0415
+    from treeclip.eval.runner import EvalSettings, evaluate, image_features, write_classes  # noqa: PLC0415
+    from treeclip.formats import parse_column_map  # noqa: PLC0415
     from treeclip.eval.tsne import drilldown_plots  # noqa: PLC0415
 
     if args.batch_size < 1 or args.workers < 0 or args.hierarchy_pairs < 1:
         raise UsageError("--batch-size and --hierarchy-pairs must be at least 1, --workers at least 0")
-    settings = EvalSettings(shots=_shots(args.shots), text_types=_text_types(args.text_type),
+    settings = EvalSettings(shots=_shots(args.shots), text_types=_text_types(args.text_type or "taxon_com"),
                             templates=args.templates, batch_size=args.batch_size, device=args.device,
                             num_workers=args.workers, linear_probe=not args.no_linear_probe,
                             hierarchy_pairs=args.hierarchy_pairs, seed=args.seed)
     specs = _model_specs(args.model)
-    benchmarks = [load_task(spec) for spec in _split(args.task)]
+    columns = parse_column_map(args.columns)
+    benchmarks = [load_task(spec, columns) for spec in split_task_specs(args.task)]
+    settings_of = {b.name: replace(settings, text_types=_text_types(args.text_type or b.default_text_type))
+                   for b in benchmarks}
+    for benchmark in benchmarks:
+        classes = write_classes(benchmark, args.out / _safe(benchmark.name) / "classes.csv", TEXT_TYPES)
+        print(f"{benchmark.name}: {len(benchmark.classes)} classes, texts used: {classes}")
     cache = FeatureCache(_cache_dir(args))
     bars: list[Any] = []
 
     def progress(desc: str, total: int) -> Any:
-        bars.append(tqdm(total=total, desc=desc, unit="item", leave=False))
+        bars.append(tqdm(total=total, desc=desc, unit="item", leave=False, disable=None))
         return bars[-1].update
 
     results = []
     for label, model_id in specs:
         model = _load(label, model_id, args.device)
         for benchmark in benchmarks:
-            features = image_features(model, benchmark, cache=cache, settings=settings, progress=progress)
-            results.append(evaluate(model, benchmark, cache=cache, settings=settings, progress=progress,
+            task_settings = settings_of[benchmark.name]
+            features = image_features(model, benchmark, cache=cache, settings=task_settings, progress=progress)
+            results.append(evaluate(model, benchmark, cache=cache, settings=task_settings, progress=progress,
                                     features=features))
             if args.tsne and benchmark.taxonomic:
                 drilldown_plots(features, benchmark.taxa(), args.out / "plots", seed=args.seed,
                                 prefix=f"tsne_{_safe(label)}_{_safe(benchmark.name)}")
     for bar in bars:
         bar.close()
-    paths = write_reports(results, args.out, text_type=settings.text_types[0])
-    print(paper_table(results, text_type=settings.text_types[0]))
+    text_type = settings_of[benchmarks[0].name].text_types[0]
+    paths = write_reports(results, args.out, text_type=text_type)
+    print(paper_table(results, text_type=text_type))
     print(f"report: {paths['markdown']}")
     return 0

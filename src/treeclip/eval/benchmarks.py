@@ -1,65 +1,73 @@
 """Evaluation benchmarks: a registry of loaders, each turning a data set on disk into a `Benchmark`
 (image paths, integer labels, and one class per label with its taxon and the data set's own label text).
 
-A task is named ``[NAME=]KIND:PATH`` (``--task`` of ``treeclip eval``; NAME labels it in reports):
+A task is named ``[NAME=]KIND:PATH[,EXTRA]`` (``--task`` of ``treeclip eval``; NAME labels it in reports):
 
 ===============  ======================================================================================
-``rare:DIR``     Rare Species in BioCLIP's layout: ``DIR/metadata.csv`` with the columns
-                 ``,kingdom,phylum,cls,order,family,genus,species,common_name,filepath,class`` (a leading
-                 unnamed index column); ``filepath`` is relative to DIR; ``species`` is the epithet (a
-                 binomial also works). What ``treeclip make-benchmark`` writes.
-``bioclip-csv:FILE``  one of BioCLIP's evaluation CSVs: ``,filepath,class`` (+ optional rank columns as
-                 above); ``filepath`` is relative to the CSV's folder; ``class`` is the label.
-``metaalbum:DIR``  a Meta-Album data set: ``DIR/labels.csv`` (``FILE_NAME,CATEGORY,SUPER_CATEGORY``, or
-                 the column names that ``DIR/info.json`` gives as ``image_column_name`` /
-                 ``category_column_name``), ``DIR/info.json``, images in ``DIR/images/``.
-``inat21:DIR``   iNat2021 validation images: ``DIR/val/<id>_<Kingdom>_..._<Genus>_<epithet>/*.jpg`` (or
-                 the class folders directly in DIR).
+``rare:DIR``     Rare Species, either in BioCLIP's layout (``DIR/metadata.csv`` with
+                 ``,kingdom,phylum,cls,order,family,genus,species,common_name,filepath,class``: ``cls`` is the
+                 class rank, ``class`` the label; ``filepath`` relative to DIR; what ``treeclip make-benchmark``
+                 writes) or as downloaded from the hub (``metadata.csv`` with ``file_name, rarespecies_id,
+                 eol_content_id, eol_page_id, kingdom ... species, sciName, common``; images in DIR, under
+                 ``DIR/<Kingdom-Phylum-...-Genus-epithet>/`` folders, or anywhere one level down).
+                 Default text type ``taxon_com`` (BioCLIP's).
+``bioclip-csv:FILE``  one of BioCLIP's evaluation CSVs: ``,filepath,class`` (+ optional rank columns);
+                 ``filepath`` relative to the CSV's folder. Default ``asis`` without rank columns (Meta-Album
+                 tasks), ``taxon_com`` with them.
+``metaalbum:DIR``  a Meta-Album data set: ``DIR/labels.csv`` (``FILE_NAME,CATEGORY,...``, or the columns
+                 ``DIR/info.json`` names), images in ``DIR/images/``. Default ``asis``.
+``inat21:DIR``   iNat2021 validation images ``DIR/val/<id>_<Kingdom>_..._<epithet>/*.jpg`` (or the class
+                 folders in DIR); names and common names from ``DIR/val.json`` when present, the folder name
+                 for categories it lacks. Default ``taxon_com``.
 ``csv:FILE``, ``folder:DIR[,TAXONOMY]``  any table or folder source of ``treeclip build``.
-``synth:DIR[:VARIANT]``  the miniature tree of life written by ``treeclip synth`` (``DIR/catalog.csv``):
-                 ``unseen`` (default; images and label set = the held-out species), ``seen`` (val images of
-                 the training species; label set = those species) or ``open`` (unseen-species images, label
-                 set = every species in the catalog).
+``synth:DIR[:VARIANT]``  the miniature tree of life written by ``treeclip synth``: ``unseen`` (default),
+                 ``seen`` (val images of the training species) or ``open`` (unseen images, every species).
 ===============  ======================================================================================
 
-Dataset labels that name no taxon (e.g. ``Tomato___Late_blight``) become classes with an empty lineage whose
-text in every text type is the label itself. Missing or malformed files raise `UsageError` naming the file
-and the expected layout.
+Labels are used verbatim for ``asis`` (``Katodinium_or_Torodinium``, ``rice leaf roller``). A label is given a
+lineage only when it *is* a scientific name (nothing dropped when parsed); otherwise every text type uses the
+label. Two classes that would get the same text for a text type raise `UsageError` naming both. Missing or
+malformed files raise `UsageError` naming the file and the expected layout.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from treeclip.errors import UsageError
-from treeclip.taxonomy import Taxon, class_string, parse_inat21_dirname, parse_label, taxon_from_fields
+from treeclip.formats import TAXON_ROLES, Problem, Table, has_ranks, open_table, resolve, taxon_of
+from treeclip.taxonomy import Taxon, class_string, parse_inat21_dirname, parse_label
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
-RARE_LAYOUT = "DIR/metadata.csv with columns ,kingdom,phylum,cls,order,family,genus,species,common_name,filepath,class"
+RARE_LAYOUT = ("DIR/metadata.csv with ,kingdom,phylum,cls,order,family,genus,species,common_name,filepath,class "
+               "(BioCLIP) or file_name,...,kingdom..species,sciName,common (as downloaded)")
 BIOCLIP_CSV_LAYOUT = "a CSV with columns ,filepath,class (filepath relative to the CSV's folder)"
 METAALBUM_LAYOUT = "DIR/labels.csv (FILE_NAME,CATEGORY,SUPER_CATEGORY), DIR/info.json and DIR/images/"
 INAT21_LAYOUT = "DIR/val/<id>_<Kingdom>_<Phylum>_<Class>_<Order>_<Family>_<Genus>_<epithet>/ image folders"
 SYNTH_LAYOUT = "the folder written by `treeclip synth` (DIR/catalog.csv with path, split, kingdom..species, common)"
 SYNTH_VARIANTS = ("unseen", "seen", "open")
-_RANK_FIELDS = ("kingdom", "phylum", "cls", "order", "family", "genus", "species")
+PATH_COLUMNS = ("filepath", "file_path", "path", "file_name", "filename", "image")
+Item = tuple[str, str, Taxon]  # image path, class key (the label), taxon
 
 
 @dataclass
 class Benchmark:
-    """Images with integer labels into `classes`; `class_names` holds each class's own label text ("asis")."""
+    """Images with integer labels into `classes`; `class_names` holds each class's own label text ("asis");
+    `default_text_type` is the text type BioCLIP's evaluation uses for this kind of task."""
 
     name: str
     paths: list[str]
     labels: list[int]
     classes: list[Taxon]
     class_names: list[str]
+    default_text_type: str = "taxon_com"
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels) or len(self.classes) != len(self.class_names):
@@ -71,7 +79,19 @@ class Benchmark:
         return bool(self.classes) and all(taxon.depth for taxon in self.classes)
 
     def class_strings(self, kind: str) -> list[str]:
-        """The class text of each class for a text type (`treeclip.taxonomy.class_string`) or "asis"."""
+        """The class text of each class for a text type (`treeclip.taxonomy.class_string`) or "asis" (the
+        label verbatim); UsageError when two classes would get the same text."""
+        texts = self.texts(kind)
+        first: dict[str, str] = {}
+        for name, text in zip(self.class_names, texts, strict=True):
+            if text in first:
+                raise UsageError(f"task {self.name!r}: classes {first[text]!r} and {name!r} both get the text "
+                                 f"{text!r} for text type {kind}; evaluate with --text-type asis or fix the labels")
+            first[text] = name
+        return texts
+
+    def texts(self, kind: str) -> list[str]:
+        """The class texts for a text type without the distinctness check (for audits such as classes.csv)."""
         if kind == "asis":
             return list(self.class_names)
         return [class_string(t, kind) if t.depth else name for t, name in zip(self.classes, self.class_names)]
@@ -81,7 +101,7 @@ class Benchmark:
         return [self.classes[label] for label in self.labels]
 
 
-def _assemble(name: str, items: Iterable[tuple[str, str, Taxon]]) -> Benchmark:
+def _assemble(name: str, items: Iterable[Item], default_text_type: str = "taxon_com") -> Benchmark:
     """A Benchmark from (image path, class key, taxon) triples; classes sorted by key."""
     items = list(items)
     if not items:
@@ -92,7 +112,7 @@ def _assemble(name: str, items: Iterable[tuple[str, str, Taxon]]) -> Benchmark:
     for _, key, taxon in items:
         taxa.setdefault(key, taxon)
     return Benchmark(name=name, paths=[path for path, _, _ in items], labels=[index[key] for _, key, _ in items],
-                     classes=[taxa[key] for key in keys], class_names=keys)
+                     classes=[taxa[key] for key in keys], class_names=keys, default_text_type=default_text_type)
 
 
 def _check_images(paths: Sequence[str], table: Path, layout: str) -> None:
@@ -101,66 +121,86 @@ def _check_images(paths: Sequence[str], table: Path, layout: str) -> None:
         raise UsageError(f"{table}: {len(missing)} listed image(s) not found, e.g. {missing[0]} (expected {layout})")
 
 
-def _read_csv(path: Path, required: Sequence[str], layout: str) -> list[dict[str, str]]:
-    """Rows of a CSV that must exist and hold the `required` columns; UsageError otherwise."""
+def _table(path: Path, layout: str) -> Table:
     if not path.is_file():
         raise UsageError(f"{path} not found (expected {layout})")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in required if column not in (reader.fieldnames or [])]
-            if missing:
-                raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (expected {layout})")
-            rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except (csv.Error, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: not a readable CSV ({error}); expected {layout}") from None
+    return open_table(path, what="task table")
+
+
+def _rows(table: Table, columns: Mapping[str, str | None], layout: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a task table; UsageError at the first bad row (a benchmark must be read whole)."""
+    rows = []
+    for item in table.rows(columns):
+        if isinstance(item, Problem):
+            raise UsageError(f"{item.origin}: {item.reason} (expected {layout})")
+        rows.append(item)
     if not rows:
-        raise UsageError(f"{path} lists no images (expected {layout})")
+        raise UsageError(f"{table.path} lists no images (expected {layout})")
     return rows
 
 
-def _label_taxon(label: str) -> Taxon:
-    """The taxon a dataset label names, or a rank-less class carrying the label as its name."""
-    return parse_label(label) or Taxon(common=label)
+def label_taxon(label: str) -> Taxon:
+    """The taxon a dataset label names when the label *is* that name (nothing dropped: ``Lamium_galeobdolon``,
+    ``Canis lupus``); otherwise a rank-less class carrying the label (``rice leaf roller``,
+    ``Chaetoceros_didymus_flagellate``, ``Katodinium_or_Torodinium``)."""
+    taxon = parse_label(label)
+    spoken = " ".join(label.replace("_", " ").split()).casefold()
+    if taxon is not None and taxon.depth and spoken in (taxon.scientific.casefold(), taxon.taxonomic.casefold()):
+        return taxon
+    return Taxon(common=label)
 
 
-def _row_taxon(row: dict[str, str], table: Path, line: int) -> Taxon:
-    fields = {field: row.get(field, "") for field in _RANK_FIELDS}
-    try:
-        return taxon_from_fields(**fields, common=row.get("common_name", ""), strict=False)
-    except ValueError as error:
-        raise UsageError(f"{table}:{line}: unusable taxon names ({error})") from None
-
-
-def _metadata_items(table: Path, rows: list[dict[str, str]], taxonomic: bool) -> list[tuple[str, str, Taxon]]:
+def _metadata_items(table: Table, overrides: Mapping[str, str], layout: str) -> tuple[list[Item], bool]:
+    """(items, whether rank columns were used) of a BioCLIP-style metadata table."""
+    ranks = resolve(table.header, (*TAXON_ROLES, "label"), overrides, where=str(table.path))
+    path_column = overrides.get("path") or table.find(*PATH_COLUMNS)
+    missing = [what for what, ok in (("filepath", path_column), ("class", "label" in ranks or has_ranks(ranks)))
+               if not ok]
+    if missing:
+        raise UsageError(f"{table.path}: missing column(s) {', '.join(missing)} (expected {layout})")
+    taxonomic = has_ranks(ranks)
     items = []
-    for line, row in enumerate(rows, start=2):
-        label = row.get("class", "")
-        taxon = _row_taxon(row, table, line) if taxonomic else _label_taxon(label)
-        key = label or (class_string(taxon, "sci") if taxon.depth else "")
-        if not key or not row["filepath"]:
-            raise UsageError(f"{table}:{line}: empty filepath or class")
-        items.append((str(table.parent / row["filepath"]), key, taxon))
-    return items
+    for line, row in _rows(table, {**ranks, "path": path_column}, layout):
+        label = row.get("label", "")
+        taxon = taxon_of(row, table.where(line), strict=False) if taxonomic else label_taxon(label)
+        if isinstance(taxon, Problem):
+            raise UsageError(f"{taxon.origin}: {taxon.reason}")
+        key = label or taxon.scientific or taxon.taxonomic
+        if not key or not row["path"]:
+            raise UsageError(f"{table.where(line)}: empty image path or class (expected {layout})")
+        items.append((row["path"], key, taxon))
+    return items, taxonomic
 
 
-def load_rare(path: str, name: str = "") -> Benchmark:
-    """Rare Species (BioCLIP's layout): ``DIR/metadata.csv`` with rank columns, ``filepath`` and ``class``."""
-    table = Path(path) / "metadata.csv"
-    rows = _read_csv(table, ("kingdom", "phylum", "cls", "order", "family", "genus", "species", "filepath"),
-                     RARE_LAYOUT)
-    items = _metadata_items(table, rows, taxonomic=True)
-    _check_images([p for p, _, _ in items], table, RARE_LAYOUT)
+def load_rare(path: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:
+    """Rare Species in BioCLIP's layout or as downloaded (see the module docstring)."""
+    root = Path(path)
+    table = _table(root / "metadata.csv", RARE_LAYOUT)
+    items, _ = _metadata_items(table, columns or {}, RARE_LAYOUT)
+    items = [(str(_rare_image(root, file, taxon)), key, taxon) for file, key, taxon in items]
+    _check_images([p for p, _, _ in items], table.path, RARE_LAYOUT)
     return _assemble(name or f"rare:{path}", items)
 
 
-def load_bioclip_csv(path: str, name: str = "") -> Benchmark:
-    """One of BioCLIP's evaluation CSVs (``,filepath,class``; rank columns used when all are present)."""
-    table = Path(path)
-    rows = _read_csv(table, ("filepath", "class"), BIOCLIP_CSV_LAYOUT)
-    items = _metadata_items(table, rows, taxonomic=all(field in rows[0] for field in _RANK_FIELDS))
-    _check_images([p for p, _, _ in items], table, BIOCLIP_CSV_LAYOUT)
-    return _assemble(name or f"bioclip-csv:{path}", items)
+def _rare_image(root: Path, file: str, taxon: Taxon) -> Path:
+    """A Rare Species image: DIR/file, else in its ``Kingdom-...-epithet`` folder, else one folder down."""
+    direct = root / file
+    if direct.is_file():
+        return direct
+    base = Path(file).name
+    folder = root / "-".join(taxon.lineage) / base
+    if folder.is_file():
+        return folder
+    return next((candidate for candidate in root.glob(f"*/{base}") if candidate.is_file()), direct)
+
+
+def load_bioclip_csv(path: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:
+    """One of BioCLIP's evaluation CSVs (``,filepath,class``; rank columns used when present)."""
+    table = _table(Path(path), BIOCLIP_CSV_LAYOUT)
+    items, taxonomic = _metadata_items(table, columns or {}, BIOCLIP_CSV_LAYOUT)
+    items = [(str(table.path.parent / file), key, taxon) for file, key, taxon in items]
+    _check_images([p for p, _, _ in items], table.path, BIOCLIP_CSV_LAYOUT)
+    return _assemble(name or f"bioclip-csv:{path}", items, "taxon_com" if taxonomic else "asis")
 
 
 def _metaalbum_columns(root: Path) -> tuple[str, str]:
@@ -176,58 +216,68 @@ def _metaalbum_columns(root: Path) -> tuple[str, str]:
     return info.get("image_column_name", "FILE_NAME"), info.get("category_column_name", "CATEGORY")
 
 
-def load_metaalbum(path: str, name: str = "") -> Benchmark:
+def load_metaalbum(path: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:
     """A Meta-Album data set folder: ``labels.csv`` + ``info.json`` + ``images/``."""
     root = Path(path)
     image_column, category_column = _metaalbum_columns(root)
-    table = root / "labels.csv"
-    rows = _read_csv(table, (image_column, category_column), METAALBUM_LAYOUT)
+    table = _table(root / "labels.csv", METAALBUM_LAYOUT)
+    missing = [c for c in (image_column, category_column) if c not in table.header]
+    if missing:
+        raise UsageError(f"{table.path}: missing column(s) {', '.join(missing)} (expected {METAALBUM_LAYOUT})")
     images = root / "images" if (root / "images").is_dir() else root
-    items = [(str(images / row[image_column]), row[category_column], _label_taxon(row[category_column]))
-             for row in rows]
-    _check_images([p for p, _, _ in items], table, METAALBUM_LAYOUT)
-    return _assemble(name or f"metaalbum:{path}", items)
+    rows = _rows(table, {"file": image_column, "label": category_column}, METAALBUM_LAYOUT)
+    items = [(str(images / row["file"]), row["label"], label_taxon(row["label"])) for _, row in rows]
+    _check_images([p for p, _, _ in items], table.path, METAALBUM_LAYOUT)
+    return _assemble(name or f"metaalbum:{path}", items, "asis")
 
 
-def load_inat21(path: str, name: str = "") -> Benchmark:
-    """iNat2021 validation images from their class folders (``DIR/val`` or DIR itself)."""
+def load_inat21(path: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:
+    """iNat2021 validation images from their class folders, named by ``val.json`` where it has them."""
+    from treeclip.data.sources.inat21 import category_taxa  # noqa: PLC0415 - ijson only when needed
+
     root = Path(path) / "val" if (Path(path) / "val").is_dir() else Path(path)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory (expected {INAT21_LAYOUT})")
+    json_path = next((p for p in (Path(path) / "val.json", root / "val.json") if p.is_file()), None)
+    named = category_taxa(json_path) if json_path else {}
     items = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        try:
-            taxon = parse_inat21_dirname(folder.name)
-        except ValueError:
-            raise UsageError(f"{folder}: not an iNat2021 class folder name (expected {INAT21_LAYOUT})") from None
+        taxon = named.get(folder.name) or _inat21_folder_taxon(folder)
         items += [(str(f), folder.name, taxon) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise UsageError(f"{root}: no class folders with images (expected {INAT21_LAYOUT})")
     return _assemble(name or f"inat21:{path}", items)
 
 
-def _source_records(spec: str) -> list[tuple[str, Taxon, str]]:
+def _inat21_folder_taxon(folder: Path) -> Taxon:
+    try:
+        return parse_inat21_dirname(folder.name)
+    except ValueError:
+        raise UsageError(f"{folder}: not an iNat2021 class folder name (expected {INAT21_LAYOUT})") from None
+
+
+def _source_records(spec: str, columns: Mapping[str, str] | None = None) -> list[tuple[str, Taxon, str]]:
     """(path, taxon, split hint) of every usable record of a `treeclip build` source; problems are logged."""
-    from treeclip.data.records import Problem  # noqa: PLC0415 - sources pull in the whole data layer
+    from treeclip.data.records import Problem as SourceProblem  # noqa: PLC0415 - the whole data layer
     from treeclip.data.sources import open_source  # noqa: PLC0415
 
     found = []
-    for item in open_source(spec).records():
-        if isinstance(item, Problem):
+    for item in open_source(spec, columns=columns).records():
+        if isinstance(item, SourceProblem):
             log.warning("%s: %s (skipped)", item.origin, item.reason)
         elif item.path:
             found.append((item.path, item.taxon, item.split_hint))
     return found
 
 
-def _taxon_items(records: Iterable[tuple[str, Taxon, str]]) -> list[tuple[str, str, Taxon]]:
+def _taxon_items(records: Iterable[tuple[str, Taxon, str]]) -> list[Item]:
     """Records keyed by their lineage (the taxonomic string), as class keys."""
     return [(path, taxon.taxonomic, taxon) for path, taxon, _ in records]
 
 
-def load_source(spec: str, name: str = "") -> Benchmark:
+def load_source(spec: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:
     """Any ``csv:`` or ``folder:`` source of ``treeclip build``, one class per distinct lineage."""
-    return _assemble(name or spec, _taxon_items(_source_records(spec)))
+    return _assemble(name or spec, _taxon_items(_source_records(spec, columns)))
 
 
 def load_synth(path: str, name: str = "", variant: str = "unseen") -> Benchmark:
@@ -256,17 +306,20 @@ def _with_label_set(benchmark: Benchmark, taxa: Iterable[Taxon]) -> Benchmark:
                      classes=[by_key[k] for k in keys], class_names=keys)
 
 
-Loader = Callable[[str, str], Benchmark]
+Loader = Callable[[str, str, Mapping[str, str]], Benchmark]
 LOADERS: dict[str, Loader] = {
     "rare": load_rare,
     "bioclip-csv": load_bioclip_csv,
     "metaalbum": load_metaalbum,
     "inat21": load_inat21,
-    "csv": lambda path, name: load_source(f"csv:{path}", name),
-    "folder": lambda path, name: load_source(f"folder:{path}", name),
-    "synth": lambda path, name: _load_synth_spec(path, name),
+    "csv": lambda path, name, columns: load_source(f"csv:{path}", name, columns),
+    "folder": lambda path, name, columns: load_source(f"folder:{path}", name, columns),
+    "synth": lambda path, name, columns: _load_synth_spec(path, name),
 }
-TASK_SYNTAX = "KIND:PATH with KIND one of " + ", ".join(LOADERS) + " (synth:DIR[:unseen|seen|open])"
+TASK_SYNTAX = ("[NAME=]KIND:PATH[,EXTRA] with KIND one of " + ", ".join(LOADERS)
+               + " (folder:DIR,TAXONOMY; synth:DIR[:unseen|seen|open])")
+_SPEC_START = re.compile(r"^\s*(?:[A-Za-z0-9_.-]+\s*=\s*)?(" + "|".join(map(re.escape, LOADERS)) + r")\s*:",
+                         re.IGNORECASE)
 
 
 def _load_synth_spec(path: str, name: str) -> Benchmark:
@@ -277,13 +330,32 @@ def _load_synth_spec(path: str, name: str) -> Benchmark:
     return load_synth(path, name)
 
 
-def load_task(spec: str) -> Benchmark:
-    """The Benchmark a ``[NAME=]KIND:PATH`` task spec names (NAME, else the spec, names it in reports);
-    UsageError for an unknown kind or a bad layout."""
-    label, eq, rest = spec.partition("=")
-    name, spec = (label.strip(), rest.strip()) if eq and not any(c in label for c in ":/\\") else ("", spec)
-    kind, colon, path = spec.partition(":")
-    loader = LOADERS.get(kind.strip().lower()) if colon else None
-    if loader is None or not path.strip():
-        raise UsageError(f"task {spec!r}: expected [NAME=]{TASK_SYNTAX}")
-    return loader(path.strip(), name or spec)
+def split_task_specs(values: Sequence[str]) -> list[str]:
+    """Task specs from ``--task`` values: commas separate tasks, except inside a task's own extra fields
+    (``a=folder:DIR,TAXONOMY,b=rare:DIR`` is two tasks). UsageError naming the expected shape otherwise."""
+    specs: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            if _SPEC_START.match(part):
+                specs.append(part.strip())
+            elif specs and part.strip():
+                specs[-1] += "," + part.strip()
+            elif part.strip():
+                raise UsageError(f"--task {value!r}: {part.strip()!r} is not a task; expected {TASK_SYNTAX}")
+    if not specs:
+        raise UsageError(f"--task: no task given; expected {TASK_SYNTAX}")
+    return specs
+
+
+def load_task(spec: str, columns: Mapping[str, str] | None = None) -> Benchmark:
+    """The Benchmark a ``[NAME=]KIND:PATH[,EXTRA]`` task spec names (NAME, else the spec, names it in
+    reports); UsageError for an unknown kind or a bad layout. `columns` overrides table column rules."""
+    match = _SPEC_START.match(spec)
+    if match is None:
+        raise UsageError(f"task {spec!r}: expected {TASK_SYNTAX}")
+    name = spec[:match.start(1)].strip().rstrip("=").strip()
+    body = spec[match.start(1):].strip()
+    kind, _, path = body.partition(":")
+    if not path.strip():
+        raise UsageError(f"task {spec!r}: no path after {kind}:; expected {TASK_SYNTAX}")
+    return LOADERS[kind.strip().lower()](path.strip(), name or body, columns or {})

@@ -101,9 +101,13 @@ def class_string(taxon: Taxon, kind: TextType | str) -> str:
 
     `kind` is a text type value ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", ...) or "asis":
     the dataset's own label, which is kept in the common-name field (falling back like "com").
+    A class without a common name gets BioCLIP's evaluation fallback for the "+ common" kinds: the text
+    without "with common name" (``sci_com`` → ``sci``, ``taxon_com`` → ``taxon``), never "X with common name X".
     """
     if kind == "asis":
         return render_name(taxon, TextType.COM)
     if kind not in CLASS_STRING_KINDS:
         raise ValueError(f"unknown class-string kind {kind!r}; expected one of {', '.join(CLASS_STRING_KINDS)}")
+    if str(kind).endswith("_com") and not taxon.common:
+        return render_name(taxon, str(kind).removesuffix("_com"))
     return render_name(taxon, kind)

@@ -19,6 +19,7 @@ specific_epithet, common_name, image_dir_name``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from treeclip.taxonomy import Taxon, parse_inat21_dirname, taxon_from_fields
 
 from ..records import Problem, Record
 from .base import Source, checked_taxon, iter_images, one_line, subdirs
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "train_mini", "val")
 
@@ -128,6 +131,14 @@ def _read_categories(json_path: Path, categories: _Categories) -> Iterator[Probl
         categories.unreadable.add(json_path)
         yield Problem(str(json_path), f"unreadable JSON: {one_line(exc)}")
     categories.complete[json_path] = complete
+
+
+def category_taxa(json_path: Path) -> dict[str, Taxon]:
+    """{image_dir_name: taxon with its common name} of an iNat2021 JSON's categories (bad ones logged)."""
+    categories = _Categories()
+    for problem in _read_categories(json_path, categories):
+        log.warning("%s: %s", problem.origin, problem.reason)
+    return categories.by_dir
 
 
 def _category_taxon(category: dict[str, Any]) -> Taxon:
