@@ -31,6 +31,8 @@ from treeclip.serve.app import create_app  # noqa: E402
 from treeclip.serve.limits import Busy, InferenceQueue, Limits  # noqa: E402
 from treeclip.taxonomy import RANK_NAMES  # noqa: E402
 
+LOCAL = "http://localhost"  # the server accepts localhost names and IP literals as Host
+
 
 # ---- builders shared with the other serve tests -------------------------------------------------------------
 
@@ -94,12 +96,12 @@ def classifier(world: dict[str, Path]) -> TreeOfLifeClassifier:
 
 @pytest.fixture(scope="module")
 def client(classifier: TreeOfLifeClassifier) -> Iterator[TestClient]:
-    with TestClient(create_app(classifier=classifier)) as test_client:
+    with TestClient(create_app(classifier=classifier), base_url=LOCAL) as test_client:
         yield test_client
 
 
 def _app_client(classifier: TreeOfLifeClassifier, **limits: float) -> TestClient:
-    return TestClient(create_app(classifier=classifier, limits=Limits(**limits)))
+    return TestClient(create_app(classifier=classifier, limits=Limits(**limits)), base_url=LOCAL)
 
 
 def _same_rows(got: list[dict], expected: list[dict]) -> None:
@@ -391,6 +393,6 @@ def test_serve_defaults_to_the_demo_model(tmp_path: Path, world: dict[str, Path]
     assert main(["serve", "--port", "8123", "--max-upload-mb", "1", "--queue-size", "4"]) == 0
     assert served["host"] == "127.0.0.1" and served["port"] == 8123
     assert served["app"].state.limits == Limits(max_upload_bytes=2**20, queue_size=4)
-    with TestClient(served["app"]) as test_client:
+    with TestClient(served["app"], base_url=LOCAL) as test_client:
         assert test_client.get("/v1/info").json()["model"] == "treeclip-demo/model"
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out

@@ -36,7 +36,8 @@ FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     world = build_world(tmp_path_factory.mktemp("fuzz"), n_species=20)
     classifier = TreeOfLifeClassifier.from_pretrained(str(world["model"]), str(world["bank"]))
-    app = create_app(classifier=classifier, limits=Limits(max_upload_bytes=2**20, timeout_s=30))
+    app = create_app(classifier=classifier, limits=Limits(max_upload_bytes=2**20, timeout_s=30,
+                                                     allowed_hosts=("testserver",)))  # schemathesis' Host
     with TestClient(app):  # runs the lifespan, so the app is torn down after the session
         yield app
 

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8,
                         help="images per model call, gathered from concurrent requests (default 8; more on a GPU)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    parser.add_argument("--max-connections", type=int, default=256,
+                        help="open connections at once; more are answered 503 (default 256)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name clients may use besides localhost, IP addresses and --host "
+                             "(repeatable; other Host headers are refused, against DNS rebinding)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -53,7 +58,8 @@ def _limits(args: argparse.Namespace):  # noqa: ANN202 - treeclip.serve.limits i
     try:
         return Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels),
                       queue_size=args.queue_size, timeout_s=args.timeout, max_batch=args.max_batch,
-                      decode_workers=args.workers)
+                      decode_workers=args.workers, max_connections=args.max_connections,
+                      allowed_hosts=(args.host, *args.allow_host))
     except ValueError as exc:
         raise UsageError(f"serve limits: {exc}") from exc
 
@@ -71,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(classifier=classifier, limits=limits)
     print(f"treeclip serve: {model} with {len(classifier.full_bank)} taxa on http://{args.host}:{args.port}/",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=limits.max_connections)
     return 0

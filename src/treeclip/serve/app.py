@@ -1,7 +1,9 @@
 """The FastAPI app: prediction and embedding over uploaded images, health, info and the web page.
 
-Safety: images arrive only as uploads (no URL is ever fetched, no path parameter names a file); the body
-size is capped before parsing (413), each image's pixel count is checked from its header before decoding;
+Safety: images arrive only as uploads (no URL is ever fetched, no path parameter names a file); `Guard`
+(`treeclip.serve.limits`) checks Host and Origin, takes a queue place and caps the body before anything
+parses it; validation errors never echo the input; each image's pixel count and aspect ratio are checked
+from its header before decoding; custom labels and checklists are prepared off the model thread;
 like the CLI, an unusable file gets an ``error`` entry with the decoder's reason while every good file of the
 request is answered (200), and only a request with no usable file is refused (400, naming each file and
 why); requests are admitted to a bounded queue
@@ -24,6 +26,7 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from treeclip import __version__
@@ -38,7 +41,7 @@ from treeclip.predict.classifier import (
 )
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, parse_binomial
 
-from .limits import Busy, DecodePool, InferenceQueue, Limits, Scorer
+from .limits import Busy, DecodePool, Guard, InferenceQueue, Limits, Scorer, VariantCache
 from .schemas import EmbedResponse, Health, Info, PredictResponse, Problem
 
 log = logging.getLogger(__name__)
@@ -63,18 +66,19 @@ Files = Annotated[list[UploadFile], File(description="one or more image files (m
 
 def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -> FastAPI:
     """The app serving `classifier` (its model also answers custom labels and embeddings) under `limits`."""
-    engines, pipeline = _Engines(classifier), _Pipeline(classifier, limits)
+    engines, pipeline = _Engines(classifier, cache_size=limits.variant_cache), _Pipeline(classifier, limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         pipeline.close()
+        engines.close()
 
     app = FastAPI(title="treeclip", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Identify organisms in photos with a BioCLIP-style model: the tree of life at any "
                               "rank, checklists, roll-up, custom labels and image embeddings.")
     app.state.queue, app.state.limits = pipeline.jobs, limits
-    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(Guard, limits=limits, jobs=pipeline.jobs)
     _add_error_handlers(app, limits)
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
@@ -89,7 +93,7 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
                                                 "comma or newline separated")] = "",
     ) -> PredictResponse:
         """Top-k answers per requested rank (or over custom labels) and the roll-up answer, per file."""
-        key, score = engines.question(ranks=_parse_ranks(rank), k=k, rollup=rollup,
+        key, score = await engines.question(ranks=_parse_ranks(rank), k=k, rollup=rollup,
                                       labels=_labels(labels, limits), subset=_checklist(subset))
         results = await pipeline.answers(files, key, score)
         return PredictResponse(model=classifier.model_id, results=_named(results))
@@ -119,42 +123,51 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
 class _Engines:
     """The classifiers behind the questions, sharing one model; checklist and label variants are cached."""
 
-    def __init__(self, classifier: TreeOfLifeClassifier) -> None:
+    def __init__(self, classifier: TreeOfLifeClassifier, *, cache_size: int) -> None:
         self.base = classifier
         self.embedder = ImageEmbedder(model=classifier.model, preprocess=classifier.preprocess,
                                       tokenizer=classifier.tokenizer, model_id=classifier.model_id,
                                       device=classifier.device)
-        self._tree = functools.lru_cache(maxsize=8)(self._make_tree)
-        self._custom = functools.lru_cache(maxsize=8)(self._make_custom)
+        self._tree = VariantCache(self._make_tree, size=cache_size)
+        self._custom = VariantCache(self._make_custom, size=cache_size)
 
-    def question(self, *, ranks: tuple[Rank, ...], k: int, rollup: float | None, labels: tuple[str, ...],
-                 subset: tuple[Taxon, ...]) -> tuple[tuple, Scorer]:
+    async def question(self, *, ranks: tuple[Rank, ...], k: int, rollup: float | None, labels: tuple[str, ...],
+                       subset: tuple[Taxon, ...]) -> tuple[tuple, Scorer]:
         """(group key, scorer) of a prediction request; `UsageError` for options that do not combine."""
         if labels:
             if subset or rollup is not None:
                 raise UsageError("labels classify among your labels; they cannot be combined with subset or rollup")
-            return ("labels", labels, k), functools.partial(_label_answers, self._custom(labels), k=k)
+            custom = await self._custom.get(labels)
+            return ("labels", labels, k), functools.partial(_label_answers, custom, k=k)
         key = ("tree", subset, ranks, k, rollup)
-        return key, functools.partial(_tree_answers, self._tree(subset), ranks=ranks, k=k, rollup=rollup)
+        tree = await self._tree.get(subset) if subset else self.base
+        return key, functools.partial(_tree_answers, tree, ranks=ranks, k=k, rollup=rollup)
+
+    def close(self) -> None:
+        self._tree.close()
+        self._custom.close()
 
     def embed(self, pixels: torch.Tensor) -> list[dict[str, Any]]:
         names = [str(i) for i in range(len(pixels))]
         return _by_name(self.embedder.rows(pixels, names), PATH, len(names), single=True)
 
     def _make_tree(self, subset: tuple[Taxon, ...]) -> TreeOfLifeClassifier:
-        if not subset:
-            return self.base
+        """A checklist's classifier with its bank columns and rank index computed (on the cache's thread)."""
         base = self.base
-        return TreeOfLifeClassifier(model=base.model, preprocess=base.preprocess, bank=base.full_bank,
+        tree = TreeOfLifeClassifier(model=base.model, preprocess=base.preprocess, bank=base.full_bank,
                                     tokenizer=base.tokenizer, model_id=base.model_id, checklist=list(subset),
                                     device=base.device)
+        _ = tree.text_features, tree.index
+        return tree
 
     def _make_custom(self, labels: tuple[str, ...]) -> CustomLabelsClassifier:
         base = self.base
         if base.tokenizer is None:
             raise UsageError("this server's model has no tokenizer, so custom labels are unavailable")
-        return CustomLabelsClassifier(model=base.model, preprocess=base.preprocess, tokenizer=base.tokenizer,
-                                      labels=labels, model_id=base.model_id, device=base.device)
+        custom = CustomLabelsClassifier(model=base.model, preprocess=base.preprocess, tokenizer=base.tokenizer,
+                                        labels=labels, model_id=base.model_id, device=base.device)
+        _ = custom.text_features  # the label × template encodings, here rather than on the model thread
+        return custom
 
 
 def _tree_answers(classifier: TreeOfLifeClassifier, pixels: torch.Tensor, *, ranks: Sequence[Rank], k: int,
@@ -200,11 +213,10 @@ class _Pipeline:
         if len(files) > self.limits.max_files:
             raise HTTPException(400, f"too many files: {len(files)} > limit {self.limits.max_files} per request")
         names = [upload.filename or f"file-{index}" for index, upload in enumerate(files)]
-        with self.jobs.admit():
-            try:
-                answers = await asyncio.wait_for(self._score(files, names, key, score), self.limits.timeout_s)
-            except asyncio.TimeoutError:
-                raise Busy(f"timed out after {self.limits.timeout_s:g} s; the server is busy, retry later") from None
+        try:  # the request holds a queue place already (`Guard`)
+            answers = await asyncio.wait_for(self._score(files, names, key, score), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise Busy(f"timed out after {self.limits.timeout_s:g} s; the server is busy, retry later") from None
         return list(zip(names, answers, strict=True))
 
     async def _score(self, files: list[UploadFile], names: list[str], key: tuple, score: Scorer) -> list[Any]:
@@ -318,6 +330,13 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
     async def usage(_: Request, exc: UsageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 body without the ``input`` and ``ctx`` it would echo (an upload can be megabytes)."""
+        detail = [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", ""))[:200],
+                   "type": error.get("type", "")} for error in exc.errors()[:20]]
+        return JSONResponse({"detail": detail}, status_code=422)
+
 
 def _add_page(app: FastAPI) -> None:
     """``/`` (the page) and ``/static/{name}`` for its few files, held in memory."""
@@ -334,58 +353,3 @@ def _add_page(app: FastAPI) -> None:
         if name not in assets:
             raise HTTPException(404, "not found")
         return Response(assets[name], media_type=STATIC_TYPES[name], headers=PAGE_HEADERS)
-
-
-class BodyLimit:
-    """ASGI middleware: refuses request bodies over `max_bytes` with 413 before anything parses them."""
-
-    def __init__(self, app: Any, *, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send, declared)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(send, None)
-                return
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
-
-    async def _refuse(self, send: Callable, declared: bytes | None) -> None:
-        if declared is not None and not declared.isdigit():
-            status, detail = 400, "invalid Content-Length header"
-        else:
-            status, detail = 413, f"request body over the upload limit of {self.max_bytes / 2**20:g} MB"
-        response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
-        await response({"type": "http"}, _nothing, send)
-
-
-def _replay(body: bytes, receive: Callable) -> Callable:
-    """A `receive` that gives the buffered body once, then defers to the client's channel."""
-    sent = False
-
-    async def replayed() -> dict:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
-
-
-async def _nothing() -> dict:
-    return {"type": "http.disconnect"}
