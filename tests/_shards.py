@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 from PIL import Image
 
 from treeclip.data.shards import sample_members
+from treeclip.formats.shards import MANIFEST, manifest_text, shard_entry
+from treeclip.formats.shards import manifest as make_manifest
 from treeclip.taxonomy import Taxon
 
 GENERA = (("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula"),
@@ -59,9 +60,9 @@ def write_shards(root: Path, *, n_species: int = 6, per_species: dict[str, int] 
             name = f"{split}/shard-{shard:06d}.tar"
             _write_tar(root / name, [(samples[i][0], taxa[samples[i][1]], image(samples[i][1], rng, image_size))
                                       for i in chunk])
-            entries.append({"path": name, "count": len(chunk)})
+            entries.append(shard_entry(name, split, len(chunk)))
     if manifest:
-        (root / "manifest.json").write_text(json.dumps({"shards": entries}), encoding="utf-8")
+        (root / MANIFEST).write_text(manifest_text(make_manifest(entries)), encoding="utf-8")
     return root
 
 

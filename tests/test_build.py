@@ -379,7 +379,7 @@ def test_backbone_fills_missing_ranks(inputs: dict[str, Path], tmp_path: Path) -
     backbone = write_csv(tmp_path / "backbone.csv", [row("", HONEYEATER, "White-plumed Honeyeater")])
     filled = build_dataset(sources=[f"folder:{inputs['folder']}"], out=tmp_path / "filled", image_size=16,
                            backbone=backbone)
-    assert filled.counts["samples"] == 2 and filled.manifest["parameters"]["backbone"] == str(backbone)
+    assert filled.counts["samples"] == 2 and filled.manifest["parameters"]["backbone"] == [str(backbone)]
     texts = {s["taxon_com.txt"].decode() for s in read_samples(tmp_path / "filled").values()}
     assert texts == {HONEYEATER_TEXTS["taxon_com.txt"]}
 
@@ -390,7 +390,8 @@ def test_same_source_id_in_two_sources_and_repeated_in_one(inputs: dict[str, Pat
     again = str(inputs["csv"].parent / "images/img2.jpg")
     repeated = write_csv(tmp_path / "repeated.csv", [row(again, GANNET, "")] * 2)
     result = build_dataset(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}", f"folder:{other}",
-                                    f"csv:{repeated}"], out=tmp_path / "out", image_size=16)
+                                    f"csv:{repeated}"], out=tmp_path / "out", image_size=16,
+                           allow_absolute_paths=True)  # repeated.csv names images outside its folder
     rows = pq.read_table(tmp_path / "out/catalog.parquet").to_pylist()
     assert sum(r["source_id"] == "Ptilotula penicillata/own.jpg" for r in rows) == 2
     assert result.counts["repeated_id"] == 1 and result.counts["duplicates"] == 2  # img1 copy, img2 again

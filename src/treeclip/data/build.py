@@ -15,7 +15,6 @@ plan, and writes only the others. A crash at any moment therefore leaves every i
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
 from collections import Counter
@@ -31,6 +30,8 @@ from treeclip.data.backbone import read_backbones
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, map_unordered
 from treeclip.data.exclude import load_exclusions
+from treeclip.formats.shards import manifest as make_manifest
+from treeclip.formats.shards import manifest_text, shard_entry
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
 from treeclip.data.records import Problem
@@ -205,26 +206,25 @@ def _finish(out: Path, plan: Plan, results: list[ShardResult], params: dict[str,
     write_report(plan.alignment, out / "alignment.json")
     atomic_write(out / "alignment.txt", plan.alignment.summary())
     manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=len(rows))
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / MANIFEST, manifest_text(manifest))
     return manifest
 
 
 def _manifest(plan: Plan, results: list[ShardResult], params: dict[str, Any], problems: list[Problem], *,
               bad_images: int, samples: int) -> dict[str, Any]:
-    shards = [{"name": r.name, "split": r.split, "samples": len(r.rows)} for r in results]
+    shards = [shard_entry(r.name, r.split, len(r.rows)) for r in results]
     splits = {split: {"samples": sum(s["samples"] for s in shards if s["split"] == split),
                       "shards": sum(1 for s in shards if s["split"] == split)} for split in SPLITS}
     counts = Counter({"records": 0, "unresolved": 0, "held_out": 0, "repeated_id": 0, "unreadable": 0, "excluded": 0,
                       "duplicates": 0})
     counts.update(plan.counts)
     counts.update({"bad_images": bad_images, "samples": samples})
-    return {
-        "format": "treeclip-shards/1",
-        "treeclip_version": __version__,
-        "parameters": params,
-        "sources": plan.source_counts,
-        "splits": splits,
-        "shards": shards,
-        "counts": dict(counts),
-        "problems": {"count": len(problems), "first": [f"{p.origin}: {p.reason}" for p in problems[:50]]},
-    }
+    return make_manifest(
+        shards,
+        treeclip_version=__version__,
+        parameters=params,
+        sources=plan.source_counts,
+        splits=splits,
+        counts=dict(counts),
+        problems={"count": len(problems), "first": [f"{p.origin}: {p.reason}" for p in problems[:50]]},
+    )

@@ -8,7 +8,6 @@ and the catalog's ids agree with ``manifest.json``.
 
 from __future__ import annotations
 
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.atomic import is_temp_file
-from treeclip.data.catalog import CATALOG, MANIFEST
 from treeclip.data.images import ImageError, decode_image
-from treeclip.data.shards import TAXON_JSON
 from treeclip.errors import UsageError
-from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
+from treeclip.formats import open_table
+from treeclip.formats.shards import CATALOG, MANIFEST, TAXON_JSON, read_manifest, read_taxon_json, shard_counts
+from treeclip.taxonomy import shard_texts
 
 
 
@@ -108,7 +107,7 @@ def _sample_issues(members: dict[str, bytes]) -> list[str]:
         except ImageError as exc:
             issues.append(f"image does not decode: {exc}")
     try:
-        taxon = _taxon(members[TAXON_JSON])
+        taxon = read_taxon_json(members[TAXON_JSON])
     except KeyError:
         return issues + [f"no {TAXON_JSON}"]
     except (ValueError, TypeError) as exc:
@@ -121,14 +120,9 @@ def _sample_issues(members: dict[str, bytes]) -> list[str]:
     return issues
 
 
-def _taxon(data: bytes) -> Taxon:
-    fields = json.loads(data.decode("utf-8"))
-    return Taxon(tuple(fields.get(rank, "") for rank in RANK_NAMES), fields.get("common", ""))
-
-
 def _load_manifest(root: Path, report: CheckReport) -> dict[str, Any] | None:
     try:
-        return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return read_manifest(root)
     except FileNotFoundError:
         report.problems.append(f"{root / MANIFEST}: missing (the build did not finish; rerun it with --resume)")
     except (OSError, ValueError) as exc:
@@ -137,7 +131,7 @@ def _load_manifest(root: Path, report: CheckReport) -> dict[str, Any] | None:
 
 
 def _compare_manifest(manifest: dict[str, Any], report: CheckReport) -> None:
-    listed = {shard["name"]: shard["samples"] for shard in manifest.get("shards", [])}
+    listed = shard_counts(manifest)
     for name, expected in listed.items():
         found = report.shards.get(name)
         if found is None:
@@ -151,15 +145,14 @@ def _compare_manifest(manifest: dict[str, Any], report: CheckReport) -> None:
 
 
 def _compare_catalog(path: Path, report: CheckReport) -> None:
-    import pyarrow.parquet as pq  # noqa: PLC0415 - heavy, only needed here
-
     try:
-        table = pq.read_table(path, columns=["id", "split"])
-    except (OSError, ValueError, KeyError) as exc:
+        table = open_table(path, what="catalog")
+        columns = [data for _, data in table.columns(["id", "split"])]
+    except (UsageError, OSError, ValueError, KeyError) as exc:
         report.problems.append(f"{path.name}: unreadable ({exc})")
         return
-    ids = table.column("id").to_pylist()
-    splits = table.column("split").to_pylist()
+    ids = [key for data in columns for key in data["id"]]
+    splits = [split for data in columns for split in data["split"]]
     if len(set(ids)) != len(ids):
         report.problems.append(f"{path.name}: repeated ids")
     missing = [key for key in ids if key not in report.keys]

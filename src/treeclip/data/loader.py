@@ -32,7 +32,6 @@ seeded generator; the loader never ends.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import random
@@ -45,16 +44,15 @@ import torch
 import webdataset as wds
 
 from treeclip.data.images import ImageError, decode_image
-from treeclip.errors import UsageError
 from treeclip.data.sources.wds import sample_taxon
+from treeclip.errors import UsageError
+from treeclip.formats.shards import MANIFEST, read_manifest, shard_counts
 from treeclip.taxonomy import TRAIN_TEXT_TYPES, Taxon, TextType
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-TAXON_JSON = "taxon.json"
 TAXONOMIC_NAME = "taxonomic_name.txt"
-MANIFEST = "manifest.json"
 EMPTY_LINEAGE: tuple[str, ...] = Taxon().lineage
 TEXT_MIXES = ("sample", "batch")
 
@@ -395,8 +393,7 @@ def _manifest_count(shard: Path) -> int | None:
 def _manifest_counts(root: Path) -> dict[str, int]:
     """{shard path relative to the manifest folder: sample count}; empty without a readable manifest."""
     try:
-        entries = json.loads((root / MANIFEST).read_text(encoding="utf-8"))["shards"]
-        return {str(entry["name"]): int(entry["samples"]) for entry in entries}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return shard_counts(read_manifest(root))
+    except (OSError, ValueError) as exc:
         log.debug("no usable %s in %s: %s", MANIFEST, root, exc)
         return {}
