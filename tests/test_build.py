@@ -144,6 +144,22 @@ def test_bad_images_reported_and_exit_1(built: tuple[Path, int, str]) -> None:
     assert "3 problems" in stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["bad_images"] == 3 and manifest["problems"]["count"] == 3
+    # every problem in problems.csv with its file and line; the terminal counts them by reason
+    problems = list(csv.DictReader((out / "problems.csv").open()))
+    assert len(problems) == 3 and all(p["file"].endswith("catalog.csv") and p["line"].isdigit() for p in problems)
+    assert len({p["line"] for p in problems}) == 3
+    for word in ("truncated", "not an image", "empty"):
+        assert sum(word in p["reason"] for p in problems) == 1, word
+
+
+def test_build_that_writes_nothing_exits_1_and_says_why(inputs: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "only_header.csv"
+    table.write_text("path,kingdom,phylum,class,order,family,genus,species\n")
+    code = main(["build", "--source", f"csv:{table}", "--out", str(tmp_path / "out"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "wrote no images" in err and "no data rows" in err
+    assert "no data rows" in (tmp_path / "out" / "problems.csv").read_text()
 
 
 def test_shard_texts_match_design_string_for_string(built: tuple[Path, int, str], inputs: dict[str, Path]) -> None:

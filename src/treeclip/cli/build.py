@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from treeclip.cli._options import RAY_ENGINE, add_engine_arguments
-
-if TYPE_CHECKING:
-    from treeclip.data.records import Problem
 
 REQUIRES = (RAY_ENGINE,)
 HELP = "build WebDataset shards + catalog from image sources (inat21, bioscan, eol, tol10m, csv, folder, wds)"
@@ -34,8 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
                         help="fraction of images in the val split, chosen by a hash of each image's id, so re-runs and "
                              "added sources never move an image; sources' own splits are ignored (default 0.05)")
-    parser.add_argument("--backbone", metavar="FILE",
-                        help="a reference taxonomy (7-rank CSV or parent-pointer table) to fill missing ranks")
+    parser.add_argument("--backbone", action="append", default=[], metavar="FILE",
+                        help="a reference taxonomy (rank table, checklist or parent-pointer table) to fill missing "
+                             "ranks; repeatable: partial tables complete one another")
+    parser.add_argument("--columns", metavar="ROLE=COLUMN[,...]",
+                        help="column names for tables no rule recognises, e.g. class=cls,species=epithet,path=img")
+    parser.add_argument("--allow-absolute-paths", action="store_true",
+                        help="let csv: tables name images outside their own folder (absolute or ../ paths)")
     parser.add_argument("--quality", type=int, default=95, metavar="Q",
                         help="JPEG quality of stored images (default 95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and shard-order hashes (default 0)")
@@ -46,31 +48,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415 - keep `treeclip build --help` light
 
+    from treeclip.atomic import atomic_write  # noqa: PLC0415
     from treeclip.data.build import build_dataset  # noqa: PLC0415
     from treeclip.errors import InputError  # noqa: PLC0415
+    from treeclip.formats import parse_column_map  # noqa: PLC0415
+    from treeclip.formats.problems import problems_csv, summary_lines  # noqa: PLC0415
 
+    columns = parse_column_map(args.columns)
     bar = tqdm(unit="img", desc="build", disable=None, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done)
-
-    def report(problem: Problem) -> None:
-        tqdm.write(f"{problem.origin}: {problem.reason}", file=sys.stderr)
-
+    progress = _Progress(bar)
     try:
         result = build_dataset(
             sources=args.source, out=args.out, image_size=args.image_size, resize=args.resize,
             shard_size=args.shard_size, workers=args.workers, exclude=args.exclude, val_fraction=args.val_fraction,
-            backbone=args.backbone, resume=args.resume, seed=args.seed, quality=args.quality,
-            on_problem=report, progress=progress, engine=args.engine, ray_address=args.ray_address,
+            backbone=args.backbone, columns=columns, allow_absolute_paths=args.allow_absolute_paths,
+            resume=args.resume, seed=args.seed, quality=args.quality, progress=progress, on_problem=progress.problem,
+            engine=args.engine, ray_address=args.ray_address,
         )
     finally:
         bar.close()
+    for line in summary_lines(result.problems):
+        print(line, file=sys.stderr)
+    atomic_write(result.out / "problems.csv", problems_csv(result.problems))
     print(_summary(result.out, result.manifest))
+    if not result.counts.get("samples"):
+        raise InputError(f"--out {result.out}: the build wrote no images ({len(result.problems)} problems, see "
+                         f"{result.out / 'problems.csv'} and dropped.csv); check the --source paths, --columns "
+                         "and --exclude")
     if result.problems:
-        raise InputError(f"{len(result.problems)} problems (listed above); the other images were built")
+        raise InputError(f"{len(result.problems)} problems (counted above, all in {result.out / 'problems.csv'}); "
+                         "the other images were built")
     return 0
+
+
+class _Progress:
+    """Build progress: a bar on a terminal; plain "build: N/M images" lines (every 10%) when piped."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.done = 0
+        self.problems = 0
+        self.next_line = 0.0
+
+    def problem(self, _problem: object) -> None:
+        """Count a problem on the bar (they are listed, counted by reason, after the build)."""
+        self.problems += 1
+        self.bar.set_postfix(problems=self.problems, refresh=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done)
+        self.done += done
+        if self.bar.disable and total and self.done >= self.next_line:
+            print(f"build: {self.done}/{total} images, {self.problems} problems", file=sys.stderr, flush=True)
+            self.next_line = self.done + max(1, total // 10)
 
 
 def _summary(out: object, manifest: dict[str, Any]) -> str:
