@@ -2,15 +2,17 @@
 
 Output folder (``OUT/``): ``demo.json`` (the settings; a folder holds one demo), ``arch/`` (the model
 architecture: a tiny config with a text context long enough for taxonomic captions), ``world/`` (`treeclip synth`),
-``shards/`` (`treeclip build`), ``runs/{mixed,com,taxon}/`` (training runs), ``cache/`` (image and text
-features), ``eval/`` (the evaluation library's own report), ``plots/`` (t-SNE PNGs), ``model/`` (the mixed
-model in open_clip's hub layout), ``bank/`` (a label bank of every species of the world, unseen ones
-included), and ``report.md`` + ``summary.json``.
+``shards/`` (`treeclip build`), ``runs/seedS/{mixed,com,taxon}/`` (training runs, one set per training seed),
+``cache/`` (image and text features), ``eval/seedS/`` (the evaluation library's own report), ``plots/`` (t-SNE
+and training-loss PNGs), ``model/`` (the first seed's mixed model in open_clip's hub layout), ``bank/`` (a label
+bank of every species of the world, unseen ones included), ``steps.json`` (each finished step's original
+cost) and ``report.md`` + ``summary.json``.
 
 Resumability: each step checks its completion marker — ``world/world.json``, ``shards/manifest.json``, a
-run's final checkpoint, the hub config, the bank matrix — and reuses a finished step; an unfinished run
-resumes from its newest checkpoint. Evaluation re-reads cached features, so a re-run recomputes only the
-cheap metrics, plots and the report.
+run's final checkpoint, the hub config, the bank matrix — and reuses a finished step, reporting its original
+cost from ``steps.json``; an unfinished run resumes from its newest checkpoint (a torn checkpoint of a killed
+run is skipped by the loader, so partial output never blocks a re-run). Evaluation re-reads cached features,
+so a re-run recomputes only the cheap metrics, plots and the report.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import torch
 
-from treeclip.atomic import atomic_write
+from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.build import build_dataset
 from treeclip.data.catalog import MANIFEST
 from treeclip.data.synth import write_world
@@ -45,11 +47,12 @@ from treeclip.train.checkpoint import checkpoint_path
 from treeclip.train.config import Config, load_config
 from treeclip.train.export import export_checkpoint
 from treeclip.train.loop import plan_run, train
+from treeclip.train.metrics import read_metrics
 
 ProgressFactory = Callable[[str, int], Callable[[int], Any]]  # (description, total) -> update(n)
 MIXED, UNTRAINED = "mixed", "untrained"
 TASKS = ("unseen", "open", "seen")
-SETTINGS_FILE, REPORT_FILE, SUMMARY_FILE = "demo.json", "report.md", "summary.json"
+SETTINGS_FILE, REPORT_FILE, SUMMARY_FILE, STEPS_FILE = "demo.json", "report.md", "summary.json", "steps.json"
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,12 @@ class DemoSettings:
     images_per_species: int = 20
     image_size: int = 32
     holdout: float = 0.2  # fraction of species held out (unseen: no training images)
-    seed: int = 0
+    seed: int = 0  # world, shards, evaluation sampling
+    train_seeds: tuple[int, ...] = (0, 1)  # one training run of each model per seed; intervals span the seeds
     model: str = "treeclip-tiny"
     context_length: int = 48  # text tokens: a taxon_com caption of the world takes up to ~45
     batch_size: int = 64  # small batches: more steps per sample, so CLIP leaves its initial plateau sooner
-    epochs: int = 5  # 225 steps per model: all findings reproduce and the full demo takes ~9 min on 2 idle cores
+    epochs: int = 5  # 225 steps per model
     lr: float = 1e-3
     warmup_steps: int = 10
     baselines: tuple[str, ...] = ("com", "taxon")  # single-text-type runs; "com" must be one of them
@@ -83,7 +87,7 @@ class DemoSettings:
 
 FULL = DemoSettings()
 QUICK = DemoSettings(species=100, images_per_species=16, model="treeclip-test", batch_size=32, epochs=8,
-                     lr=2e-3, hierarchy_pairs=2000, tsne_levels=2, quick=True)
+                     lr=2e-3, hierarchy_pairs=2000, tsne_levels=2, train_seeds=(0,), quick=True)
 
 
 def demo_settings(*, quick: bool = False, **changes: Any) -> DemoSettings:
@@ -93,13 +97,16 @@ def demo_settings(*, quick: bool = False, **changes: Any) -> DemoSettings:
 
 @dataclass(frozen=True)
 class StepTiming:
-    """One finished step: wall-clock and CPU seconds (this process and its children), reused or not."""
+    """One finished step: wall-clock and CPU seconds (this process and its children), reused or not; a reused
+    step also carries the cost of the run that made it (`original_wall_s`, `original_cpu_s`) when known."""
 
     name: str
     wall_s: float
     cpu_s: float
     reused: bool
     detail: str = ""
+    original_wall_s: float | None = None
+    original_cpu_s: float | None = None
 
 
 @dataclass
@@ -132,10 +139,6 @@ class Layout:
         return self.root / "shards"
 
     @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
     def cache(self) -> Path:
         return self.root / "cache"
 
@@ -155,6 +158,13 @@ class Layout:
     def bank(self) -> Path:
         return self.root / "bank"
 
+    @property
+    def steps(self) -> Path:
+        return self.root / STEPS_FILE
+
+    def run(self, seed: int, name: str) -> Path:
+        return self.root / "runs" / f"seed{seed}" / name
+
 
 def _cpu_seconds() -> float:
     times = os.times()
@@ -162,17 +172,26 @@ def _cpu_seconds() -> float:
 
 
 class Steps:
-    """Times each step and reports it through `on_step`."""
+    """Times each step, reports it through `on_step`, and keeps each finished step's cost in `record` (a
+    JSON file) so that a later run that reuses the step can still report what it originally cost."""
 
-    def __init__(self, on_step: Callable[[StepTiming], None] | None) -> None:
-        self.on_step, self.timings = on_step, []
+    def __init__(self, on_step: Callable[[StepTiming], None] | None, record: Path) -> None:
+        self.on_step, self.timings, self.record = on_step, [], record
+        self.costs = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
 
     @contextmanager
     def step(self, name: str) -> Iterator[dict[str, Any]]:
         info: dict[str, Any] = {"reused": False, "detail": ""}
         wall, cpu = time.perf_counter(), _cpu_seconds()
         yield info
-        timing = StepTiming(name, time.perf_counter() - wall, _cpu_seconds() - cpu, info["reused"], info["detail"])
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+        if info["reused"]:
+            original = self.costs.get(name, {})
+            timing = StepTiming(name, wall, cpu, True, info["detail"], original.get("wall_s"), original.get("cpu_s"))
+        else:
+            timing = StepTiming(name, wall, cpu, False, info["detail"])
+            self.costs[name] = {"wall_s": wall, "cpu_s": cpu}
+            atomic_write(self.record, json.dumps(self.costs, indent=1) + "\n")
         self.timings.append(timing)
         if self.on_step is not None:
             self.on_step(timing)
@@ -257,10 +276,10 @@ def make_architecture(layout: Layout, settings: DemoSettings) -> Path:
     return layout.arch
 
 
-def train_config(layout: Layout, settings: DemoSettings, text_type: str | None) -> Config:
+def train_config(layout: Layout, settings: DemoSettings, text_type: str | None, seed: int) -> Config:
     """The tiny preset sized by `settings`; `text_type` trains on one text type, None on the mix."""
     overrides = [f"model.name={layout.arch}", f"train.batch_size={settings.batch_size}",
-                 f"train.epochs={settings.epochs}", f"train.seed={settings.seed}", f"optim.lr={settings.lr}",
+                 f"train.epochs={settings.epochs}", f"train.seed={seed}", f"optim.lr={settings.lr}",
                  f"optim.warmup_steps={settings.warmup_steps}", "data.shuffle_buffer=1000", "eval.every_steps=0",
                  "log.tensorboard=false", "checkpoint.keep_last=1"]
     if text_type is not None:
@@ -273,13 +292,13 @@ def plan_steps(config: Config, data_dir: Path) -> int:
     return plan_run(config, data_dir, world_size=1).stop_step
 
 
-def train_run(layout: Layout, settings: DemoSettings, name: str, text_type: str | None,
+def train_run(layout: Layout, settings: DemoSettings, name: str, text_type: str | None, seed: int,
               progress: ProgressFactory | None) -> tuple[Path, int, bool]:
     """(final checkpoint, steps, reused) of one run; an unfinished run resumes from its newest checkpoint."""
-    config = train_config(layout, settings, text_type)
+    config = train_config(layout, settings, text_type, seed)
     steps = plan_steps(config, layout.shards)
     config.checkpoint.every_steps = max(1, steps // 3)
-    run_dir = layout.runs / name
+    run_dir = layout.run(seed, name)
     final = checkpoint_path(run_dir, steps)
     if final.is_file():
         return final, steps, True
@@ -289,7 +308,7 @@ def train_run(layout: Layout, settings: DemoSettings, name: str, text_type: str 
         if progress is None:
             return
         if "update" not in bar:
-            bar["update"] = progress(f"train {name}", metrics["total_steps"])
+            bar["update"] = progress(f"train {name} seed {seed}", metrics["total_steps"])
         bar["update"](1)
 
     result = train(config, data_dir=layout.shards, out_dir=run_dir, resume="latest", on_step=on_step)
@@ -301,17 +320,17 @@ def train_run(layout: Layout, settings: DemoSettings, name: str, text_type: str 
 # ---------------------------------------------------------------- evaluation
 
 
-def _eval_model(label: str, checkpoint: Path | None, layout: Layout, settings: DemoSettings,
-                device: str) -> EvalModel:
-    """A trained model from its checkpoint, or (no checkpoint) the architecture's seeded random init."""
+def _eval_model(label: str, checkpoint: Path | None, layout: Layout, seed: int, device: str) -> EvalModel:
+    """A trained model from its checkpoint, or (no checkpoint) the architecture's random init with `seed`."""
     if checkpoint is not None:
         model, _, preprocess, tokenizer = load_model(checkpoint, device=device)
         return EvalModel(label, model_fingerprint(str(checkpoint), model), model, preprocess, tokenizer)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         model, _, preprocess, tokenizer = create_model(layout.arch, device=device)
     model.eval()
-    return EvalModel(label, model_fingerprint(f"untrained:{settings.model}", model), model, preprocess, tokenizer)
+    return EvalModel(label, model_fingerprint(f"untrained:{layout.arch}:{seed}", model), model, preprocess,
+                     tokenizer)
 
 
 def _task_settings(settings: DemoSettings, task: str, device: str) -> EvalSettings:
@@ -327,15 +346,16 @@ def load_tasks(layout: Layout) -> dict[str, Benchmark]:
     return {task: load_task(f"{task}=synth:{layout.world}:{task}") for task in TASKS}
 
 
-def evaluate_models(layout: Layout, settings: DemoSettings, checkpoints: dict[str, Path | None],
+def evaluate_models(layout: Layout, settings: DemoSettings, checkpoints: dict[str, Path | None], seed: int,
                     tasks: dict[str, Benchmark], progress: ProgressFactory | None
                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(every model × task result, unseen-task image features per model) with features cached in OUT/cache."""
+    """(every model × task result, unseen-task image features per model) of one training seed, with features
+    cached in OUT/cache."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = FeatureCache(layout.cache)
     results, features = [], {}
     for label, checkpoint in checkpoints.items():
-        model = _eval_model(label, checkpoint, layout, settings, device)
+        model = _eval_model(label, checkpoint, layout, seed, device)
         for task, benchmark in tasks.items():
             task_settings = _task_settings(settings, task, device)
             images = image_features(model, benchmark, cache=cache, settings=task_settings, progress=progress)
@@ -343,7 +363,8 @@ def evaluate_models(layout: Layout, settings: DemoSettings, checkpoints: dict[st
                                     features=images))
             if task == "unseen":
                 features[label] = images
-    write_reports(results, layout.eval, text_type=settings.test_types[0], title="treeclip demo: evaluation")
+    write_reports(results, layout.eval / f"seed{seed}", text_type=settings.test_types[0],
+                  title=f"treeclip demo: evaluation (training seed {seed})")
     return results, features
 
 
@@ -353,7 +374,7 @@ def tsne_plots(layout: Layout, settings: DemoSettings, benchmark: Benchmark,
     paths = []
     for label in (MIXED, UNTRAINED):
         paths += drilldown_plots(features[label], benchmark.taxa(), layout.plots, levels=settings.tsne_levels,
-                                 seed=settings.seed, prefix=f"tsne_{label}")
+                                 seed=settings.seed, prefix=f"tsne_{label}", model=f"{label} model")
     return paths
 
 
@@ -384,6 +405,30 @@ def export_artifacts(layout: Layout, settings: DemoSettings, checkpoint: Path,
 # ---------------------------------------------------------------- the whole demo
 
 
+def training_loss_plot(layout: Layout, runs: dict[str, dict[str, Any]]) -> Path:
+    """OUT/plots/training_loss.png: each run's loss per step, from its ``metrics.jsonl``."""
+    import matplotlib  # noqa: PLC0415 - heavy; imported when used
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for label, run in runs.items():
+        records = [r for r in read_metrics(Path(run["dir"])) if "loss" in r and "step" in r]
+        axes.plot([r["step"] for r in records], [r["loss"] for r in records], label=label, linewidth=1)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss")
+    axes.set_title("Training loss per run (metrics.jsonl)")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = layout.plots / "training_loss.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
 def run_demo(out: str | Path, *, settings: DemoSettings | None = None, fresh: bool = False,
              progress: ProgressFactory | None = None,
              on_step: Callable[[StepTiming], None] | None = None) -> DemoResult:
@@ -392,35 +437,50 @@ def run_demo(out: str | Path, *, settings: DemoSettings | None = None, fresh: bo
     `progress(description, total)` opens a progress bar and returns its ``update(n)``; `on_step` receives
     each finished step's timing. Raises `UsageError` when `out` holds something else.
     """
+    from treeclip.demo.evidence import seed_evidence  # noqa: PLC0415
     from treeclip.demo.report import write_demo_report  # noqa: PLC0415 - report imports this module
 
     settings = settings or demo_settings()
     if "com" not in settings.baselines:
         raise UsageError("demo settings: the baselines must include 'com' (the common-names-only model)")
-    layout, steps = Layout(Path(out)), Steps(on_step)
+    layout = Layout(Path(out).absolute())
     _claim_folder(layout, settings, fresh=fresh)
-    facts: dict[str, Any] = {"runs": {}}
+    steps = Steps(on_step, layout.steps)
+    facts: dict[str, Any] = {"runs": {}, "evidence": []}
     with steps.step("world") as info:
         facts["world"], info["reused"] = make_world(layout, settings, progress)
     with steps.step("shards") as info:
         facts["shards"], info["reused"] = make_shards(layout, settings, progress)
     make_architecture(layout, settings)
-    checkpoints: dict[str, Path | None] = {}
-    for name, text_type in [(MIXED, None), *((b, b) for b in settings.baselines)]:
-        with steps.step(f"train {name}") as info:
-            checkpoints[name], steps_done, info["reused"] = train_run(layout, settings, name, text_type, progress)
-            info["detail"] = f"{steps_done} steps"
-            facts["runs"][name] = {"text_type": text_type or "mixed", "steps": steps_done}
-    checkpoints[UNTRAINED] = None
-    with steps.step("evaluate") as info:
+    with steps.step("load tasks"):
         tasks = load_tasks(layout)
-        results, features = evaluate_models(layout, settings, checkpoints, tasks, progress)
-    with steps.step("t-SNE") as info:
-        facts["plots"] = tsne_plots(layout, settings, tasks["unseen"], features)
+    first: dict[str, Any] = {}
+    for seed in settings.train_seeds:
+        checkpoints: dict[str, Path | None] = {}
+        for name, text_type in [(MIXED, None), *((b, b) for b in settings.baselines)]:
+            with steps.step(f"train {name} seed {seed}") as info:
+                checkpoints[name], steps_done, info["reused"] = train_run(layout, settings, name, text_type, seed,
+                                                                          progress)
+                info["detail"] = f"{steps_done} steps"
+                facts["runs"][f"{name} seed {seed}"] = {"model": name, "seed": seed, "steps": steps_done,
+                                                        "text_type": text_type or "mixed",
+                                                        "dir": str(layout.run(seed, name))}
+        checkpoints[UNTRAINED] = None
+        with steps.step(f"evaluate seed {seed}"):
+            results, features = evaluate_models(layout, settings, checkpoints, seed, tasks, progress)
+            facts["evidence"].append(seed_evidence(
+                results, tasks, features, test_types=settings.test_types, shots=settings.shots,
+                hierarchy_pairs=settings.hierarchy_pairs, seed=settings.seed))
+        first = first or {"results": results, "features": features, "checkpoints": checkpoints}
+    with steps.step("plots"):
+        facts["plots"] = tsne_plots(layout, settings, tasks["unseen"], first["features"])
+        facts["loss_plot"] = training_loss_plot(layout, facts["runs"])
     if settings.export:
         with steps.step("export model + bank") as info:
-            facts["artifacts"], info["reused"] = export_artifacts(layout, settings, checkpoints[MIXED], progress)
+            facts["artifacts"], info["reused"] = export_artifacts(layout, settings, first["checkpoints"][MIXED],
+                                                                  progress)
     with steps.step("report"):
         report, summary_path, summary = write_demo_report(layout.root, settings=settings, facts=facts,
-                                                          results=results, tasks=tasks, timings=steps.timings)
+                                                          results=first["results"], tasks=tasks,
+                                                          timings=steps.timings)
     return DemoResult(layout.root, report, summary_path, summary, steps.timings)

@@ -65,8 +65,9 @@ def _plot(coords: np.ndarray, groups: list[str], *, title: str, path: Path, max_
 
 def drilldown_plots(features: np.ndarray, taxa: Sequence[Taxon], out_dir: str | Path, *,
                     start_rank: str = "kingdom", levels: int = 3, max_groups: int = 10, seed: int = 0,
-                    prefix: str = "tsne") -> list[Path]:
-    """Write up to `levels` PNG plots (``{prefix}_{level}_{rank}.png``) into `out_dir`; returns their paths."""
+                    prefix: str = "tsne", model: str = "") -> list[Path]:
+    """Write up to `levels` PNG plots (``{prefix}_{level}_{rank}.png``) into `out_dir`; returns their paths.
+    `model` names the model in each plot's title."""
     features, taxa = np.asarray(features), list(taxa)
     rank, inside, written = Rank.parse(start_rank), "all images", []
     for level in range(levels):
@@ -75,7 +76,8 @@ def drilldown_plots(features: np.ndarray, taxa: Sequence[Taxon], out_dir: str | 
         groups = _group_names(taxa, rank)
         path = Path(out_dir) / f"{prefix}_{level}_{RANK_NAMES[rank]}.png"
         _plot(embed_2d(features, seed=seed), groups, max_groups=max_groups, path=path,
-              title=f"t-SNE of {len(taxa)} images ({inside}), coloured by {RANK_NAMES[rank]}")
+              title=f"{model + ': ' if model else ''}t-SNE of {len(taxa)} images ({inside}), "
+                    f"coloured by {RANK_NAMES[rank]}")
         written.append(path)
         if rank == Rank.SPECIES:
             break

@@ -13,7 +13,8 @@ A model id is one of the following (`parse_model_id` states the order in which t
   holds the architecture as ``"model_cfg"`` (with an optional ``"preprocess_cfg"``) or names it as ``"name"``
   (any model id above).
 
-Image size and normalisation always come from the model's own config (open_clip's ``preprocess_cfg``).
+Image size and normalisation always come from the model's own config (open_clip's ``preprocess_cfg``); the
+inference geometry (squash or crop) is the model family's, defined once in `treeclip.model.preprocess`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from treeclip.errors import UsageError
 
 from .hub import is_hub_dir, write_hub_config
+from .preprocess import inference_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,8 @@ def create_model(
     aug_cfg: Mapping[str, Any] | None = None,
     cache_dir: str | None = None,
 ) -> Created:
-    """(model, preprocess_train, preprocess_val, tokenizer) for any model id (see the module docstring).
+    """(model, preprocess_train, preprocess_val, tokenizer) for any model id (see the module docstring);
+    ``preprocess_val`` is the model family's inference preprocessing (`treeclip.model.preprocess`).
 
     `pretrained` applies to architecture names only; without it the model is initialised from scratch.
     A training checkpoint given as `pretrained` must hold that architecture. A tag whose weights were trained with QuickGELU (``"openai"``) switches the architecture to QuickGELU.
@@ -124,11 +127,14 @@ def create_model(
     if pretrained is not None and ref.kind != "arch":
         raise UsageError(f"pretrained={pretrained!r} applies only to architecture names, not to {ref.name!r}")
     if ref.kind == "checkpoint":
-        return _from_checkpoint(read_checkpoint(ref.name), ref.name, opts)
-    checkpoint = _training_checkpoint(pretrained)
-    if checkpoint is not None:
-        return _from_checkpoint(checkpoint, pretrained, opts, expect=ref.name)
-    return _open_clip(ref.name, pretrained, opts, quick_gelu=_needs_quick_gelu(ref.name, pretrained))
+        created = _from_checkpoint(read_checkpoint(ref.name), ref.name, opts)
+    elif (checkpoint := _training_checkpoint(pretrained)) is not None:
+        created = _from_checkpoint(checkpoint, pretrained, opts, expect=ref.name)
+    else:
+        created = _open_clip(ref.name, pretrained, opts, quick_gelu=_needs_quick_gelu(ref.name, pretrained))
+    model, preprocess_train, preprocess_val, tokenizer = created
+    preprocess = inference_preprocess(ref.name, model.visual.preprocess_cfg, preprocess_val)
+    return model, preprocess_train, preprocess, tokenizer
 
 
 def load_model(model_id: str | os.PathLike[str], *, precision: str = "fp32",

@@ -69,9 +69,12 @@ class _ImageClassifier:
         self.model_id, self.device = model_id, torch.device(device)
 
     @functools.cached_property
-    def draft_size(self) -> int:
-        """JPEGs are decoded at a reduced scale no smaller than twice the model's input size (then
-        resized by the preprocessing as usual): large photos decode several times faster."""
+    def draft_size(self) -> int | None:
+        """The preprocessing's JPEG draft size (`treeclip.model.preprocess.Preprocess`; None: full-resolution
+        decoding, as for the BioCLIP family), else twice the model's input size: JPEGs are then decoded at a
+        reduced scale no smaller than that (then resized as usual), several times faster for large photos."""
+        if hasattr(self.preprocess, "draft_size"):
+            return self.preprocess.draft_size
         size = getattr(getattr(self.model, "visual", None), "image_size", 224)
         return 2 * max(size) if isinstance(size, (tuple, list)) else 2 * int(size)
 

@@ -60,6 +60,7 @@ from treeclip.model import create_model, model_config
 from treeclip.train import checkpoint as ckpt
 from treeclip.train.config import Config, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
+from treeclip.train.export import record_shard_geometry
 from treeclip.train.metrics import MetricsWriter
 from treeclip.train.objectives import (
     ClassIndex, ClassifierHeads, TrainModule, clip_loss, cross_entropy_sum, ranks_for,
@@ -230,6 +231,7 @@ def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
     torch.manual_seed(config.train.seed)
     clip, preprocess_train, preprocess_val, tokenizer = create_model(
         config.model.name, pretrained=config.model.pretrained, precision="fp32", device=env.device)
+    record_shard_geometry(clip, data_dir)  # checkpoints and exports then preprocess as the shards were built
     _apply_speed_options(clip, config)
     heads, class_index = None, None
     if config.train.objective != "clip":
