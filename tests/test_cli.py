@@ -76,6 +76,7 @@ REQUIREMENT_ARGVS: dict[str, list[str]] = {
     "build": ["build", "--source", "csv:c.csv", "--out", "shards", "--engine", "ray"],
     "predict": ["predict", "x.jpg", "--model", "m", "--engine", "ray"],
     "embed": ["embed", "x.jpg", "--model", "m", "-o", "e.parquet", "--engine", "ray"],
+    "export": ["export", "run", "--out", "model", "--format", "onnx"],
 }
 
 
