@@ -14,7 +14,10 @@ from treeclip.cli import main
 from treeclip.data.exclude import load_exclusions
 from treeclip.errors import UsageError
 from treeclip.eval.benchmarks import load_task
+from treeclip.data.records import Record
+from treeclip.data.sources import open_source
 from treeclip.eval.heldout import make_benchmark, read_species_list
+from treeclip.predict.taxa import read_taxa
 
 LINEAGE = ("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae")
 
@@ -188,6 +191,13 @@ def test_make_benchmark(tmp_path: Path) -> None:
     exclusions = load_exclusions([out / "exclude.csv"])  # what `treeclip build --exclude` reads
     assert set(exclusions.names) == {"ptilotula penicillata", "corvus corax"}
     assert {row["sha256"] for row in excluded} <= set(exclusions.hashes)
+    # round trip: the metadata.csv make-benchmark writes (,kingdom,phylum,cls,...,filepath,class) keeps every rank
+    # right in eval, `bank build --taxonomy` and `build --source csv:` (the class rank used to become the genus)
+    expected = {(*LINEAGE[:4], "Fam", "Corvus", "corax"), (*LINEAGE[:4], "Fam", "Ptilotula", "penicillata")}
+    assert {t.lineage for t in bench.classes} == expected
+    assert {t.lineage for t in read_taxa(out / "metadata.csv")} == expected
+    records = [r for r in open_source(f"csv:{out / 'metadata.csv'}").records() if isinstance(r, Record)]
+    assert len(records) == 6 and {r.taxon.lineage for r in records} == expected
     again = make_benchmark(catalog=tmp_path / "catalog.csv", species_file=species, out_dir=tmp_path / "b2",
                            images_per_species=3, exclude_sources=["inat21"], seed=7)
     assert again.kept == result.kept
@@ -203,4 +213,4 @@ def test_make_benchmark_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "1 species, 2 images" in capsys.readouterr().out
     assert (tmp_path / "out" / "images" / "Corvus_corax").is_dir()
     assert main([*argv[:2], str(tmp_path / "none.csv"), *argv[3:]]) == 2
-    assert "none.csv not found" in capsys.readouterr().err
+    assert "none.csv: no such file" in capsys.readouterr().err

@@ -21,15 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training sources (catalog 'source' values, e.g. inat21,bioscan): species present in "
                              "any of them are skipped")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--columns", metavar="ROLE=COLUMN[,...]",
+                        help="catalog column names no rule recognises, e.g. class=cls,species=epithet")
     parser.add_argument("--link", choices=("copy", "symlink", "hardlink"), default="copy",
                         help="how images are placed in the benchmark (default copy)")
 
 
 def run(args: argparse.Namespace) -> int:
     from treeclip.eval.heldout import make_benchmark  # noqa: PLC0415
+    from treeclip.formats import parse_column_map  # noqa: PLC0415
 
     result = make_benchmark(catalog=args.catalog, species_file=args.species, out_dir=args.out,
                             images_per_species=args.images, seed=args.seed, link=args.link,
+                            columns=parse_column_map(args.columns),
                             exclude_sources=[s.strip() for s in args.exclude_sources.split(",") if s.strip()])
     for binomial, reason in result.skipped.items():
         sys.stderr.write(f"skipped {binomial}: {reason}\n")

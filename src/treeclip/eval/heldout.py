@@ -1,7 +1,8 @@
 """Held-out benchmarks (``treeclip make-benchmark``), made the way BioCLIP made Rare Species.
 
-From a catalog (CSV or Parquet, with ``path``, ``source``, the rank columns ``kingdom ... species``, optional
-``common`` and ``sha256``) and a species list, keep the listed species that have at least N usable images and
+From a catalog (CSV, TSV or Parquet, read by `treeclip.formats`, streamed: only the listed species' rows are
+kept in memory; ``path``, ``source``, the rank columns ``kingdom ... species`` — ``cls``/``class`` by the column
+rules —, optional ``common`` and ``sha256``) and a species list, keep the listed species that have at least N usable images and
 appear in none of the named training sources, sample N images of each with a seed, and write:
 
 - ``OUT/metadata.csv`` in the Rare Species layout (``,kingdom,phylum,cls,order,family,genus,species,
@@ -21,7 +22,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import numpy as np
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import sha256_file
 from treeclip.errors import UsageError
-from treeclip.taxonomy import Taxon, parse_binomial, taxon_from_fields
+from treeclip.formats import TAXON_ROLES, Problem, has_ranks, open_table, resolve, taxon_of
+from treeclip.formats.species_lists import read_name_lines
+from treeclip.taxonomy import Taxon, parse_binomial
 
 METADATA_COLUMNS = ("", "kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name",
                     "filepath", "class")
@@ -56,55 +59,47 @@ class HeldoutResult:
     skipped: dict[str, str] = field(default_factory=dict)  # binomial → reason
 
 
-def _catalog_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise UsageError(f"catalog {path} not found (expected {CATALOG_LAYOUT})")
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
-        return [{k: "" if v is None else str(v) for k, v in row.items()} for row in pq.read_table(path).to_pylist()]
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        return [{k: (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(handle)]
-
-
-def read_catalog(path: str | os.PathLike[str]) -> list[CatalogImage]:
-    """The catalog's images with a species-level taxon (rows without genus + epithet are ignored; a row
-    without a path is kept with path "" so that its source still counts)."""
-    path = Path(path)
-    rows = _catalog_rows(path)
-    missing = [c for c in ("path", "genus", "species") if rows and c not in rows[0]]
-    if not rows or missing:
-        raise UsageError(f"catalog {path}: missing column(s) {', '.join(missing) or 'and rows'} "
-                         f"(expected {CATALOG_LAYOUT})")
-    base = path.parent
-    images = []
-    for row in rows:
-        taxon = taxon_from_fields(kingdom=row.get("kingdom", ""), phylum=row.get("phylum", ""),
-                                  cls=row.get("class", row.get("cls", "")), order=row.get("order", ""),
-                                  family=row.get("family", ""), genus=row["genus"], species=row["species"],
-                                  common=row.get("common", row.get("common_name", "")), strict=False)
-        if taxon.species:  # rows without a local path still count for the training sources
-            image = Path(row["path"]).expanduser()
-            located = "" if not row["path"] else str(image if image.is_absolute() else base / image)
-            images.append(CatalogImage(located, row.get("source", ""), taxon, row.get("sha256", "")))
+def read_catalog(path: str | os.PathLike[str], species: Iterable[str] | None = None,
+                 columns: Mapping[str, str] | None = None) -> list[CatalogImage]:
+    """The species-level images of a catalog, streamed and kept only for the listed `species` (binomials; all
+    when None), so memory grows with the benchmark, not the catalog. Rows without a local path are kept with
+    path "" so that their source still counts."""
+    table = open_table(Path(path), what="--catalog")
+    roles = resolve(table.header, TAXON_ROLES, columns, where=str(path))
+    extra = {"path": table.find("path", "filepath", "file_path"), "source": table.find("source"),
+             "sha256": table.find("sha256")}
+    if extra["path"] is None or not has_ranks(roles):
+        raise UsageError(f"catalog {path}: missing the path or rank columns (expected {CATALOG_LAYOUT})")
+    wanted = None if species is None else {name.casefold() for name in species}
+    base, images = table.path.parent, []
+    for item in table.rows({**roles, **extra}):
+        if isinstance(item, Problem):
+            raise UsageError(f"{item.origin}: {item.reason}")
+        line, row = item
+        taxon = taxon_of(row, table.where(line), strict=False)
+        key = taxon.scientific.casefold() if isinstance(taxon, Taxon) and taxon.species else ""
+        if not key or (wanted is not None and key not in wanted):
+            continue
+        image = Path(row["path"]).expanduser()
+        located = "" if not row["path"] else str(image if image.is_absolute() else base / image)
+        images.append(CatalogImage(located, row["source"], taxon, row["sha256"]))
     return images
 
 
 def read_species_list(path: str | os.PathLike[str]) -> list[str]:
-    """Binomials ("Genus epithet") from a text file (one per line, # comments) or a CSV, in file order."""
+    """Binomials ("Genus epithet") from a text file (one per line, # comments) or a table with a species /
+    scientific_name column, in file order."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"species list {path} not found (expected {SPECIES_LAYOUT})")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        column = next((c for c in ("species", "scientific_name", "binomial", "name") if c in (reader.fieldnames or [])),
-                      None)
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
+        table = open_table(path, what="species list")
+        column = table.find("species", "scientific_name", "sciname", "scientificname", "binomial", "name")
         if column is None:
             raise UsageError(f"species list {path}: no species column (expected {SPECIES_LAYOUT})")
-        names = [row[column] for row in reader]
+        names = [item[1]["name"] for item in table.rows({"name": column}) if isinstance(item, tuple)]
     else:
-        names = [line.split("#", 1)[0] for line in text.splitlines()]
+        names = [name for _, name in read_name_lines(path)]
     binomials = [_binomial(name.strip(), path) for name in names if name.strip()]
     if not binomials:
         raise UsageError(f"species list {path} names no species (expected {SPECIES_LAYOUT})")
@@ -137,6 +132,11 @@ def select_images(images: Sequence[CatalogImage], species: Sequence[str], *, n_i
             training[key].add(image.source)
         else:
             by_species[key].append(image)
+    return _sample(by_species, training, species, n_images=n_images, seed=seed)
+
+
+def _sample(by_species: Mapping[str, list[CatalogImage]], training: Mapping[str, set[str]], species: Sequence[str],
+            *, n_images: int, seed: int) -> tuple[dict[str, list[CatalogImage]], dict[str, str]]:
     chosen, skipped = {}, {}
     for binomial in species:
         key = binomial.casefold()
@@ -193,14 +193,15 @@ def write_benchmark(chosen: dict[str, list[CatalogImage]], out_dir: Path, *, lin
 
 def make_benchmark(*, catalog: str | os.PathLike[str], species_file: str | os.PathLike[str],
                    out_dir: str | os.PathLike[str], images_per_species: int, exclude_sources: Sequence[str] = (),
-                   seed: int = 0, link: str = "copy") -> HeldoutResult:
+                   seed: int = 0, link: str = "copy", columns: Mapping[str, str] | None = None) -> HeldoutResult:
     """Build a held-out benchmark in the Rare Species layout plus its exclusion file (see module docstring)."""
     if images_per_species < 1:
         raise UsageError(f"--images must be at least 1, got {images_per_species}")
     if link not in LINK_MODES:
         raise UsageError(f"link mode {link!r}: expected one of {', '.join(LINK_MODES)}")
     species = read_species_list(species_file)
-    chosen, skipped = select_images(read_catalog(catalog), species, n_images=images_per_species,
+    images = read_catalog(catalog, species, columns)
+    chosen, skipped = select_images(images, species, n_images=images_per_species,
                                     exclude_sources=tuple(exclude_sources), seed=seed)
     out = Path(out_dir)
     write_benchmark(chosen, out, link=link)
