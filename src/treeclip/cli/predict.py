@@ -80,15 +80,29 @@ def _check(args: argparse.Namespace) -> Any:
                          "it cannot be combined with --bank, --subset or --rollup")
     if args.bins and not args.labels:
         raise UsageError("--bins groups custom labels; give the labels with --labels")
+    if _uses_probe(args) and (args.subset or args.rollup is not None):
+        raise UsageError(f"--model {args.model} holds a probe head (its own classes); --subset and --rollup "
+                         "apply to a tree-of-life bank: add --bank BANK to use one")
     try:
         return Rank.parse(args.rank)
     except ValueError as exc:
         raise UsageError(f"--rank: {exc}") from exc
 
 
+def _uses_probe(args: argparse.Namespace) -> bool:
+    """A model folder with a probe head (`treeclip probe`) classifies among its classes unless --labels or
+    --bank asks otherwise."""
+    from treeclip.predict.probe import has_probe  # noqa: PLC0415
+
+    return not args.labels and not args.bank and has_probe(args.model)
+
+
 def _classifier(args: argparse.Namespace) -> Any:
     from treeclip.predict import classifier, filters  # noqa: PLC0415
+    from treeclip.predict.probe import ProbeClassifier  # noqa: PLC0415
 
+    if _uses_probe(args):
+        return ProbeClassifier.from_pretrained(args.model, precision=args.precision, device=args.device)
     if args.labels:
         bins = filters.read_bins(args.bins) if args.bins else None
         return classifier.CustomLabelsClassifier.from_pretrained(
@@ -103,7 +117,7 @@ def _columns(args: argparse.Namespace, rank: Any) -> list[str]:
     from treeclip.predict.classifier import CLASSIFICATION, FILE_NAME, RANK, SCORE, tol_columns  # noqa: PLC0415
     from treeclip.taxonomy import Rank  # noqa: PLC0415
 
-    if args.labels:
+    if args.labels or _uses_probe(args):
         return [FILE_NAME, CLASSIFICATION, SCORE]
     if args.rollup is not None:
         return [FILE_NAME, *tol_columns(Rank.SPECIES), RANK, SCORE]

@@ -13,7 +13,7 @@ EXIT_DIVERGED = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", help="a shipped preset: bioclip-vit-b-16 or tiny")
+    source.add_argument("--preset", help="a shipped preset: bioclip-vit-b-16, finetune or tiny")
     source.add_argument("--config", type=Path, help="a YAML file stating changes from the defaults")
     parser.add_argument("--data", type=Path, required=True, help="shard folder from treeclip build (train/, val/)")
     parser.add_argument("--out", type=Path, required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/")
@@ -65,7 +65,7 @@ def _is_main_process() -> bool:
 
 
 class _ProgressBar:
-    """tqdm over optimizer steps with loss, lr and samples/s (tqdm shows the ETA)."""
+    """tqdm over optimizer steps with loss, lr, samples/s per device and MFU when known (tqdm shows the ETA)."""
 
     def __init__(self) -> None:
         self._bar = None
@@ -75,8 +75,11 @@ class _ProgressBar:
 
         if self._bar is None:
             self._bar = tqdm(total=metrics["total_steps"], initial=metrics["step"] - 1, unit="step", dynamic_ncols=True)
-        self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                              samples_s=f"{metrics['samples_per_s']:.1f}", refresh=False)
+        figures = {"loss": f"{metrics['loss']:.4f}", "lr": f"{metrics['lr']:.2e}",
+                   "samples_s_per_dev": f"{metrics['samples_per_s_per_device']:.1f}"}
+        if "mfu" in metrics:
+            figures["mfu"] = f"{metrics['mfu']:.1%}"
+        self._bar.set_postfix(figures, refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:
