@@ -28,6 +28,7 @@ from treeclip.predict.writers import RowWriter
 from treeclip.train.checkpoint import capture_rng, restore_rng
 
 COLUMNS = ["file_name", "species", "common_name", "score"]
+IMAGES = 80  # for the subprocess tests: enough batches of 1 to stop a run half-way
 CRAFTED = """
 import os, sys, torch
 class Payload:
@@ -228,3 +229,65 @@ def test_resume_during_a_build_is_refused_before_touching_files(tmp_path: Path) 
         with pytest.raises(UsageError, match="--out .* is being written by another process"):
             build_dataset(sources=[f"folder:{tmp_path / 'src'}"], out=out, resume=True)
     assert in_flight.read_bytes() == b"being written"
+
+
+# ---------------------------------------------------------------- processes: SIGTERM and two writers
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("world")
+    model = export_tiny_model(root / "model")
+    tiny_bank(model, random_taxa(30), root / "bank")
+    images = root / "images"
+    images.mkdir()
+    for i in range(IMAGES):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(images / f"img{i:03d}.png")
+    return {"model": model, "bank": root / "bank", "images": images}
+
+
+def _predict(world: dict[str, Path], out: Path, fmt: str = "csv") -> list[str]:
+    return [sys.executable, "-m", "treeclip", "predict", str(world["images"]), "--model", str(world["model"]),
+            "--bank", str(world["bank"]), "--k", "2", "--batch-size", "1", "--workers", "1", "--format", fmt,
+            "--output", str(out)]
+
+
+def _started(process: subprocess.Popen, out: Path) -> None:
+    """Wait until `process` has written a few batches."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.is_file() and out.stat().st_size > 400:
+            return
+        time.sleep(0.02)
+
+
+def test_sigterm_exits_cleanly_and_the_output_resumes(world: dict[str, Path], tmp_path: Path) -> None:
+    import signal  # noqa: PLC0415
+
+    out = tmp_path / "pred.csv"
+    process = subprocess.Popen(_predict(world, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _started(process, out)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "treeclip predict: terminated (SIGTERM)"
+    assert "Traceback" not in stderr and "leaked" not in stderr
+    subprocess.run(_predict(world, out), check=True, capture_output=True, timeout=300)
+    names = [row["file_name"] for row in _read(out, "csv")]
+    assert len(names) == 2 * IMAGES and len(set(names)) == IMAGES
+
+
+def test_two_processes_on_one_output_never_interleave(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "pred.jsonl"
+    first = subprocess.Popen(_predict(world, out, "jsonl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _started(first, out)
+    second = subprocess.run(_predict(world, out, "jsonl"), capture_output=True, text=True, timeout=300)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2 and "being written by another process" in second.stderr
+    names = [row["file_name"] for row in _read(out, "jsonl")]
+    assert len(names) == 2 * IMAGES and len(set(names)) == IMAGES

@@ -21,6 +21,7 @@ from types import ModuleType
 
 from treeclip import __version__
 from treeclip.cli._options import missing_requirement
+from treeclip.cli._signals import EXIT_TERMINATED, Terminated, handle_sigterm
 from treeclip.errors import InputError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.stderr.write(f"treeclip {args.command}: error: {missing}\n")
         return EXIT_USAGE
+    handle_sigterm()
     try:
         return int(args._run(args) or EXIT_OK)
     except UsageError as error:
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         sys.stderr.write(f"treeclip {args.command}: {error}\n")
         return EXIT_PARTIAL
+    except Terminated:
+        sys.stderr.write(f"treeclip {args.command}: terminated (SIGTERM)\n")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         sys.stderr.write(f"treeclip {args.command}: interrupted\n")
         return 130
