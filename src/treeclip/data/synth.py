@@ -185,7 +185,7 @@ def _names(parents: list[list[int]], seed: int, homonyms: float) -> tuple[list[l
             names.append(_genus_names(kingdoms[rank], codes, book, rng, homonyms))
         else:
             names.append([book.scientific(rank, codes[k]) for k in kingdoms[rank]])
-    commons = [book.common() for _ in parents[Rank.SPECIES]]
+    commons = [book.common(family=parents[Rank.GENUS][genus], genus=genus) for genus in parents[Rank.SPECIES]]
     return names, codes, commons
 
 

@@ -1,4 +1,4 @@
-"""Names for the miniature tree of life: Latin-like scientific names per rank and uninformative common names.
+"""Names for the miniature tree of life: Latin-like scientific names per rank and partly informative common names.
 
 Scientific names are built from pronounceable syllables plus the suffix a real nomenclature code would use
 at that rank. Each kingdom follows one code, as real kingdoms do: zoological (orders -iformes/-ida, families
@@ -7,8 +7,14 @@ at that rank. Each kingdom follows one code, as real kingdoms do: zoological (or
 homonym is asked for (a genus name reused in another kingdom, like *Oenanthe* the wheatear and *Oenanthe*
 the water-dropwort).
 
-Common names are random adjective + noun combinations drawn independently of the tree, so like real ones
-they carry little taxonomic information.
+Common names are one or two adjectives and a head noun. Like real ones they are partly informative: relatives
+tend to share the head noun (warblers, sedges, boletes). The rates are measured on real names, the eBird 2024
+taxonomy (11,145 bird species; PyPI ``birdnames`` 0.1.3): two species of one genus share the head noun of their
+common name in 90% of pairs, two species of one family but different genera in 26%, species of different
+families in 0.2%. Here a genus takes its family's noun with probability `FAMILY_NOUN` (else a random noun) and a
+species its genus's noun with probability `GENUS_NOUN` (else a random one), which gives ≈ 0.90 and ≈ 0.26 (and
+1/64 across families, the chance of two random nouns). Adjectives are random. Birds are among the most
+regularly named groups, so these rates are an upper end for real common names.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ _NOUNS = (
     "Mallow", "Clover", "Morel", "Jelly", "Comb", "Urchin", "Bug", "Tern", "Vole", "Lark",
 )
 _MAX_TRIES = 200
+GENUS_NOUN = 0.95  # a species uses its genus's head noun (0.95² ≈ 0.90 of same-genus pairs share it)
+FAMILY_NOUN = 0.54  # a genus uses its family's head noun (0.95² · 0.54² ≈ 0.26 of same-family pairs)
 
 
 def kingdom_codes(n_kingdoms: int, rng: np.random.Generator) -> list[str]:
@@ -90,6 +98,7 @@ class NameBook:
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng
         self._used: dict[object, set[str]] = {}
+        self._nouns: dict[object, str] = {}  # head noun of each family and genus, drawn on first use
 
     def _unique(self, key: object, draw: Callable[[int], str]) -> str:
         used = self._used.setdefault(key, set())
@@ -104,12 +113,26 @@ class NameBook:
         """A new name at `rank`; longer stems are tried as the short ones run out."""
         return self._unique(rank, lambda attempt: latin_name(rank, code, self._rng, 2 + attempt // 20))
 
-    def common(self) -> str:
-        """A new common name: one or two adjectives and a noun, unrelated to any scientific name."""
-        return self._unique("common", self._common_name)
+    def common(self, *, family: object, genus: object) -> str:
+        """A new common name for a species of `genus` in `family` (any hashable ids): one or two adjectives
+        and a head noun that relatives tend to share; it never contains a scientific name."""
+        noun = self._noun(("genus", genus), ("family", family), FAMILY_NOUN)
+        if self._rng.random() >= GENUS_NOUN:
+            noun = self._random_noun()
+        return self._unique("common", lambda attempt: self._common_name(noun, attempt))
 
-    def _common_name(self, attempt: int) -> str:
+    def _noun(self, key: object, parent: object, inherit: float) -> str:
+        """The head noun of `key`: its `parent`'s (a family's own noun is random) with probability `inherit`."""
+        if key not in self._nouns:
+            if parent not in self._nouns:
+                self._nouns[parent] = self._random_noun()
+            self._nouns[key] = self._nouns[parent] if self._rng.random() < inherit else self._random_noun()
+        return self._nouns[key]
+
+    def _random_noun(self) -> str:
+        return _NOUNS[self._rng.integers(len(_NOUNS))]
+
+    def _common_name(self, noun: str, attempt: int) -> str:
         n_adjectives = 1 + int(self._rng.random() < 0.3 + attempt / 20)
         picks = self._rng.choice(len(_ADJECTIVES), size=n_adjectives, replace=False)
-        words = [_ADJECTIVES[i] for i in picks] + [_NOUNS[self._rng.integers(len(_NOUNS))]]
-        return " ".join(words)
+        return " ".join([*(_ADJECTIVES[i] for i in picks), noun])
