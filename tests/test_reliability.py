@@ -291,3 +291,19 @@ def test_two_processes_on_one_output_never_interleave(world: dict[str, Path], tm
     assert second.returncode == 2 and "being written by another process" in second.stderr
     names = [row["file_name"] for row in _read(out, "jsonl")]
     assert len(names) == 2 * IMAGES and len(set(names)) == IMAGES
+
+
+def test_resumed_training_logs_each_step_once(tmp_path: Path) -> None:
+    from treeclip.train.metrics import METRICS_FILE, MetricsWriter, read_metrics  # noqa: PLC0415
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 11):
+        writer.write({"step": step, "loss": 1.0 / step})
+    writer.close()
+    with open(tmp_path / METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 11, "lo')  # killed mid-line after the checkpoint of step 6
+    resumed = MetricsWriter(tmp_path, tensorboard=False, resume_step=6)
+    for step in range(7, 13):
+        resumed.write({"step": step, "loss": 1.0 / step})
+    resumed.close()
+    assert [record["step"] for record in read_metrics(tmp_path)] == list(range(1, 13))

@@ -170,7 +170,7 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
         model = torch.compile(model)
     batches = MicroBatches(partial(_train_loader, s), data_pass)
     step_fn = _step_function(config, env, class_index)
-    writer = MetricsWriter(out_dir, tensorboard=config.log.tensorboard) if env.is_main else None
+    writer = MetricsWriter(out_dir, tensorboard=config.log.tensorboard, resume_step=step) if env.is_main else None
     result = TrainResult(out_dir, step, last_checkpoint)
     timer.reset()
 
