@@ -1,18 +1,21 @@
-"""GPU throughput of BioCLIP's architecture: a ViT-B-16 CLIP training step at bf16, and inference.
+"""GPU training speed of treeclip's own `train` on generated 224 px shards, the loader's rate per core, inference.
 
-One prepared script for a GPU machine, synthetic data and random weights (no downloads), under 5 minutes:
+One prepared script for a GPU machine (no downloads: random weights, generated shards), a few minutes:
 
-- training: AdamW + CLIP contrastive loss, bf16 autocast, batch 256 (per GPU), images 224 px, 77 tokens;
-  samples/s over the timed steps after a warm-up, and model FLOPs utilisation (MFU) = achieved FLOP/s /
-  the GPU's peak dense bf16 FLOP/s. The FLOPs of one step (forward + backward) are counted by
-  `torch.utils.flop_counter.FlopCounterMode` on a real step (matmuls, convolutions and attention); the peak
-  is looked up by device name (`PEAK_BF16_TFLOPS`; pass --peak-tflops for others);
+- loader: samples/s of `make_loader` on ONE core (no workers, one torch thread) decoding 224 px JPEGs
+  with the model's random-crop training augmentation and tokenising captions; a host must supply
+  (GPUs x samples/s per GPU) / this rate cores;
+- training: `treeclip.train.loop.train` itself (the real loader with workers, prefetch and pinned memory,
+  bf16 autocast, fused AdamW, the CLIP loss) for each variant of `train.compile` x `train.patch_dropout`;
+  the figures are the loop's own per-step records (median after the warm-up steps): samples/s per GPU and
+  MFU (model FLOPs counted once by FlopCounterMode, over the GPU's dense bf16 peak; see
+  `treeclip.train.throughput`);
 - inference: image-tower images/s at bf16 (`encode_image`, inference mode).
 
 It prints a table and writes the figures as JSON. ``--cpu-smoke`` runs the same code path on the CPU with a
-tiny model and batch, to test the script itself where there is no GPU.
+tiny model, a small batch and two steps (compile off), to test the script itself where there is no GPU.
 
-    python benchmarks/gpu.py [--batch 256] [--steps 20] [--warmup 5] [--json gpu_results.json]
+    python benchmarks/gpu.py [--model ViT-B-16] [--batch 256] [--steps 30] [--warmup 10] [--json gpu_results.json]
     python benchmarks/gpu.py --cpu-smoke --json /tmp/smoke.json
 """
 
@@ -20,34 +23,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import open_clip
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from treeclip.atomic import atomic_write
-from treeclip.model import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _shards import write_shards  # noqa: E402 - the test helper that writes shards of generated images
 
-# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0),
-                    ("RTX 4090", 165.0), ("A6000", 155.0))
+from treeclip.atomic import atomic_write  # noqa: E402
+from treeclip.data.loader import make_loader  # noqa: E402
+from treeclip.model import create_model  # noqa: E402
+from treeclip.train import loop  # noqa: E402
+from treeclip.train.config import load_config  # noqa: E402
+
+IMAGE_PX = 224
+VARIANTS = ((False, 0.0), (True, 0.0), (False, 0.5), (True, 0.5))  # (train.compile, train.patch_dropout)
 
 
 @dataclass(frozen=True)
 class Setup:
     model: str
     batch: int
-    inference_batch: int
     steps: int
     warmup: int
+    workers: int
     device: str
+    variants: tuple[tuple[bool, float], ...]
+
+
+@dataclass
+class TrainFigures:
+    compile: bool
+    patch_dropout: float
+    samples_per_s_per_gpu: float
+    step_ms: float
+    tflops_per_gpu: float
+    mfu: float | None
 
 
 @dataclass
@@ -55,48 +74,51 @@ class Results:
     device_name: str
     model: str
     batch: int
-    train_samples_per_s: float
-    train_step_ms: float
-    flops_per_sample: float  # forward + backward, counted
-    achieved_tflops: float
-    peak_bf16_tflops: float | None
-    mfu: float | None
-    inference_images_per_s: float
-    torch: str
-    python: str
+    loader_workers: int
+    loader_samples_per_s_per_core: float
+    train: list[TrainFigures] = field(default_factory=list)
+    inference_images_per_s: float = 0.0
+    torch: str = torch.__version__
+    python: str = platform.python_version()
 
 
-def peak_tflops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS:
-        if key.lower() in device_name.lower():
-            return value
-    return None
+def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) -> float:
+    """Samples/s of the training loader in this process on one thread: decode, augment, tokenise."""
+    _, preprocess_train, _, tokenizer = create_model(model)
+    urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch_iter = iter(make_loader(urls, transform=preprocess_train, tokenizer=tokenizer, batch_size=batch,
+                                      shuffle_buffer=0, partial=False))
+        next(batch_iter)  # opening the first shard is not part of the rate
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(batch_iter)
+        return batch * batches / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def synthetic_batch(model: torch.nn.Module, batch: int, device: torch.device,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images at the model's input size and random token ids at its context length."""
-    size = model.visual.image_size
-    height, width = (size, size) if isinstance(size, int) else size
-    images = torch.randn(batch, 3, height, width, generator=generator).to(device)
-    tokens = torch.randint(1, model.vocab_size, (batch, model.context_length), generator=generator).to(device)
-    return images, tokens
-
-
-def make_train_step(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
-    loss_fn = open_clip.ClipLoss()
-
-    def step(images: torch.Tensor, tokens: torch.Tensor) -> float:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            image_features, text_features, scale = model(images, tokens)
-            loss = loss_fn(image_features, text_features, scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    return step
+def train_run(shards: Path, out: Path, setup: Setup, *, compile_model: bool, patch_dropout: float) -> TrainFigures:
+    """`treeclip train` for warm-up + timed steps; the median of its own per-step figures after the warm-up."""
+    total = setup.warmup + setup.steps
+    config = load_config(overrides=[
+        f"model.name={setup.model}", f"train.batch_size={setup.batch}", f"train.max_steps={total}",
+        f"train.device={setup.device}", f"train.compile={str(compile_model).lower()}",
+        f"train.patch_dropout={patch_dropout}", f"data.num_workers={setup.workers}", "data.shuffle_buffer=0",
+        "eval.every_steps=0", f"checkpoint.every_steps={total}", "checkpoint.keep_last=1",
+        f"log.every_steps={total}", "log.tensorboard=false", "optim.warmup_steps=1",
+    ])
+    records: list[dict] = []
+    loop.train(config, data_dir=shards, out_dir=out, on_step=records.append)
+    timed = records[setup.warmup:]
+    mfus = [r["mfu"] for r in timed if "mfu" in r]
+    rate = statistics.median(r["samples_per_s_per_device"] for r in timed)
+    return TrainFigures(compile=compile_model, patch_dropout=patch_dropout, samples_per_s_per_gpu=rate,
+                        step_ms=setup.batch / rate * 1e3,
+                        tflops_per_gpu=statistics.median(r["tflops_per_device"] for r in timed),
+                        mfu=statistics.median(mfus) if mfus else None)
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,91 +126,92 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_steps(fn: Callable[[], object], *, steps: int, warmup: int, device: torch.device) -> float:
-    """Mean seconds per call over `steps` calls after `warmup` untimed ones."""
+def timed_calls(fn: Callable[[], object], *, calls: int, warmup: int, device: torch.device) -> float:
+    """Mean seconds per call over `calls` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / calls
 
 
-def count_step_flops(step: Callable[[torch.Tensor, torch.Tensor], float], images: torch.Tensor,
-                     tokens: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step(images, tokens)
-    return counter.get_total_flops()
-
-
-def run(setup: Setup, peak: float | None) -> Results:
+def inference_rate(setup: Setup) -> float:
     device = torch.device(setup.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    model = create_model(setup.model)[0].to(device).train()
-    generator = torch.Generator().manual_seed(0)
-    images, tokens = synthetic_batch(model, setup.batch, device, generator)
-    step = make_train_step(model, device)
-    flops = count_step_flops(step, images, tokens)
-    seconds = timed_steps(lambda: step(images, tokens), steps=setup.steps, warmup=setup.warmup, device=device)
-    achieved = flops / seconds / 1e12
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
-    peak = peak if peak is not None else peak_tflops(name) if device.type == "cuda" else None
-    inference = _inference_rate(model, setup, device, generator)
-    return Results(device_name=name, model=setup.model, batch=setup.batch,
-                   train_samples_per_s=setup.batch / seconds, train_step_ms=seconds * 1e3,
-                   flops_per_sample=flops / setup.batch, achieved_tflops=achieved, peak_bf16_tflops=peak,
-                   mfu=achieved / peak if peak else None, inference_images_per_s=inference,
-                   torch=torch.__version__, python=platform.python_version())
-
-
-def _inference_rate(model: torch.nn.Module, setup: Setup, device: torch.device,
-                    generator: torch.Generator) -> float:
-    model.eval()
-    images, _ = synthetic_batch(model, setup.inference_batch, device, generator)
+    model = create_model(setup.model, device=device)[0].eval()
+    size = model.visual.image_size
+    images = torch.randn(setup.batch, 3, *((size, size) if isinstance(size, int) else size), device=device)
 
     @torch.inference_mode()
     def encode() -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             return model.encode_image(images)
 
-    return setup.inference_batch / timed_steps(encode, steps=setup.steps, warmup=setup.warmup, device=device)
+    return setup.batch / timed_calls(encode, calls=setup.steps, warmup=setup.warmup, device=device)
+
+
+def run(setup: Setup, work: Path) -> Results:
+    device = torch.device(setup.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    # one shard of two batches per loader worker: each worker batches its own shard, so each needs full batches
+    parts = max(1, setup.workers)
+    loader_batch, loader_batches = min(setup.batch, 32), max(3, setup.steps // 5)
+    train_samples = max(parts * 2 * setup.batch, (loader_batches + 1) * loader_batch)
+    per_species = {"train": -(-train_samples // 9), "val": 1}
+    shards = write_shards(work / "shards", n_species=9, per_species=per_species, shards={"train": parts, "val": 1},
+                          image_size=IMAGE_PX)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    results = Results(device_name=name, model=setup.model, batch=setup.batch, loader_workers=setup.workers,
+                      loader_samples_per_s_per_core=loader_rate_per_core(
+                          shards, model=setup.model, batch=loader_batch, batches=loader_batches))
+    for index, (compile_model, patch_dropout) in enumerate(setup.variants):
+        results.train.append(train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
+                                       patch_dropout=patch_dropout))
+    results.inference_images_per_s = inference_rate(setup)
+    return results
 
 
 def table(results: Results) -> str:
-    mfu = f"{results.mfu:.1%}" if results.mfu is not None else "n/a (unknown peak; pass --peak-tflops)"
-    peak = f"{results.peak_bf16_tflops:g}" if results.peak_bf16_tflops else "unknown"
-    rows = [("device", results.device_name), ("model", f"{results.model}, random weights, bf16 autocast"),
-            ("train batch (per GPU)", str(results.batch)),
-            ("train samples/s", f"{results.train_samples_per_s:,.1f}"),
-            ("train step (ms)", f"{results.train_step_ms:,.1f}"),
-            ("model FLOPs per sample (fwd+bwd, counted)", f"{results.flops_per_sample / 1e9:,.1f} GFLOP"),
-            ("achieved TFLOP/s", f"{results.achieved_tflops:,.2f}"), ("peak dense bf16 TFLOP/s", peak),
-            ("MFU", mfu), ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}")]
-    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    rows = [("device", results.device_name), ("model", f"{results.model}, random weights, bf16 autocast on CUDA"),
+            ("train batch (per GPU)", str(results.batch)), ("loader workers", str(results.loader_workers)),
+            ("loader samples/s per core (224 px, augmented)", f"{results.loader_samples_per_s_per_core:,.1f}"),
+            ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}")]
+    lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU |", "|---|---|---|---|---|"]
+    for figures in results.train:
+        label = f"compile {'on' if figures.compile else 'off'}, patch dropout {figures.patch_dropout:g}"
+        mfu = f"{figures.mfu:.1%}" if figures.mfu is not None else "n/a (no known peak)"
+        lines.append(f"| {label} | {figures.samples_per_s_per_gpu:,.1f} | {figures.step_ms:,.1f} | "
+                     f"{figures.tflops_per_gpu:,.2f} | {mfu} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--inference-batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, when not in the table")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)),
+                        help="loader worker processes")
+    parser.add_argument("--no-compile", action="store_true", help="skip the train.compile variants")
     parser.add_argument("--json", type=Path, default=Path("gpu_results.json"), help="where to write the figures")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny model and batch on the CPU: tests this script's code path, not a GPU figure")
     args = parser.parse_args(argv)
     if args.cpu_smoke:
-        setup = Setup(model="treeclip-test", batch=4, inference_batch=4, steps=2, warmup=1, device="cpu")
+        setup = Setup(model="treeclip-test", batch=8, steps=2, warmup=1, workers=0, device="cpu",
+                      variants=((False, 0.0), (False, 0.5)))
     elif not torch.cuda.is_available():
         parser.error("no CUDA GPU visible; run on a GPU machine, or pass --cpu-smoke to test the script")
     else:
-        setup = Setup(model=args.model, batch=args.batch, inference_batch=args.inference_batch, steps=args.steps,
-                      warmup=args.warmup, device="cuda")
-    results = run(setup, args.peak_tflops)
+        variants = tuple(v for v in VARIANTS if not (args.no_compile and v[0]))
+        setup = Setup(model=args.model, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                      workers=args.workers, device="cuda", variants=variants)
+    with tempfile.TemporaryDirectory(prefix="treeclip-gpu-") as tmp:
+        results = run(setup, Path(tmp))
     print(table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, json.dumps(asdict(results), indent=2) + "\n")
