@@ -77,6 +77,7 @@ REQUIREMENT_ARGVS: dict[str, list[str]] = {
     "predict": ["predict", "x.jpg", "--model", "m", "--engine", "ray"],
     "embed": ["embed", "x.jpg", "--model", "m", "-o", "e.parquet", "--engine", "ray"],
     "export": ["export", "run", "--out", "model", "--format", "onnx"],
+    "prior": ["prior", "build", "occurrences.csv", "--out", "prior.parquet"],
 }
 
 
@@ -127,3 +128,17 @@ def test_requirement_that_does_not_apply_is_not_checked() -> None:
     missing = Requirement("serve", ("no_such_module_xyz",))
     assert missing_requirement([missing], hidden_local) == (
         "needs no_such_module_xyz, which is not installed: pip install 'treeclip[serve]'")
+
+
+def test_uncached_hub_model_offline_is_one_line_before_torch(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from treeclip.cli._options import check_hub_model  # noqa: PLC0415
+    from treeclip.errors import UsageError  # noqa: PLC0415
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        check_hub_model("hf-hub:imageomics/bioclip-2")
+    (tmp_path / "models--imageomics--bioclip-2" / "snapshots" / "abc").mkdir(parents=True)
+    check_hub_model("hf-hub:imageomics/bioclip-2")  # cached: no network needed
+    check_hub_model(str(tmp_path))  # a folder is never checked against the hub

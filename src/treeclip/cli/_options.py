@@ -55,3 +55,38 @@ def missing_requirement(requirements: Sequence[Requirement], args: argparse.Name
             return (f"needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
                     f"pip install 'treeclip[{requirement.extra}]'")
     return None
+
+
+HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
+
+
+def check_hub_model(model_id: str, *, option: str = "--model") -> None:
+    """Fail in one line, before torch loads, when `model_id` is an ``hf-hub:`` id that cannot be fetched: not in
+    the local Hugging Face cache while ``HF_HUB_OFFLINE`` is set, or huggingface.co unreachable within
+    3 seconds (instead of the hub client's minutes of retries). Other ids (folders, checkpoints) pass."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    from treeclip.errors import UsageError  # noqa: PLC0415
+
+    if not model_id.startswith("hf-hub:") or _hub_cached(model_id[len("hf-hub:"):]):
+        return
+    advice = f"give {option} with a local model folder, or run `treeclip demo` for an offline one"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UsageError(f"{option} {model_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                         f"{advice}")
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError as error:
+        raise UsageError(f"{option} {model_id}: cannot reach {HUB_HOST} ({error.strerror or error}); {advice}") from None
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """True when the hub cache holds a snapshot of model repo `repo_id` (``models--ORG--NAME/snapshots``)."""
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or Path(home) / "hub")
+    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
