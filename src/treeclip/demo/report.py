@@ -5,6 +5,9 @@ strongest single-text-type model — through paired bootstrap intervals (`treecl
 PASS only when the interval of the difference excludes the alternative, FAIL when it excludes the claim, and
 "not shown" otherwise. `winners` says which model won each metric. `summary` gathers every number
 (``summary.json``, with versions, commit and absolute paths); `markdown` writes ``report.md``.
+
+Further demo sections (e.g. geography) hook in through the pipeline's ``facts``: ``facts["extra_sections"]``
+(Markdown strings, placed before the Run section) and ``facts["extra_summary"]`` (JSON-ready, under "extra").
 """
 
 from __future__ import annotations
