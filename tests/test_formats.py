@@ -322,3 +322,27 @@ def test_table_reader_sniffs_once_and_reads_parquet(tmp_path: Path) -> None:
     rows = list(open_table(tmp_path / "t.parquet").rows({"g": "genus", "id": "id"}))
     assert rows == [(2, {"g": "Passer", "id": "7"})]
     assert Taxon(("", "", "", "", "", "Passer", "domesticus")) in read_taxa(tmp_path / "t.parquet")
+
+
+def test_wds_members_are_referenced_not_held_and_huge_ones_skipped(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import io  # noqa: PLC0415
+
+    from treeclip.data.sources import wds  # noqa: PLC0415
+    from treeclip.formats.shards import read_member  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="JPEG")
+    image = buffer.getvalue()
+    taxon = json.dumps({"genus": "Passer", "species": "domesticus"}).encode()
+    shard = tmp_path / "s.tar.gz"
+    with tarfile.open(shard, "w:gz") as tar:
+        for name, data in (("a.jpg", image), ("a.taxon.json", taxon), ("b.jpg", image * 40),
+                           ("b.taxon.json", taxon)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(wds, "MAX_IMAGE_BYTES", len(image) * 10)
+    found, problems = records(f"wds:{shard}")
+    assert [r.source_id for r in found] == ["a"] and read_member(found[0].member) == image  # gzip, by offset
+    assert "member b.jpg is" in problems[0].reason and "skipped" in problems[0].reason

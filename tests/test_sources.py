@@ -4,6 +4,7 @@ with the bad rows and files a real data set has."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -16,6 +17,7 @@ from PIL import Image
 from treeclip.data.records import Problem, Record
 from treeclip.data.sources import KINDS, open_source
 from treeclip.errors import UsageError
+from treeclip.formats.shards import read_member
 
 Path = pathlib.Path
 
@@ -582,7 +584,9 @@ def test_wds_ours_and_released_style(tmp_path: Path) -> None:
     records, problems = collect(f"wds:{tmp_path / 'shards'}")
     ids = by_id(records)
     assert ids["s1"].taxon.lineage == tuple(MORUS_BIRD) and ids["s1"].taxon.common == "Northern Gannet"
-    assert ids["s1"].payload == image and ids["s1"].path == "" and ids["s1"].split_hint == "train"
+    # the image is not kept in memory: the record points at its member and carries its hash
+    assert read_member(ids["s1"].member) == image and ids["s1"].sha256 == hashlib.sha256(image).hexdigest()
+    assert ids["s1"].path == "" and ids["s1"].split_hint == "train"
     assert ids["s2"].taxon.lineage == ("Animalia", "Arthropoda", "Insecta", "Diptera", "Culicidae", "", "")
     assert ids["s2"].taxon.common == ""
     assert ids["s3"].taxon.scientific == "Morus alba" and ids["s3"].taxon.common == "white mulberry"

@@ -28,7 +28,7 @@ from typing import Any
 
 from treeclip.data.align import Aligner, Alignment
 from treeclip.data.exclude import Exclusions
-from treeclip.data.images import sha256_bytes, sha256_file
+from treeclip.data.images import sha256_file
 from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ShardJob, WorkItem
 from treeclip.data.splits import SPLITS, assign_split, sample_key, shard_order, stable_id
@@ -161,7 +161,7 @@ def _resolve(sources: Sequence[Source], plan: Plan, report: _Reporter) -> list[_
 
 
 def _hash_one(record: Record) -> str:
-    return sha256_bytes(record.payload) if record.payload is not None else sha256_file(record.path)
+    return record.sha256 or sha256_file(record.path)
 
 
 def _hash_all(candidates: list[_Candidate], plan: Plan, report: _Reporter, threads: int) -> dict[str, str]:
@@ -246,4 +246,4 @@ def _work_item(candidate: _Candidate, digest: str) -> WorkItem:
     record = candidate.record
     return WorkItem(key=candidate.key, source=record.source, source_id=record.source_id, path=record.path,
                     taxon=candidate.taxon, sha256=digest, origin=record.origin, license=record.license,
-                    owner=record.owner, payload=record.payload)
+                    owner=record.owner, member=record.member)

@@ -20,6 +20,7 @@ class Record:
     license: str = ""
     owner: str = ""
     origin: str = ""  # "file:line" for error messages
-    payload: bytes | None = None  # image bytes when the source holds them (wds)
+    member: tuple[str, int, int] | None = None  # (tar, offset, size) of an image inside a shard (wds)
+    sha256: str = ""  # the image bytes' sha256 when the source already read them (wds)
 
 __all__ = ["Problem", "Record"]

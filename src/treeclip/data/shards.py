@@ -28,7 +28,7 @@ from PIL import Image
 from treeclip import __version__
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
-from treeclip.formats.shards import TAXON_JSON, shard_name, taxon_json
+from treeclip.formats.shards import TAXON_JSON, read_member, shard_name, taxon_json
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
 JOURNAL_DIR = ".build/journal"
@@ -48,7 +48,7 @@ class WorkItem:
     origin: str = ""
     license: str = ""
     owner: str = ""
-    payload: bytes | None = None
+    member: tuple[str, int, int] | None = None  # an image inside a tar (wds source): read by offset
 
     def fingerprint_parts(self) -> tuple[str, ...]:
         return (self.key, self.sha256, self.path, *self.taxon.lineage, self.taxon.common, self.license, self.owner)
@@ -115,13 +115,10 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _read_source(item: WorkItem) -> bytes:
-    if item.payload is not None:
-        data = item.payload
-    else:
-        try:
-            data = Path(item.path).read_bytes()
-        except OSError as exc:
-            raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = read_member(item.member) if item.member else Path(item.path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
     if sha256_bytes(data) != item.sha256:
         raise ImageError("file changed while the build was running (sha256 differs from the plan)")
     return data

@@ -45,6 +45,22 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), suffix
 
 
+def read_member(member: tuple[str, int, int]) -> bytes:
+    """The bytes of a tar member located by (tar path, data offset, size) — `tarfile.TarInfo.offset_data` of a
+    plain or gzip-compressed tar — without reading the rest of the archive."""
+    import gzip  # noqa: PLC0415
+
+    path, offset, size = member
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if compressed else open)(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size)
+    if len(data) != size:
+        raise OSError(f"{path}: member at {offset} is truncated ({len(data)} of {size} bytes)")
+    return data
+
+
 def taxon_json(taxon: Taxon) -> str:
     """The ``taxon.json`` member: the seven ranks and the common name."""
     return json.dumps({**taxon.ranks(), "common": taxon.common}, ensure_ascii=False)

@@ -6,7 +6,10 @@ GLOB is a shard file, a glob (``shards/train/*.tar``, ``**`` allowed), a webdata
 with the standard `tarfile` module in streaming mode; a sample is the run of consecutive members sharing a
 key (the member path up to the first dot of its basename), as webdataset defines it.
 
-Each sample becomes a Record with the image bytes as ``payload`` (first of ``.jpg .jpeg .png .webp``) and
+Each sample becomes a Record that points at its image member (first of ``.jpg .jpeg .png .webp``) by tar path,
+offset and size, with the sha256 taken while streaming: image bytes are never kept (the shard writer reads
+the member again). Members over `MAX_IMAGE_BYTES` (images) or `MAX_TEXT_BYTES` (everything else) are skipped
+unread, with a Problem, so a huge member cannot exhaust memory. The sample's
 the taxon recovered from, in order: ``taxon.json`` (an object with the rank names as keys, ``class`` or
 ``cls``, plus ``common``/``common_name``, or ``{"lineage": [...7...], "common": ...}``); the tagged caption
 ``taxonTag.txt`` (unambiguous even when ranks are missing); ``taxonomic_name.txt``;
@@ -21,8 +24,10 @@ import glob
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from braceexpand import braceexpand
 
+from treeclip.data.images import sha256_bytes
 from treeclip.errors import UsageError
 from treeclip.formats.shards import TAXON_JSON, read_taxon_json, split_member
 from treeclip.taxonomy import Taxon, clean_common, parse_label
@@ -31,6 +36,8 @@ from ..records import Problem, Record
 from .base import Source, checked_taxon, one_line
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_TEXT_BYTES = 1024 * 1024
 NAME_KEYS = ("taxonTag.txt", "taxonomic_name.txt", "scientific_name.txt")
 SPLIT_NAMES = frozenset({"train", "train_small", "train_mini", "val", "validation", "test"})
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -57,15 +64,17 @@ class WdsSource(Source):
                 else:
                     yield self._record(shard, split, *sample)
 
-    def _record(self, shard: Path, split: str, key: str, files: dict[str, bytes]) -> Record | Problem:
+    def _record(self, shard: Path, split: str, key: str, files: dict[str, Any]) -> Record | Problem:
         where = f"{shard}:{key}"
-        payload = next((files[ext] for ext in IMAGE_KEYS if ext in files), None)
-        if payload is None:
+        image = next((files[ext] for ext in IMAGE_KEYS if ext in files), None)
+        if image is None:
             return Problem(where, f"sample has no image ({', '.join(IMAGE_KEYS)})")
-        taxon = sample_taxon(where, files)
+        taxon = sample_taxon(where, {name: data for name, data in files.items() if isinstance(data, bytes)})
         if isinstance(taxon, Problem):
             return taxon
-        return Record(self.kind, key, "", taxon, split_hint=split, origin=where, payload=payload)
+        offset, size, digest = image
+        return Record(self.kind, key, "", taxon, split_hint=split, origin=where, member=(str(shard), offset, size),
+                      sha256=digest)
 
 
 def expand_shards(pattern: str) -> list[Path]:
@@ -78,9 +87,10 @@ def expand_shards(pattern: str) -> list[Path]:
     return sorted({path.resolve() for path in found if path.is_file()})
 
 
-def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem]:
-    """(key, {extension: bytes}) per sample of a tar, streaming; a Problem if the tar breaks (the
-    sample being read when it broke is dropped)."""
+def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, Any]] | Problem]:
+    """(key, {suffix: bytes, or (offset, size, sha256) for images}) per sample of a tar, streaming; a Problem
+    for a member over the size limits (skipped unread) or when the tar breaks (the sample being read then
+    is dropped)."""
     key, files = "", {}
     try:
         with tarfile.open(shard, "r|*") as tar:
@@ -92,8 +102,14 @@ def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]] | Problem
                     yield key, files
                     files = {}
                 key = split[0]
+                image = split[1].lower() in IMAGE_KEYS
+                if member.size > (MAX_IMAGE_BYTES if image else MAX_TEXT_BYTES):
+                    yield Problem(f"{shard}:{key}", f"member {member.name} is {member.size} bytes; skipped "
+                                  f"(limit {MAX_IMAGE_BYTES if image else MAX_TEXT_BYTES})")
+                    continue
                 handle = tar.extractfile(member)
-                files[split[1]] = handle.read() if handle else b""
+                data = handle.read() if handle else b""
+                files[split[1]] = (member.offset_data, member.size, sha256_bytes(data)) if image else data
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield Problem(str(shard), f"unreadable shard: {one_line(exc)}")
         return
