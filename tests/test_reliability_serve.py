@@ -206,3 +206,26 @@ def test_event_loop_keeps_serving_while_a_variant_is_built() -> None:
 
     assert asyncio.run(race()) < 0.5
     cache.close()
+
+
+# ---------------------------------------------------------------- the schema and RFC 5987 names
+
+
+def test_rfc5987_filename_is_an_upload_not_a_text_field(client: TestClient) -> None:
+    boundary = "treeclipboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename*=UTF-8''na%C3%AFve%20fox.png"
+            f"\r\nContent-Type: image/png\r\n\r\n").encode() + png_bytes(1) + f"\r\n--{boundary}--\r\n".encode()
+    response = client.post("/v1/predict", content=body,
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["file_name"] == "naïve fox.png"
+
+
+def test_schema_refuses_what_the_server_refuses(client: TestClient) -> None:
+    bodies = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("Body_predict_v1_predict_post", "Body_embed_v1_embed_post"):
+        files = bodies[name]["properties"]["files"]
+        assert files["minItems"] == 1 and files["items"]["minLength"] == 1
+    rollup = bodies["Body_predict_v1_predict_post"]["properties"]["rollup"]
+    assert rollup["type"] == "number" and "anyOf" not in rollup
+    assert client.post("/v1/predict", files=[("files", ("e.png", b"", "image/png"))]).status_code == 400

@@ -42,7 +42,7 @@ from treeclip.predict.classifier import (
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, parse_binomial
 
 from .limits import Busy, DecodePool, Guard, InferenceQueue, Limits, Scorer, VariantCache
-from .schemas import EmbedResponse, Health, Info, PredictResponse, Problem
+from .schemas import EmbedResponse, Health, Info, PredictResponse, Problem, tighten_openapi
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
                     versions=_versions(), limits=_public_limits(limits))
 
     _add_page(app)
+    generate = app.openapi
+    app.openapi = lambda: app.openapi_schema or tighten_openapi(generate())  # type: ignore[method-assign]
     return app
 
 

@@ -12,7 +12,9 @@ same-origin/none: a web page cannot drive the server with a form), takes one of 
 *before* reading the body (503 + ``Retry-After`` when none is free), refuses a declared ``Content-Length``
 over the limit (413) without reading it, caps the body while it streams (413) and gives the whole body
 `body_timeout_s` to arrive (408). So at most `queue_size` bodies of at most `max_upload_bytes` are in memory.
-Every response carries ``X-Content-Type-Options: nosniff``. uvicorn's `limit_concurrency` (set from
+A multipart part naming its file only as RFC 5987 ``filename*=UTF-8''...`` (which the multipart parser
+ignores, turning the upload into a text field) gets the decoded name as ``filename``. Every response carries
+``X-Content-Type-Options: nosniff``. uvicorn's `limit_concurrency` (set from
 `max_connections` by ``treeclip serve``) caps open connections.
 
 `VariantCache` prepares request-specific text sides (custom labels, checklist subsets) on a thread of their
@@ -23,11 +25,14 @@ own, so a request with a new label set never stalls the image requests on the mo
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import json
 import logging
 import queue
+import re
 import threading
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -282,6 +287,7 @@ class Guard:
                 if isinstance(body, tuple):
                     await _answer(send, *body)
                     return
+                body = _plain_filenames(body, headers.get(b"content-type", b""))
                 await self.app(scope, _replay(body, receive), send)
         except Busy as exc:
             if admitted:
@@ -330,6 +336,33 @@ class Guard:
                         return b"".join(chunks)
         except TimeoutError:
             return 408, f"request body not received within {self.limits.body_timeout_s:g} s"
+
+
+_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
+_EXTENDED = re.compile(rb"filename\*\s*=\s*([^;\r\n]+)", re.IGNORECASE)
+
+
+def _plain_filenames(body: bytes, content_type: bytes) -> bytes:
+    """`body` with each part's RFC 5987 ``filename*`` also given as a plain ``filename`` (see the module
+    docstring); only part headers change."""
+    boundary = _BOUNDARY.search(content_type)
+    if not content_type.lower().startswith(b"multipart/form-data") or boundary is None or b"filename*" not in body:
+        return body
+    part_headers = re.compile(rb"(--" + re.escape(boundary.group(1)) + rb"\r\n)(.*?)(\r\n\r\n)", re.DOTALL)
+
+    def fix(match: re.Match) -> bytes:
+        headers, extended = match.group(2), _EXTENDED.search(match.group(2))
+        if extended is None or re.search(rb"filename\s*=", headers, re.IGNORECASE):
+            return match.group(0)
+        charset, _, text = email.utils.decode_rfc2231(extended.group(1).strip().decode("latin-1"))
+        try:
+            name = urllib.parse.unquote(text, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            return match.group(0)  # an unknown charset or bad bytes: left for the parser, as before
+        plain = b'filename="' + name.translate({34: "%22", 13: None, 10: None}).encode() + b'"'
+        return match.group(1) + headers[: extended.start()] + plain + headers[extended.end():] + match.group(3)
+
+    return part_headers.sub(fix, body)
 
 
 def _with_nosniff(send: Callable) -> Callable:

@@ -58,3 +58,21 @@ class Info(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+def tighten_openapi(schema: dict) -> dict:
+    """Make the generated schema refuse what the server refuses: every ``files`` field needs at least one
+    non-empty file, and ``rollup`` is a number or absent (a form field cannot carry a JSON null)."""
+    for name, body in schema.get("components", {}).get("schemas", {}).items():
+        if not name.startswith("Body_"):  # request bodies only
+            continue
+        properties = body.get("properties", {})
+        files = properties.get("files")
+        if files is not None and files.get("type") == "array":
+            files["minItems"] = 1
+            files["items"]["minLength"] = 1
+        rollup = properties.get("rollup")
+        if rollup is not None and "anyOf" in rollup:
+            number = next(option for option in rollup.pop("anyOf") if option.get("type") == "number")
+            rollup.update(number)
+    return schema
