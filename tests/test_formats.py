@@ -346,3 +346,20 @@ def test_wds_members_are_referenced_not_held_and_huge_ones_skipped(tmp_path: Pat
     found, problems = records(f"wds:{shard}")
     assert [r.source_id for r in found] == ["a"] and read_member(found[0].member) == image  # gzip, by offset
     assert "member b.jpg is" in problems[0].reason and "skipped" in problems[0].reason
+
+
+def test_bank_build_reads_bioclip_csv_and_lists_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_predict_fixtures import export_tiny_model  # noqa: PLC0415
+
+    from treeclip.cli import main  # noqa: PLC0415
+
+    model = export_tiny_model(tmp_path / "model")
+    bad = "2,Animalia,12345,,,,,,,x.jpg,nothing"  # a row with no usable name
+    taxonomy = write(tmp_path / "metadata.csv", [RARE_HEADER, *RARE_ROWS, bad])
+    code = main(["bank", "build", "--taxonomy", str(taxonomy), "--model", str(model), "--out", str(tmp_path / "bank"),
+                 "--text-type", "sci", "--templates", "photo", "--batch-size", "8"])
+    assert code == 1 and "rows without a usable taxon" in capsys.readouterr().err
+    names = json.loads((tmp_path / "bank" / "txt_emb_species.json").read_text())
+    assert names == [[list(WARTYBACK), "purple wartyback"]]  # the class rank is Bivalvia, from `cls`
+    problems = (tmp_path / "bank" / "problems.csv").read_text().splitlines()
+    assert problems[0] == "file,line,reason" and problems[1].startswith(f"{taxonomy},4,")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from treeclip.formats import Problem
 
 NAME = "bank"
 HELP = "label banks: `treeclip bank build` encodes a taxonomy's names with a model"
@@ -27,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--fp16", action="store_true", help="store the matrix as float16 (half the size)")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same bank")
     build.add_argument("--species-only", action="store_true", help="keep only taxa known to the species")
+    build.add_argument("--columns", metavar="ROLE=COLUMN[,...]",
+                       help="taxonomy column names no rule recognises, e.g. class=cls,species=epithet")
     build.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -36,15 +43,33 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.model import load_model  # noqa: PLC0415
     from treeclip.model.bank import build_bank  # noqa: PLC0415
+    from treeclip.formats import parse_column_map  # noqa: PLC0415
     from treeclip.predict.taxa import read_taxa  # noqa: PLC0415
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    taxa = read_taxa(args.taxonomy, keep_partial=not args.species_only)
+    problems: list[Problem] = []
+    taxa = read_taxa(args.taxonomy, keep_partial=not args.species_only, columns=parse_column_map(args.columns),
+                     problems=problems)
     model, _, _, tokenizer = load_model(args.model, device=args.device)
     with tqdm(total=len(taxa), unit="taxon", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
         bank = build_bank(model=model, tokenizer=tokenizer, taxa=taxa, out=args.out, model_id=args.model,
                           text_type=args.text_type, templates=args.templates, batch_size=args.batch_size,
                           fp16=args.fp16, resume=args.resume, device=args.device, progress=bar.update)
     sys.stderr.write(f"treeclip bank build: {len(bank)} taxa, dim {bank.dim} → {args.out}\n")
-    return 0
+    return _report_problems(problems, Path(args.out), args.taxonomy)
+
+
+def _report_problems(problems: list[Problem], out: Path, taxonomy: str) -> int:
+    """Count the taxonomy's unusable rows by reason, list them all in OUT/problems.csv; 1 when there are any."""
+    from treeclip.atomic import atomic_write  # noqa: PLC0415
+    from treeclip.errors import InputError  # noqa: PLC0415
+    from treeclip.formats.problems import problems_csv, summary_lines  # noqa: PLC0415
+
+    atomic_write(out / "problems.csv", problems_csv(problems))
+    if not problems:
+        return 0
+    for line in summary_lines(problems):
+        sys.stderr.write(line + "\n")
+    raise InputError(f"--taxonomy {taxonomy}: {len(problems)} rows without a usable taxon were left out (all in "
+                     f"{out / 'problems.csv'}); the bank holds the others")

@@ -18,6 +18,7 @@ from pathlib import Path
 from treeclip.errors import UsageError
 from treeclip.formats import TAXON_ROLES, Problem, has_ranks, open_table, resolve, taxon_of
 from treeclip.formats.banks import read_names
+from treeclip.formats.problems import problem_kind
 from treeclip.taxonomy import RANK_NAMES, Taxon
 
 log = logging.getLogger(__name__)
@@ -25,25 +26,28 @@ COLUMN_HINT = "kingdom ... species (cls or class), scientific_name/sciName/scien
 
 
 def read_taxa(path: str | os.PathLike[str], *, keep_partial: bool = True,
-              columns: Mapping[str, str] | None = None) -> list[Taxon]:
+              columns: Mapping[str, str] | None = None, problems: list[Problem] | None = None) -> list[Taxon]:
     """The distinct taxa of a taxonomy file, in first-seen order (common name of the first occurrence).
 
-    With ``keep_partial=False`` only taxa known to the species are kept. UsageError when none is usable.
+    With ``keep_partial=False`` only taxa known to the species are kept. Rows without a usable taxon are
+    appended to `problems` when given. UsageError when none is usable.
     """
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"taxonomy file not found: {path}")
     seen: dict[Taxon, Taxon] = {}
-    problems: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     rows = 0
     for item in _file_taxa(file, columns or {}):
         rows += 1
         if isinstance(item, Problem):
-            problems[item.reason.split(":", 1)[0]] += 1
+            kinds[problem_kind(item.reason)] += 1
             log.debug("%s: %s", item.origin, item.reason)
+            if problems is not None:
+                problems.append(item)
         elif item not in seen and (keep_partial or item.species):
             seen[item] = item
-    for reason, count in problems.most_common():
+    for reason, count in kinds.most_common():
         log.warning("%s: skipped %d of %d rows: %s", file, count, rows, reason)
     if not seen:
         raise UsageError(f"{file} holds no usable taxa: expected rank columns ({COLUMN_HINT}), --columns "
