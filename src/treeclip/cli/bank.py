@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 NAME = "bank"
 HELP = "label banks: `treeclip bank build` encodes a taxonomy's names with a model"
 TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
+AUTO_BATCH_SIZES = (64, 128, 256, 512)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--text-type", default="taxon_com", choices=TEXT_TYPES,
                        help="how each taxon is named in the prompts (default taxon_com, BioCLIP's best)")
     build.add_argument("--templates", default="openai", choices=("openai", "photo"),
-                       help="prompt templates averaged per taxon: the 80 OpenAI ones or 'a photo of {}.'")
-    build.add_argument("--batch-size", type=int, default=256, help="texts per model batch (default 256)")
+                       help="prompt templates averaged per taxon: 'openai' (default), the 80 OpenAI ImageNet "
+                            "templates, as BioCLIP's make_txt_embedding.py used for the released TreeOfLife-10M "
+                            "and -200M banks; or 'photo', 'a photo of {}.' alone (80x fewer texts). The cost "
+                            "(texts, measured rate, estimated time) is printed before encoding starts")
+    build.add_argument("--batch-size", type=_batch_size, default="auto",
+                       help="texts per model batch; 'auto' (default) times the text tower at 64-512 first and "
+                            "uses the fastest")
     build.add_argument("--fp16", action="store_true", help="store the matrix as float16 (half the size)")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same bank")
     build.add_argument("--species-only", action="store_true", help="keep only taxa known to the species")
@@ -37,24 +43,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive number of texts, got {text!r}")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+
     from tqdm import tqdm  # noqa: PLC0415
 
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.model import load_model  # noqa: PLC0415
-    from treeclip.model.bank import build_bank  # noqa: PLC0415
+    from treeclip.model.bank import build_bank, measure_build_cost, taxon_texts  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
     from treeclip.predict.taxa import read_taxa  # noqa: PLC0415
+    from treeclip.taxonomy import get_templates  # noqa: PLC0415
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     problems: list[Problem] = []
     taxa = read_taxa(args.taxonomy, keep_partial=not args.species_only, columns=parse_column_map(args.columns),
                      problems=problems)
+    if not taxa:
+        raise UsageError(f"--taxonomy {args.taxonomy}: no usable taxa to encode")
     model, _, _, tokenizer = load_model(args.model, device=args.device)
+    cost = measure_build_cost(model=model, tokenizer=tokenizer, texts=taxon_texts(taxa[:512], args.text_type),
+                              templates=get_templates(args.templates), device=args.device,
+                              batch_sizes=AUTO_BATCH_SIZES if args.batch_size == "auto" else (args.batch_size,))
+    cost = dataclasses.replace(cost, n_taxa=len(taxa))
+    sys.stderr.write(f"treeclip bank build: {cost.describe()}\n")
     with tqdm(total=len(taxa), unit="taxon", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
         bank = build_bank(model=model, tokenizer=tokenizer, taxa=taxa, out=args.out, model_id=args.model,
-                          text_type=args.text_type, templates=args.templates, batch_size=args.batch_size,
+                          text_type=args.text_type, templates=args.templates, batch_size=cost.batch_size,
                           fp16=args.fp16, resume=args.resume, device=args.device, progress=bar.update)
     sys.stderr.write(f"treeclip bank build: {len(bank)} taxa, dim {bank.dim} → {args.out}\n")
     return _report_problems(problems, Path(args.out), args.taxonomy)

@@ -54,3 +54,35 @@ def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of `path`, then move it into place (removed on error)."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def resolvable_model_id(model_id: str | os.PathLike[str]) -> str:
+    """The model id to record in outputs so it resolves from any directory: a local folder or checkpoint file
+    as an absolute path (``local-dir:`` dropped), anything else (``hf-hub:ORG/NAME``, architectures) as given."""
+    text = os.fspath(model_id)
+    path = text.removeprefix("local-dir:")
+    if not text.startswith("hf-hub:") and os.path.exists(path):
+        return os.path.abspath(path)
+    return text
+
+
+def hub_revision(model_id: str) -> str | None:
+    """The commit of the cached snapshot a ``hf-hub:ORG/NAME`` model was loaded from, else None."""
+    if not model_id.startswith("hf-hub:"):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - only hub models need it
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(model_id.removeprefix("hf-hub:"), HUB_CONFIG)
+    if not isinstance(cached, str):
+        return None
+    parts = Path(cached).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def model_provenance(model_id: str | os.PathLike[str]) -> dict[str, str]:
+    """``{"model": resolvable id, "model_revision": commit}`` (the revision only for cached hub models)."""
+    resolved = resolvable_model_id(model_id)
+    revision = hub_revision(resolved)
+    return {"model": resolved, **({"model_revision": revision} if revision else {})}
