@@ -2,8 +2,8 @@
 
 One prepared script for a GPU machine (no downloads: random weights, generated shards), a few minutes:
 
-- loader: samples/s of `make_loader` on ONE core (no workers, one torch thread) decoding 224 px JPEGs
-  with the model's random-crop training augmentation and tokenising captions; a host must supply
+- loader: samples per CPU-second of `make_loader` on ONE core (no workers, one torch thread) decoding 224 px
+  JPEGs with the model's random-crop training augmentation and tokenising captions; a host must supply
   (GPUs x samples/s per GPU) / this rate cores;
 - training: `treeclip.train.loop.train` itself (the real loader with workers, prefetch and pinned memory,
   bf16 autocast, fused AdamW, the CLIP loss) for each variant of `train.compile` x `train.patch_dropout`;
@@ -92,10 +92,10 @@ def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) 
         batch_iter = iter(make_loader(urls, transform=preprocess_train, tokenizer=tokenizer, batch_size=batch,
                                       shuffle_buffer=0, partial=False))
         next(batch_iter)  # opening the first shard is not part of the rate
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of this one-threaded work: other processes' load does not count
         for _ in range(batches):
             next(batch_iter)
-        return batch * batches / (time.perf_counter() - start)
+        return batch * batches / (time.process_time() - start)
     finally:
         torch.set_num_threads(threads)
 
