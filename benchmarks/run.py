@@ -215,17 +215,14 @@ def _count(loader: Any, batches: int) -> int:
 
 def bench_train(root: Path, sizes: Sizes) -> list[Row]:
     shards = train_bench.write_shards(root / "train-shards", n_species=9, per_species={"train": 64, "val": 2})
-    ours, theirs = [], []
-    for round_ in range(sizes.train_repeats):
-        ours.append(train_bench.treeclip_loop(shards, root / f"run{round_}", model=sizes.train_model, batch=32,
-                                              steps=sizes.train_steps))
-        theirs.append(train_bench.open_clip_loop(shards, model=sizes.train_model, batch=32, steps=sizes.train_steps))
+    ours, theirs = train_bench.compare(shards, root, model=sizes.train_model, batch=32, steps=sizes.train_steps,
+                                       repeats=sizes.train_repeats)
     best = [[max(r[i] for r in rounds) for i in (0, 1)] for rounds in (ours, theirs)]
-    note = f"{sizes.train_model}, batch 32, {sizes.train_steps} steps ({train_bench.WARMUP} warm-up), " \
-           f"best of {sizes.train_repeats}"
+    note = f"{sizes.train_model}, batch 32, median of {sizes.train_steps} steps ({train_bench.WARMUP} warm-up), " \
+           f"best of {sizes.train_repeats} alternating rounds"
     return [Row("train", "treeclip train (wall)", "minimal open_clip loop", "samples/s", best[0][0], best[1][0], note),
             Row("train", "treeclip train (per CPU-second)", "minimal open_clip loop", "samples/CPU-s", best[0][1],
-                best[1][1], "the fairer figure on a loaded machine")]
+                best[1][1], "the same, per CPU-second of the process")]
 
 
 # ------------------------------------------------------------------ predict + bank build
