@@ -53,7 +53,7 @@ class Plan:
     source_counts: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Candidate:
     order: int
     record: Record
@@ -197,14 +197,15 @@ def _exclude(candidates: Iterable[_Candidate], hashes: dict[str, str], exclusion
     readable = [c for c in candidates if c.key in hashes]
     if not exclusions:
         return readable
-    reasons = {c.key: exclusions.match(stable=c.stable, path=c.record.path, taxon=c.taxon, sha256=hashes[c.key])
-               for c in readable}
-    tainted = {hashes[key]: reason for key, reason in reasons.items() if reason}
+    reasons = {c.key: reason for c in readable  # only the matches: memory grows with the excluded images
+               if (reason := exclusions.match(stable=c.stable, path=c.record.path, taxon=c.taxon,
+                                              sha256=hashes[c.key]))}
+    tainted = {hashes[key]: reason for key, reason in reasons.items()}
     kept = []
     for candidate in readable:
-        reason = reasons[candidate.key] or tainted.get(hashes[candidate.key], "")
+        reason = reasons.get(candidate.key) or tainted.get(hashes[candidate.key], "")
         if reason:
-            if not reasons[candidate.key]:
+            if candidate.key not in reasons:
                 reason = f"same bytes as an excluded image: {reason}"
             _drop(plan, candidate.record, reason, "excluded", key=candidate.key)
         else:

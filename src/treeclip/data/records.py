@@ -8,7 +8,7 @@ from treeclip.formats.problems import Problem
 from treeclip.taxonomy import Taxon
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One image from one source, before alignment."""
 

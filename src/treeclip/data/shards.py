@@ -35,7 +35,7 @@ JOURNAL_DIR = ".build/journal"
 _EXIF_ORIENTATION = 0x0112
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """One planned image: where its bytes are, its key, its resolved taxon and its source hash."""
 

@@ -1,0 +1,211 @@
+"""Peak memory of treeclip on a TreeOfLife-10M-sized catalog: plan (+ exclude) and make-benchmark.
+
+A catalog of N rows (default 10,000,000; TreeOfLife-10M's size) is generated as CSV with pyarrow, in the
+layout `treeclip build --source csv:` and `treeclip make-benchmark --catalog` read (path, source, kingdom ...
+species, common, sha256). No images are needed: the rows name files that do not exist, except a few species
+whose images make-benchmark samples. Each stage runs in its own Python process and reports its peak resident
+memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
+
+- ``read``: the catalog streamed through `treeclip.formats` (the floor every stage pays);
+- ``make-benchmark``: `treeclip.eval.heldout.make_benchmark` over the whole catalog, 5 listed species;
+- ``plan``: `treeclip.data.plan.plan_build` over the whole catalog as a ``csv:`` source with an exclusion
+  file (the 5 benchmark species); image hashing is replaced by a hash of the path (the images do not exist),
+  so the figure is the plan's own memory; images "exist" for every row;
+- ``baseline``: what the old readers did, the whole catalog as Python dicts (``csv.DictReader`` into a list).
+
+    python -m benchmarks.catalog_memory [--rows N] [--stages read,make-benchmark,plan,baseline]
+
+The goal (issue 12) is every treeclip stage within 2 GB at 10M rows; figures go to ``benchmarks/RESULTS.md``
+through `benchmarks.run` (``--only catalog``) or are printed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGES = ("read", "make-benchmark", "plan", "baseline")
+LIMIT_MB = 2048
+LISTED = 5
+_GENERA = 2_000
+_EPITHETS = 25  # 50,000 species
+
+
+def write_catalog(folder: Path, rows: int, *, chunk: int = 500_000) -> tuple[Path, Path]:
+    """(catalog.csv, species.txt) in `folder`; the listed species' first rows point at real tiny images."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.csv as pacsv  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    catalog, species = folder / "catalog.csv", folder / "species.txt"
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    genera, epithets = _names("Gen", LISTED), _names("ep", LISTED)
+    species.write_text("".join(f"{genera[g]} {epithets[g]}\n" for g in range(LISTED)))
+    with pacsv.CSVWriter(catalog, _schema(pa)) as writer:
+        for start in range(0, rows, chunk):
+            writer.write_table(_chunk(pa, start, min(rows, start + chunk)))
+    for index in range(LISTED * 4):  # rows 0..19: 4 images of each listed species
+        Image.new("RGB", (4, 4), (index * 10, 0, 0)).save(images / f"{index}.jpg")
+    return catalog, species
+
+
+def _schema(pa: object) -> object:
+    names = ("id", "split", "source", "source_id", "path", "kingdom", "phylum", "class", "order", "family", "genus",
+             "species", "common", "sha256")
+    return pa.schema([(name, pa.string()) for name in names])  # type: ignore[attr-defined]
+
+
+def _letters(number: int) -> str:
+    """A pronounceable-enough lowercase word for a number (taxon names cannot hold digits)."""
+    word = ""
+    while True:
+        number, digit = divmod(number, 20)
+        word += "bcdfghjklmnprstvwxyz"[digit] + "aeiou"[digit % 5]
+        if not number:
+            return word
+
+
+def _names(prefix: str, count: int, suffix: str = "") -> object:
+    import numpy as np  # noqa: PLC0415
+
+    return np.array([f"{prefix}{_letters(i)}{suffix}" for i in range(count)])
+
+
+def _chunk(pa: object, start: int, stop: int) -> object:
+    import numpy as np  # noqa: PLC0415
+
+    index = np.arange(start, stop)
+    listed = index < LISTED * 4
+    genus = np.where(listed, index % LISTED, (index * 7919) % _GENERA)
+    epithet = np.where(listed, genus % _EPITHETS, (index * 104729) % _EPITHETS)
+    text = np.char.mod
+    columns = {
+        "id": text("%d", index),
+        "split": np.full(len(index), "train"),
+        "source": np.where(index % 3 == 0, "eol", "inat21"),
+        "source_id": text("src%d", index),
+        "path": np.where(listed, text("images/%d.jpg", index), text("images/missing/%d.jpg", index)),
+        "kingdom": np.full(len(index), "Animalia"), "phylum": _names("Phy", 30)[genus % 30],
+        "class": _names("Cla", 100)[genus % 100], "order": _names("Ord", 400, "iformes")[genus % 400],
+        "family": _names("Fam", 1000, "idae")[genus % 1000], "genus": _names("Gen", _GENERA)[genus],
+        "species": _names("ep", _EPITHETS)[epithet], "common": text("common name %d", genus * 100 + epithet),
+        "sha256": text("%064x", index),
+    }
+    return pa.table({name: pa.array(values.astype(str)) for name, values in columns.items()},  # type: ignore[attr-defined]
+                    schema=_schema(pa))
+
+
+def stage(name: str, catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    """Run one stage in this process; its figures (peak MB, seconds, what it found)."""
+    start = time.perf_counter()
+    found = STAGE_FUNCTIONS[name](catalog, species, work)
+    return {"peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - start, **found}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM (reset by exec, unlike ru_maxrss, which a child
+    started by fork + exec inherits from its parent), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _read(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    from treeclip.formats import TAXON_ROLES, open_table, resolve, taxon_of  # noqa: PLC0415
+
+    table = open_table(catalog)
+    columns = resolve(table.header, TAXON_ROLES)
+    taxa, rows = set(), 0
+    for item in table.rows(columns):
+        if isinstance(item, tuple):
+            rows += 1
+            taxa.add(taxon_of(item[1], "", strict=False).__repr__())
+    return {"rows": rows, "taxa": len(taxa)}
+
+
+def _make_benchmark(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    from treeclip.eval.heldout import make_benchmark  # noqa: PLC0415
+
+    result = make_benchmark(catalog=catalog, species_file=species, out_dir=work / "bench", images_per_species=3)
+    return {"species": len(result.kept), "images": sum(result.kept.values())}
+
+
+def _plan(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    import hashlib  # noqa: PLC0415
+
+    from treeclip.data import plan as plan_module  # noqa: PLC0415
+    from treeclip.data.align import Aligner  # noqa: PLC0415
+    from treeclip.data.exclude import load_exclusions  # noqa: PLC0415
+    from treeclip.data.sources import open_source  # noqa: PLC0415
+
+    # no images exist: every path "is a file" and hashes to a digest of its name (documented above)
+    Path.is_file = lambda self: True  # type: ignore[method-assign]
+    plan_module.sha256_file = lambda path: hashlib.sha256(str(path).encode()).hexdigest()
+    problems = [0]
+    plan = plan_module.plan_build(
+        sources=[open_source(f"csv:{catalog}")], out=str(work / "out"), aligner=Aligner(),
+        exclusions=load_exclusions([species]), image_size=224, resize_mode="squash", quality=95, shard_size=1000,
+        val_fraction=0.05, seed=0, on_problem=lambda p: problems.__setitem__(0, problems[0] + 1))
+    return {"planned": plan.counts["planned"], "excluded": plan.counts["excluded"], "jobs": len(plan.jobs),
+            "problems": problems[0]}
+
+
+def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    import csv  # noqa: PLC0415
+
+    with open(catalog, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {"rows": len(rows)}
+
+
+STAGE_FUNCTIONS = {"read": _read, "make-benchmark": _make_benchmark, "plan": _plan, "baseline": _baseline}
+
+
+def run_stage(name: str, catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    """Run `stage` in a fresh Python process (so that peaks do not mix) and return its figures."""
+    code = ("import json, sys; from pathlib import Path; from benchmarks.catalog_memory import stage; "
+            f"print(json.dumps(stage({name!r}, Path({str(catalog)!r}), Path({str(species)!r}), "
+            f"Path({str(work)!r}))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(rows: int, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """{stage: figures} on a generated catalog of `rows` rows."""
+    with tempfile.TemporaryDirectory(prefix="treeclip-catalog-") as tmp:
+        folder = Path(tmp)
+        catalog, species = write_catalog(folder, rows)
+        return {name: run_stage(name, catalog, species, folder / name) for name in stages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.catalog_memory", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000, help="catalog rows (default 10,000,000)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    args = parser.parse_args(argv)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    for name, figures in measure(args.rows, stages).items():
+        flag = "" if "peak_mb" not in figures else ("ok" if figures["peak_mb"] <= LIMIT_MB else "OVER 2 GB")
+        print(f"{name:>15}: {json.dumps(figures)} {flag}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
