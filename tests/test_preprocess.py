@@ -79,8 +79,8 @@ def released_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     n = GENERA * SPECIES_PER_GENUS
     matrix = rng.standard_normal((TINY_224["embed_dim"], n)).astype(np.float32)
     np.save(bank_dir / "txt_emb_species.npy", matrix / np.linalg.norm(matrix, axis=0, keepdims=True))
-    names = [[["Animalia", "Chordata", "Aves", "Passeriformes", f"Family{g % 2}", f"Genus{g}", f"ep{s}"], f"bird {g}.{s}"]
-             for g in range(GENERA) for s in range(SPECIES_PER_GENUS)]
+    names = [[["Animalia", "Chordata", "Aves", "Passeriformes", f"Family{g % 2}", f"Genus{g}", f"ep{s}"],
+              f"bird {g}.{s}"] for g in range(GENERA) for s in range(SPECIES_PER_GENUS)]
     (bank_dir / "txt_emb_species.json").write_text(json.dumps(names))
     photos = root / "photos"
     photos.mkdir()

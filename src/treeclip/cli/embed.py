@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from treeclip.cli._options import RAY_ENGINE
-from treeclip.cli.predict import add_batch_arguments, progress_bar, report_errors
+from treeclip.cli.predict import add_batch_arguments, output_metadata, progress_bar, report_errors
 
 REQUIRES = (RAY_ENGINE,)
 HELP = "write L2-normalised image embeddings to a Parquet file (path, embedding, model)"
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     check_engine(args.engine, args.ray_address)
     items = expand_inputs(args.images)
     embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
-    with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH) as writer:
+    with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH,
+                   model_id=embedder.model_id, metadata=output_metadata(embedder.model_id)) as writer:
         with progress_bar(len(items), sum(item in writer.done for item in items)) as bar:
             errors = run_to_writer(items, score=embedder.rows, preprocess=embedder.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, name_key=PATH,

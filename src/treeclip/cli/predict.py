@@ -55,15 +55,39 @@ def progress_bar(total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
-def report_errors(command: str, errors: list[tuple[str, str]], total: int, output: str | None) -> None:
-    """Print each unreadable image with its reason; InputError (exit 1) when there were any."""
+def report_errors(command: str, errors: list[tuple[str, str]], total: int, output: str | None, *,
+                  rows_hold_errors: bool = True) -> None:
+    """Print each unreadable image with its reason; InputError (exit 1) when there were any. When the output
+    has no error rows (Darwin Core), the images are listed in ``OUTPUT.problems.csv`` (file, line, reason)."""
+    from treeclip.atomic import atomic_write  # noqa: PLC0415
     from treeclip.errors import InputError  # noqa: PLC0415
+    from treeclip.formats.problems import Problem, problems_csv  # noqa: PLC0415
 
     for name, reason in errors:
         sys.stderr.write(f"treeclip {command}: {name}: {reason}\n")
-    if errors:
-        where = f" (error rows in {output})" if output else ""
-        raise InputError(f"{len(errors)} of {total} images could not be read{where}")
+    if not errors:
+        return
+    where = f" (error rows in {output})" if output and rows_hold_errors else ""
+    if output and not rows_hold_errors:
+        problems = f"{output}.problems.csv"
+        atomic_write(problems, problems_csv(Problem(name, reason) for name, reason in errors))
+        where = f" (listed in {problems})"
+    raise InputError(f"{len(errors)} of {total} images could not be read{where}")
+
+
+def output_metadata(model_id: str, *, bank: Any = None, bank_dir: str | None = None) -> dict[str, str]:
+    """What an output records about its making: the model as a resolvable id (with the hub revision) and the
+    label bank (its folder and its own bank.json record)."""
+    import os  # noqa: PLC0415
+
+    from treeclip.model.hub import model_provenance  # noqa: PLC0415
+
+    meta = model_provenance(model_id)
+    if bank is not None:
+        meta["bank"] = os.path.abspath(bank_dir) if bank_dir else f"the released bank of {meta['model']}"
+        meta.update({f"bank_{key}": str(value) for key, value in bank.meta.items()
+                     if key in ("model", "model_revision", "text_type", "templates", "n_taxa")})
+    return meta
 
 
 def _check(args: argparse.Namespace) -> Any:
@@ -136,11 +160,13 @@ def run(args: argparse.Namespace) -> int:
     items = expand_inputs(args.images)
     model = _classifier(args)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
-    with RowWriter(args.output, fmt=args.format, columns=_columns(args, rank), model_id=model.model_id) as writer:
+    metadata = output_metadata(model.model_id, bank=getattr(model, "full_bank", None), bank_dir=args.bank)
+    with RowWriter(args.output, fmt=args.format, columns=_columns(args, rank), model_id=model.model_id,
+                   metadata=metadata) as writer:
         done = sum(item in writer.done for item in items)
         with progress_bar(len(items), done) as bar:
             errors = run_to_writer(items, score=score, preprocess=model.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, draft_size=model.draft_size,
                                    progress=bar.update, engine=args.engine, ray_address=args.ray_address)
-    report_errors("predict", errors, len(items), args.output)
+    report_errors("predict", errors, len(items), args.output, rows_hold_errors=args.format != "dwc")
     return 0

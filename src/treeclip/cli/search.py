@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from treeclip.cli._options import Requirement
 
@@ -21,7 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from treeclip.data.images import ImageError, decode_image  # noqa: PLC0415
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.predict.classifier import ImageEmbedder  # noqa: PLC0415
     from treeclip.predict.index import VectorIndex  # noqa: PLC0415
@@ -36,11 +36,21 @@ def run(args: argparse.Namespace) -> int:
     if args.text is not None:
         query = embedder.embed_texts([args.text])
     else:
-        try:
-            image = decode_image(args.query)
-        except ImageError as exc:
-            raise UsageError(f"cannot read query image {args.query}: {exc}") from exc
-        query = embedder.encode_images(embedder.preprocess(image).unsqueeze(0)).cpu().numpy()
+        query = _image_query(embedder, args.query)
     for rank, (path, score) in enumerate(index.search(query, k=args.k)[0], 1):
         sys.stdout.write(f"{rank}\t{score:.4f}\t{path}\n")
     return 0
+
+
+def _image_query(embedder: Any, path: str) -> Any:
+    """The query image's embedding, decoded and preprocessed by the very path `treeclip embed` takes (same
+    decoder, JPEG draft size and preprocessing), so an indexed photo finds itself at cosine 1.0."""
+    import numpy as np  # noqa: PLC0415
+
+    from treeclip.errors import UsageError  # noqa: PLC0415
+    from treeclip.predict.classifier import EMBEDDING  # noqa: PLC0415
+
+    (row,) = embedder.predict([path], workers=1)
+    if "error" in row:
+        raise UsageError(f"cannot read query image {path}: {row['error']}")
+    return np.asarray([row[EMBEDDING]], dtype=np.float32)

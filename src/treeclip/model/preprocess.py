@@ -70,7 +70,8 @@ def family_of(model_id: str) -> str:
     return OPEN_CLIP
 
 
-def inference_preprocess(model_id: str, preprocess_cfg: Mapping[str, Any], open_clip_transform: Transform) -> Preprocess:
+def inference_preprocess(model_id: str, preprocess_cfg: Mapping[str, Any],
+                         open_clip_transform: Transform) -> Preprocess:
     """The inference preprocessing of a model id whose final open_clip ``preprocess_cfg`` is given;
     `open_clip_transform` is open_clip's validation transform for that config (used by every family but
     BioCLIP's)."""

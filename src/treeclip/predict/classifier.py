@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from treeclip.errors import UsageError
 from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, load_bank, released_bank_dir
+from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
 from .filters import checklist_columns
@@ -124,7 +125,7 @@ class TreeOfLifeClassifier(_ImageClassifier):
                         device: str | torch.device = "cpu") -> TreeOfLifeClassifier:
         """Load a model id (default: the released BioCLIP 2) and a bank folder (default: the model's released
         TreeOfLife bank, downloaded)."""
-        model_id = model or DEFAULT_MODEL
+        model_id = resolvable_model_id(model or DEFAULT_MODEL)
         bank_dir = bank if bank is not None else _released_bank(model_id)
         label_bank = load_bank(bank_dir)
         net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
@@ -221,7 +222,7 @@ class CustomLabelsClassifier(_ImageClassifier):
                         bins: Mapping[str, str] | None = None, templates: str = "openai", precision: str = "fp32",
                         device: str | torch.device = "cpu") -> CustomLabelsClassifier:
         """Load a model id (default: the released BioCLIP 2) for these labels."""
-        model_id = model or DEFAULT_MODEL
+        model_id = resolvable_model_id(model or DEFAULT_MODEL)
         net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, labels=labels, bins=bins,
                    templates=templates, model_id=model_id, device=device)
@@ -285,8 +286,9 @@ class ImageEmbedder(_ImageClassifier):
     @classmethod
     def from_pretrained(cls, model: str, *, precision: str = "fp32",
                         device: str | torch.device = "cpu") -> ImageEmbedder:
-        net, preprocess, tokenizer = _load(model, precision=precision, device=device)
-        return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, model_id=model, device=device)
+        model_id = resolvable_model_id(model)
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int = 32,
                 workers: int = 2) -> list[Row]:

@@ -14,8 +14,12 @@ CSV and Darwin Core text is RFC 4180 (CRLF line ends, so a lone ``\r`` in a valu
 value that a spreadsheet would run as a formula (it starts with ``= + - @``, a tab or a CR) is written with
 a leading ``'`` (OWASP's CSV-injection escaping; reading the output back removes it).
 
-Error rows (``{name_key: name, "error": reason}``) fill the ``error`` column (CSV, JSONL, Parquet) or
-``identificationRemarks`` (Darwin Core).
+Error rows (``{name_key: name, "error": reason}``) fill the ``error`` column (CSV, JSONL, Parquet); Darwin Core
+writes no record for an unreadable image (the caller lists it in its problems file). A Darwin Core record is
+one identification of one image (``occurrenceID`` = the image, ``identificationID`` = image#n): with several
+answers per image (``--k > 1``) the first is marked "primary identification" in ``identificationRemarks`` and
+the others "alternative identification n". Parquet outputs carry `metadata` (model id and revision, bank) in
+the file's schema metadata.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,20 +43,20 @@ Row = dict[str, Any]
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 ERROR = "error"
 DWC_COLUMNS = ("scientificName", "taxonRank", "kingdom", "phylum", "class", "order", "family", "genus",
-               "specificEpithet", "vernacularName", "associatedMedia", "identificationRemarks")
+               "specificEpithet", "vernacularName", "associatedMedia", "identificationRemarks", "occurrenceID",
+               "identificationID")
 DWC_MEDIA = "associatedMedia"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CSV_LINE_END = "\r\n"
 _COMMITTED = re.compile(r"committed (\d+)")
 
 
-def dwc_row(row: Row, *, name_key: str = "file_name", model_id: str = "") -> Row:
-    """A prediction row as Darwin Core terms (deepest named rank → scientificName and taxonRank)."""
+def dwc_row(row: Row, *, name_key: str = "file_name", model_id: str = "", position: int = 1) -> Row:
+    """A prediction row (the `position`-th answer of its image, from 1) as Darwin Core terms (deepest named
+    rank → scientificName and taxonRank)."""
     out = dict.fromkeys(DWC_COLUMNS, "")
-    out[DWC_MEDIA] = row[name_key]
-    if ERROR in row:
-        out["identificationRemarks"] = f"error: {row[ERROR]}"
-        return out
+    out[DWC_MEDIA] = out["occurrenceID"] = row[name_key]
+    out["identificationID"] = f"{row[name_key]}#{position}"
     for rank in RANK_NAMES[:-1]:
         out[rank] = row.get(rank, "")
     out["specificEpithet"] = row.get("species_epithet", "")
@@ -64,21 +68,36 @@ def dwc_row(row: Row, *, name_key: str = "file_name", model_id: str = "") -> Row
         out["scientificName"], out["taxonRank"] = out[deepest[-1]], deepest[-1]
     elif row.get("classification"):
         out["scientificName"] = row["classification"]
-    out["identificationRemarks"] = f"treeclip zero-shot; model {model_id or 'unknown'}; score {row['score']:.6g}"
+    which = "primary identification" if position == 1 else f"alternative identification {position}"
+    out["identificationRemarks"] = (f"{which}; treeclip zero-shot; model {model_id or 'unknown'}; "
+                                    f"score {row['score']:.6g}")
     return out
+
+
+def _dwc_rows(rows: list[Row], *, name_key: str, model_id: str) -> list[Row]:
+    """The Darwin Core records of a batch (an image's rows are consecutive); error rows give none."""
+    records, previous, position = [], None, 0
+    for row in rows:
+        if ERROR in row:
+            continue
+        position = position + 1 if row[name_key] == previous else 1
+        previous = row[name_key]
+        records.append(dwc_row(row, name_key=name_key, model_id=model_id, position=position))
+    return records
 
 
 class RowWriter:
     """Appends rows to one output; `done` holds the names already there (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str] | None, *, fmt: str, columns: Sequence[str],
-                 name_key: str = "file_name", model_id: str = "") -> None:
+                 name_key: str = "file_name", model_id: str = "", metadata: Mapping[str, str] | None = None) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
         if path is None and fmt == "parquet":
             raise UsageError("--format parquet needs --output FILE")
         self.path = Path(path) if path is not None else None
         self.fmt, self.name_key, self.model_id = fmt, name_key, model_id
+        self.metadata = {"treeclip": json.dumps({"model": model_id, **(metadata or {})}, ensure_ascii=False)}
         self.key = DWC_MEDIA if fmt == "dwc" else name_key
         self.columns = list(DWC_COLUMNS) if fmt == "dwc" else [*columns, ERROR]
         self.done: set[str] = set()
@@ -191,7 +210,7 @@ class RowWriter:
 
         fields = [(name, pa.float64() if name == "score" else pa.list_(pa.float32()) if name == "embedding"
                    else pa.string()) for name in self.columns]
-        schema = pa.schema(fields)
+        schema = pa.schema(fields, metadata=self.metadata)
         return pa.Table.from_pylist([{name: row.get(name) for name in self.columns} for row in rows], schema=schema)
 
     def _merge_parquet(self) -> None:
@@ -202,7 +221,7 @@ class RowWriter:
         if not parts and self.path.is_file():
             return
         tables = ([pq.read_table(self.path)] if self.path.is_file() else []) + [pq.read_table(p) for p in parts]
-        merged = pa.concat_tables(tables) if tables else self._table([])
+        merged = pa.concat_tables(tables).replace_schema_metadata(self.metadata) if tables else self._table([])
         with atomic_path(self.path) as tmp:
             pq.write_table(merged, tmp)
         shutil.rmtree(self._parts_dir, ignore_errors=True)
@@ -221,8 +240,8 @@ class RowWriter:
         if self.fmt == "jsonl":
             self._stream.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         elif self.fmt == "dwc":
-            self._csv.writerows(_escaped(dwc_row(row, name_key=self.name_key, model_id=self.model_id))
-                                for row in rows)
+            self._csv.writerows(_escaped(record) for record in _dwc_rows(rows, name_key=self.name_key,
+                                                                         model_id=self.model_id))
         else:
             self._csv.writerows(_escaped(row) for row in rows)
         self._stream.flush()
