@@ -209,3 +209,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+SIZES = {"full": (10_000_000, 1_000_000), "quick": (200_000, 100_000)}  # (catalog rows, plan and baseline rows)
+
+
+def suite_rows(mode: str) -> list[dict[str, object]]:
+    """The suite's rows (`benchmarks.run`): each treeclip stage's peak MB beside the list-of-dicts baseline's.
+    The plan and the baseline run on the smaller catalog (the baseline holds every row; 10M rows need ~13 GB)."""
+    rows, small = SIZES[mode]
+    big = measure(rows, ("read", "make-benchmark"))
+    little = measure(small, ("plan", "baseline")) if small != rows else {}
+    baseline = little.get("baseline", big.get("baseline", {}))
+    per_row = baseline.get("peak_mb", float("nan")) / small
+    found = []
+    for name, figures, count in [("read", big["read"], rows), ("make-benchmark", big["make-benchmark"], rows),
+                                 ("plan + exclude", little["plan"], small)]:
+        ours = figures.get("peak_mb", float("nan"))
+        verdict = "within" if ours <= LIMIT_MB else "OVER"
+        found.append({"treeclip": f"{name}, {count:,} rows", "ours": ours, "theirs": per_row * count,
+                      "note": f"{verdict} 2 GB; {figures.get('seconds', 0):.0f} s; baseline measured at "
+                              f"{small:,} rows ({baseline.get('peak_mb', 0):.0f} MB) and scaled"})
+    return found

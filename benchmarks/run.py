@@ -13,13 +13,15 @@ table with the ratio treeclip / peer (above 1: treeclip is faster):
   forward pass alone on pre-decoded tensors;
 - rank aggregation: genus/family answers over a large generated bank against pybioclip's own
   ``format_grouped_probs`` (the same probabilities; the peer is timed on a few images and scaled);
-- bank build: taxa/s of `build_bank` against the text tower's forward pass alone.
+- bank build: taxa/s of `build_bank` against the text tower's forward pass alone;
+- catalog: peak memory of reading, make-benchmark and plan (+ exclude) on a generated TreeOfLife-10M-sized
+  catalog against reading it into Python dicts (`benchmarks/catalog_memory.py`; ratio below 1: less memory).
 
 The machine (CPU, cores, torch, load averages at start and end) is recorded with the table in
 ``benchmarks/RESULTS.md``. ``--quick`` shrinks every size (a small model instead of ViT-B-16) to finish in a
 few minutes on 2 cores.
 
-    python -m benchmarks [--quick] [--only build,loader,train,predict,ranks] [--results FILE]
+    python -m benchmarks [--quick] [--only build,loader,train,predict,ranks,catalog] [--results FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks import build as build_bench  # noqa: E402
+from benchmarks import catalog_memory  # noqa: E402
 from benchmarks import predict as predict_bench  # noqa: E402
 from benchmarks import train as train_bench  # noqa: E402
 from treeclip.atomic import atomic_write  # noqa: E402
@@ -57,7 +60,7 @@ from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
 from treeclip.predict.runner import run_batches  # noqa: E402
 from treeclip.taxonomy import Rank, Taxon, get_templates  # noqa: E402
 
-SECTIONS = ("build", "loader", "train", "predict", "ranks")
+SECTIONS = ("build", "loader", "train", "predict", "ranks", "catalog")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -378,6 +381,17 @@ def bench_ranks(sizes: Sizes, notes: list[str]) -> list[Row]:
     return rows
 
 
+# ------------------------------------------------------------------ catalog memory
+
+
+def bench_catalog(sizes: Sizes) -> list[Row]:
+    """Peak memory on a TreeOfLife-10M-sized generated catalog (`benchmarks/catalog_memory.py`)."""
+    mode = "quick" if sizes == QUICK else "full"
+    return [Row("catalog memory", str(r["treeclip"]), "csv.DictReader into a list (the old readers)",
+                "peak MB (lower is better)", float(r["ours"]), float(r["theirs"]), str(r["note"]))
+            for r in catalog_memory.suite_rows(mode)]
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -442,7 +456,8 @@ def run_suite(sizes: Sizes, sections: tuple[str, ...]) -> tuple[list[Row], dict[
             rows += build_rows if "build" in sections else []
         for name, fn in (("loader", lambda: bench_loader(shards, sizes)), ("train", lambda: bench_train(root, sizes)),
                          ("predict", lambda: bench_predict(root, sizes, notes)),
-                         ("ranks", lambda: bench_ranks(sizes, notes))):
+                         ("ranks", lambda: bench_ranks(sizes, notes)),
+                         ("catalog", lambda: bench_catalog(sizes))):
             if name in sections:
                 print(f"[benchmarks] {name} ... (load {load()})", file=sys.stderr, flush=True)
                 rows += fn()
