@@ -6,23 +6,41 @@ import argparse
 import sys
 from typing import Any
 
-from treeclip.cli._options import RAY_ENGINE, add_engine_arguments
+from treeclip.cli._options import RAY_ENGINE, Requirement, add_engine_arguments
 
-REQUIRES = (RAY_ENGINE,)
+ONNX_RUNTIME = Requirement("onnx", ("onnxruntime",), when=lambda args: getattr(args, "runtime", None) == "onnx")
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2
+RUNTIMES = ("torch", "onnx")
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """--batch-size, --workers, --precision, --device, --engine and --ray-address (shared with `treeclip embed`)."""
+    """--batch-size, --workers, --precision, --runtime, --device, --engine and --ray-address (shared with
+    `treeclip embed`)."""
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"image decoding threads, working ahead of the model (default {DEFAULT_WORKERS})")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
+    add_runtime_argument(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_engine_arguments(parser, local="decoding threads feeding one model", shared_files="images")
+
+
+def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    """--runtime (shared with `treeclip embed` and `treeclip serve`)."""
+    parser.add_argument("--runtime", choices=RUNTIMES, help="torch, or onnx (ONNX Runtime; --model is then a folder "
+                        "from `treeclip export --format onnx`). Default: onnx for such a folder, else torch")
+
+
+def check_runtime(model: str | None, runtime: str | None) -> None:
+    """UsageError (exit 2) when the model cannot run on the asked runtime."""
+    from treeclip.model.bank import DEFAULT_MODEL  # noqa: PLC0415
+    from treeclip.predict.runtime import resolve_runtime  # noqa: PLC0415
+
+    resolve_runtime(model or DEFAULT_MODEL, runtime)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
     rank = _check(args)
     check_engine(args.engine, args.ray_address)
+    check_runtime(args.model, args.runtime)
     items = expand_inputs(args.images)
     model = _classifier(args)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from treeclip.cli._options import Requirement
+from treeclip.cli.predict import ONNX_RUNTIME, add_runtime_argument, check_runtime
 
-REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")),)
+REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME)
 HELP = "serve the HTTP API (predict, embed, info) and the web page for identifying photos"
 DEMO_MODEL, DEMO_BANK = Path("treeclip-demo/model"), Path("treeclip-demo/bank")
 
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; other Host headers are refused, against DNS rebinding)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
+    add_runtime_argument(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -67,6 +69,7 @@ def _limits(args: argparse.Namespace):  # noqa: ANN202 - treeclip.serve.limits i
 def run(args: argparse.Namespace) -> int:
     limits = _limits(args)
     model, bank = _model_and_bank(args)
+    check_runtime(model, args.runtime)
 
     import uvicorn  # noqa: PLC0415
 

@@ -29,10 +29,10 @@ from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
 from .filters import checklist_columns
-from .quantize import with_precision
 from .ranks import RankIndex
 from .rollup import UNKNOWN, rollup
 from .runner import ImageItem, Row, run_batches
+from .runtime import load_for_inference
 
 SPECIES_EPITHET, COMMON_NAME = "species_epithet", "common_name"
 FILE_NAME, SCORE, RANK, CLASSIFICATION = "file_name", "score", "rank", "classification"
@@ -267,17 +267,15 @@ def _released_bank(model_id: str) -> str:
 
 
 def _load(model_id: str, *, precision: str, device: str | torch.device) -> tuple[torch.nn.Module, Any, Any]:
-    """(model at the precision, inference preprocessing, tokenizer) of a model id."""
-    from treeclip.model import load_model  # noqa: PLC0415 - keeps `import treeclip.predict` light
-
+    """(model at the precision, inference preprocessing, tokenizer) of a model id; an ONNX model folder runs
+    on ONNX Runtime (`treeclip.predict.runtime`)."""
     try:
-        net, _, preprocess, tokenizer = load_model(model_id, device=device)
+        return load_for_inference(model_id, precision=precision, device=device)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - download/cache failures of hub models
         raise UsageError(f"cannot load model {model_id} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                          f"{DEMO_HINT}") from exc
-    return with_precision(net, precision), preprocess, tokenizer
 
 
 class ImageEmbedder(_ImageClassifier):

@@ -1,0 +1,226 @@
+"""The ONNX runtime: `treeclip export --format onnx`, then predict / embed / serve with `--runtime onnx` give the
+torch runtime's answers on a model trained (here, in seconds) to tell its species apart.
+
+Tolerances: fp32 ONNX features equal torch's within 1e-4 (max abs), so every top-1 answer is identical and
+scores agree within 1e-4; the int8 tower keeps mean feature cosine >= 0.98 and top-1 agreement >= 90%.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'treeclip[onnx]'")
+pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'treeclip[onnx]'")
+
+from treeclip.cli import main  # noqa: E402
+from treeclip.model import create_model, export_model, load_model  # noqa: E402
+from treeclip.model.bank import build_bank  # noqa: E402
+from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, load_onnx  # noqa: E402
+from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
+from treeclip.taxonomy import Taxon  # noqa: E402
+
+ARCH = "treeclip-test"
+COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (210, 190, 40), (160, 40, 160), (40, 170, 170)]
+FORMATS = ("csv", "jsonl", "parquet", "dwc")
+
+
+def _taxa() -> list[Taxon]:
+    """Six species in three genera of two families."""
+    genera = [("Familiaa", "Genusaa"), ("Familiaa", "Genusab"), ("Familiab", "Genusba")]
+    return [Taxon(("Regnuma", "Phyluma", "Classisa", "Ordoa", *genera[i // 2], f"sp{'ab'[i % 2]}"), f"common {i}")
+            for i in range(len(COLOURS))]
+
+
+def _photo(species: int, rng: np.random.Generator, size: int = 40) -> Image.Image:
+    """The species' colour with its stripe (horizontal for even, vertical for odd species), plus noise."""
+    pixels = np.full((size, size, 3), COLOURS[species], dtype=np.float32)
+    band = slice(size // 3, 2 * size // 3)
+    if species % 2:
+        pixels[:, band] = 255 - pixels[:, band]
+    else:
+        pixels[band] = 255 - pixels[band]
+    pixels += rng.normal(0, 25, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _train(steps: int = 120, seed: int = 0) -> torch.nn.Module:
+    """A tiny CLIP trained to match each species' photos with 'a photo of Genus epithet.'."""
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model, _, preprocess, tokenizer = create_model(ARCH)
+    pool = [[preprocess(_photo(s, rng)) for _ in range(10)] for s in range(len(COLOURS))]
+    tokens = tokenizer([f"a photo of {taxon.lineage[5]} {taxon.lineage[6]}." for taxon in _taxa()])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small only loses time to thread hand-offs on a busy machine
+    try:
+        _steps(model, optimizer, pool, tokens, rng, steps)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pool: list[list[torch.Tensor]],
+           tokens: torch.Tensor, rng: np.random.Generator, steps: int) -> None:
+    for _ in range(steps):
+        labels = rng.integers(0, len(COLOURS), 24)
+        pixels = torch.stack([pool[s][rng.integers(0, 10)] for s in labels])
+        images = F.normalize(model.encode_image(pixels), dim=-1)
+        texts = F.normalize(model.encode_text(tokens), dim=-1)
+        loss = F.cross_entropy(model.logit_scale.exp() * images @ texts.T, torch.as_tensor(labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    model_dir = export_model(_train(), out_dir=root / "model", model_name=ARCH)
+    model, _, _, tokenizer = load_model(model_dir)
+    build_bank(model=model, tokenizer=tokenizer, taxa=_taxa(), out=root / "bank", model_id=str(model_dir),
+               text_type="sci", templates="photo")
+    assert main(["export", str(model_dir), "--format", "onnx", "--out", str(root / "onnx")]) == 0
+    rng = np.random.default_rng(1)
+    images = root / "images"
+    images.mkdir()
+    for i in range(24):
+        _photo(i % len(COLOURS), rng, size=48 + i).save(images / f"s{i % len(COLOURS)}_{i:02d}.jpg", quality=92)
+    return {"root": root, "model": model_dir, "bank": root / "bank", "onnx": root / "onnx", "images": images}
+
+
+def _predict(world: dict[str, Path], out: Path, *options: str) -> int:
+    return main(["predict", str(world["images"]), "--bank", str(world["bank"]), "--output", str(out), *options])
+
+
+def _rows(path: Path, fmt: str) -> list[dict]:
+    if fmt == "parquet":
+        return pq.read_table(path).to_pylist()
+    if fmt == "jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _score(row: dict, fmt: str) -> float:
+    """The score of a row (Darwin Core holds it in the remarks: "...; model M; score S")."""
+    return float(row["identificationRemarks"].rsplit("score ", 1)[1] if fmt == "dwc" else row["score"])
+
+
+def test_export_writes_both_towers_int8_and_the_preprocessing(world: dict[str, Path]) -> None:
+    config = json.loads((world["onnx"] / ONNX_CONFIG).read_text())
+    assert {IMAGE_ONNX, IMAGE_INT8_ONNX, TEXT_ONNX} <= {p.name for p in world["onnx"].iterdir()}
+    torch_model, _, torch_pre, torch_tok = load_model(world["model"])
+    onnx_model, onnx_pre, onnx_tok = load_onnx(world["onnx"])
+    assert config["preprocess"]["preprocess_cfg"]["mean"] == list(torch_model.visual.preprocess_cfg["mean"])
+    assert config["logit_scale"] == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-6)
+    photo = _photo(3, np.random.default_rng(5), size=57)
+    assert torch.equal(onnx_pre(photo), torch_pre(photo)) and onnx_pre.draft_size == torch_pre.draft_size
+    pixels = torch.stack([torch_pre(_photo(s, np.random.default_rng(s), size=45)) for s in range(5)])  # batch 5: dynamic
+    with torch.no_grad():
+        assert (onnx_model.encode_image(pixels) - torch_model.encode_image(pixels)).abs().max() < 1e-4
+        tokens = torch_tok(["a photo of Genusaa spa.", "x", "a longer caption of a bird in a tree"])
+        assert torch.equal(onnx_tok(["x"]), torch_tok(["x"]))
+        assert (onnx_model.encode_text(tokens) - torch_model.encode_text(tokens)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_onnx_gives_torch_answers_in_every_format(world: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    torch_out, onnx_out = tmp_path / f"torch.{fmt}", tmp_path / f"onnx.{fmt}"
+    k = ["--k", "2", "--format", fmt]
+    assert _predict(world, torch_out, "--model", str(world["model"]), *k) == 0
+    assert _predict(world, onnx_out, "--model", str(world["onnx"]), "--runtime", "onnx", *k) == 0
+    expected, got = _rows(torch_out, fmt), _rows(onnx_out, fmt)
+    assert len(got) == len(expected) == 2 * 24
+    varying = {"score", "identificationRemarks"}  # the score, and Darwin Core's remarks naming model and score
+    for row, want in zip(got, expected, strict=True):
+        assert {key: v for key, v in row.items() if key not in varying} == \
+               {key: v for key, v in want.items() if key not in varying}
+        assert _score(row, fmt) == pytest.approx(_score(want, fmt), abs=1e-4)
+
+
+def test_the_trained_model_tells_species_apart_on_both_runtimes(world: dict[str, Path]) -> None:
+    """A model that cannot tell its species apart would make top-1 agreement meaningless."""
+    for model in (world["model"], world["onnx"]):
+        classifier = TreeOfLifeClassifier.from_pretrained(str(model), str(world["bank"]))
+        rows = classifier.predict(sorted(str(p) for p in world["images"].iterdir()), k=1)
+        truth = [_taxa()[int(Path(row["file_name"]).name[1])].lineage for row in rows]
+        right = [(row["genus"], row["species_epithet"]) == lineage[5:] for row, lineage in zip(rows, truth, strict=True)]
+        assert sum(right) / len(right) >= 0.8
+
+
+def test_int8_onnx_agrees_with_fp32(world: dict[str, Path]) -> None:
+    fp32, preprocess, _ = load_onnx(world["onnx"])
+    int8, _, _ = load_onnx(world["onnx"], precision="int8")
+    pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in sorted(world["images"].iterdir())])
+    a, b = F.normalize(fp32.encode_image(pixels), dim=-1), F.normalize(int8.encode_image(pixels), dim=-1)
+    assert (a * b).sum(dim=1).mean() >= 0.98
+    classifier = TreeOfLifeClassifier.from_pretrained(str(world["onnx"]), str(world["bank"]))
+    top_fp32 = classifier.probabilities(a).argmax(dim=1)
+    top_int8 = classifier.probabilities(b).argmax(dim=1)
+    assert (top_fp32 == top_int8).float().mean() >= 0.9
+
+
+def test_embed_onnx_equals_torch(world: dict[str, Path], tmp_path: Path) -> None:
+    for name, model in (("torch", world["model"]), ("onnx", world["onnx"])):
+        assert main(["embed", str(world["images"]), "--model", str(model), "--output", str(tmp_path / f"{name}.parquet")]) == 0
+    a, b = (pq.read_table(tmp_path / f"{name}.parquet").to_pylist() for name in ("torch", "onnx"))
+    assert [row["path"] for row in a] == [row["path"] for row in b]
+    assert np.abs(np.array([r["embedding"] for r in a]) - np.array([r["embedding"] for r in b])).max() < 1e-4
+
+
+def test_serve_runs_on_onnx_with_custom_labels(world: dict[str, Path]) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from treeclip.serve.app import create_app  # noqa: PLC0415
+
+    photo = (world["images"] / "s2_02.jpg").read_bytes()
+    answers = []
+    for model in (world["model"], world["onnx"]):
+        classifier = TreeOfLifeClassifier.from_pretrained(str(model), str(world["bank"]))
+        with TestClient(create_app(classifier=classifier), base_url="http://localhost") as client:
+            tol = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))], data={"k": "3"})
+            labels = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))],
+                                 data={"labels": "Genusab spa,Genusaa spb,a red fox"})
+        assert tol.status_code == 200 and labels.status_code == 200, (tol.text, labels.text)
+        answers.append([tol.json()["results"][0]["rows"], labels.json()["results"][0]["rows"]])
+    for got, want in zip(answers[1], answers[0], strict=True):  # same top-1, same score per answer
+        assert _answer(got[0]) == _answer(want[0])
+        assert {_answer(row): row["score"] for row in got} == pytest.approx({_answer(row): row["score"] for row in want},
+                                                                           abs=1e-4)
+
+
+def _answer(row: dict) -> str:
+    return row.get("species") or row["classification"]
+
+
+def test_runtime_mismatches_exit_2_with_the_fix(world: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert _predict(world, tmp_path / "a.csv", "--model", str(world["model"]), "--runtime", "onnx") == 2
+    assert "treeclip export MODEL --format onnx" in capsys.readouterr().err
+    assert _predict(world, tmp_path / "b.csv", "--model", str(world["onnx"]), "--runtime", "torch") == 2
+    assert "--runtime onnx" in capsys.readouterr().err
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_onnx_model_pickles_for_ray_workers(world: dict[str, Path]) -> None:
+    import pickle  # noqa: PLC0415
+
+    model, preprocess, _ = load_onnx(world["onnx"], precision="int8")
+    copy = pickle.loads(pickle.dumps(model))
+    pixels = preprocess(_photo(1, np.random.default_rng(0)))[None]
+    assert copy.precision == "int8" and torch.equal(copy.encode_image(pixels), model.encode_image(pixels))
+    assert math.isclose(float(copy.logit_scale), float(model.logit_scale))
