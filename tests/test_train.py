@@ -30,12 +30,13 @@ from treeclip.taxonomy import class_string
 from treeclip.train import validate as validate_module
 from treeclip.train import loop
 from treeclip.train.checkpoint import list_checkpoints, load_checkpoint
-from treeclip.train.config import load_config, micro_batch_size, preset_names
+from treeclip.train.config import load_config, micro_batch_size, preset_names, resolved_precision
 from treeclip.train.metrics import read_metrics
 from treeclip.train.objectives import ClassIndex, clip_loss
 from treeclip.train.optim import lr_at, param_groups
 from treeclip.train.shards import shard_taxa
-from treeclip.train.throughput import count_flops_per_sample, peak_tflops
+from treeclip.train import throughput
+from treeclip.train.throughput import Throughput, count_flops_per_sample, peak_tflops
 
 
 
@@ -79,6 +80,7 @@ def test_yaml_file_and_overrides(tmp_path: Path) -> None:
     ("optim.lrr=1", "optim.lrr"), ("optim.lr=abc", "optim.lr"), ("train.batch_size=1.5", "train.batch_size"),
     ("nosuch=1", "nosuch"), ("train.objective=mse", "train.objective"), ("data.text_type=latin", "latin"),
     ("every_steps=3", "every_steps"),  # in three sections: ambiguous
+    ("train.patch_dropout=1.0", "train.patch_dropout"), ("train.precision=fp8", "train.precision"),
 ])
 def test_bad_overrides_name_the_key(override: str, named: str) -> None:
     with pytest.raises(UsageError, match=named):
@@ -472,3 +474,19 @@ def test_model_id_parsing_order(tmp_path: Path, tiny_run: loop.TrainResult, monk
                         ("ViT-Q-99", "unknown model")):
         with pytest.raises(UsageError, match=reason):
             parse_model_id(bad)
+
+
+def test_precision_auto_is_bf16_on_cuda_only() -> None:
+    config = load_config(preset="tiny")
+    assert config.train.precision == "auto"
+    assert (resolved_precision(config, "cuda"), resolved_precision(config, "cpu")) == ("bf16", "fp32")
+    assert resolved_precision(load_config(preset="bioclip-vit-b-16"), "cuda") == "fp16"  # BioCLIP's own choice
+
+
+def test_throughput_is_per_device_and_mfu_uses_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    timer = Throughput(512, world_size=8, flops_per_sample=int(1e11), peak_tflops=100.0)
+    figures = timer.tick()  # 512 samples in 2 s on 8 devices: 32 samples/s per device, 3.2 TFLOP/s each
+    assert figures == pytest.approx({"samples_per_s": 256.0, "samples_per_s_per_device": 32.0,
+                                     "tflops_per_device": 3.2, "mfu": 0.032})
