@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 from treeclip.atomic import atomic_write
 from treeclip.data.loader import make_loader
 from treeclip.errors import TreeclipError, UsageError
+from treeclip.taxonomy import Taxon
 from treeclip.model import create_model, model_config
 from treeclip.train import checkpoint as ckpt
 from treeclip.train.config import Config, micro_batch_size, resolved_precision, to_yaml
@@ -144,7 +145,7 @@ class Session:
     transforms: tuple[Callable, Callable]  # (train, val)
     tokenizer: Callable
     autocast: Callable[[], contextlib.AbstractContextManager]
-    val_taxa: dict[tuple[str, ...], Any] = field(default_factory=dict)  # lineage -> Taxon of the val shards
+    val_taxa: dict[tuple[str, ...], Taxon] = field(default_factory=dict)  # lineage -> taxon of the val shards
 
 
 def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: str | None,
