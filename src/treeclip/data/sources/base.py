@@ -71,6 +71,28 @@ def open_source_table(path: Path, what: str) -> Table | Problem:
         return Problem(str(path), str(exc))
 
 
+def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str | None] | Problem]
+               ) -> Iterator[tuple[Table, int, dict[str, str]] | Problem]:
+    """(table, line, values) of every row of a source's table, for the columns `choose` picks from its header.
+
+    Problems: a table that cannot be read, a header `choose` refuses, each bad row, and a table without data
+    rows (a header-only file must not look like an empty but successful source)."""
+    table = open_source_table(path, what)
+    if isinstance(table, Problem):
+        yield table
+        return
+    columns = choose(table)
+    if isinstance(columns, Problem):
+        yield columns
+        return
+    rows = 0
+    for item in table.rows(columns):
+        rows += not isinstance(item, Problem)
+        yield item if isinstance(item, Problem) else (table, *item)
+    if not rows:
+        yield Problem(table.where(), "no data rows (only a header)")
+
+
 def contained_path(base: Path, value: str, *, allow_absolute: bool) -> Path | str:
     """The image `value` of a table row resolved against the table's folder `base`, or the reason it is
     refused: absolute paths and ``..`` escapes leave the folder and are refused unless `allow_absolute`."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from treeclip.formats import Table, resolve, taxon_of
 
 from ..records import Problem, Record
-from .base import Source, first_existing, int_text, open_source_table
+from .base import Source, first_existing, int_text, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,8 @@ class BioscanSource(Source):
         return table
 
     def records(self) -> Iterator[Record | Problem]:
-        table = open_source_table(self.path, "bioscan: metadata table")
-        if isinstance(table, Problem):
-            yield table
-            return
-        columns = self._columns(table)
-        if isinstance(columns, Problem):
-            yield columns
-            return
-        for item in table.rows(columns):
-            yield item if isinstance(item, Problem) else self._record(table, *item)
+        for item in table_rows(self.path, "bioscan: metadata table", self._columns):
+            yield item if isinstance(item, Problem) else self._record(*item)
         if self.interim:
             log.warning("%s: %d rows name an interim (placeholder) genus or species; kept at their deepest valid "
                         "rank", self.path, self.interim)

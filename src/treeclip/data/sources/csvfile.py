@@ -22,7 +22,7 @@ from treeclip.formats import Table, has_ranks, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES
 
 from ..records import Problem, Record
-from .base import Source, contained_path, open_source_table
+from .base import Source, contained_path, table_rows
 
 PATH_COLUMNS = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
 LICENSE_COLUMNS = ("license", "license_name", "licence", "copyright_license", "licence_name")
@@ -41,20 +41,8 @@ class CsvSource(Source):
         return self.existing(path, "CSV", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
-        table = open_source_table(self.path, "csv: table")
-        if isinstance(table, Problem):
-            yield table
-            return
-        columns = self._columns(table)
-        if isinstance(columns, Problem):
-            yield columns
-            return
-        rows = 0
-        for item in table.rows(columns):
-            rows += not isinstance(item, Problem)
-            yield item if isinstance(item, Problem) else self._record(table, *item)
-        if not rows:
-            yield Problem(table.where(), "no data rows (only a header)")
+        for item in table_rows(self.path, "csv: table", self._columns):
+            yield item if isinstance(item, Problem) else self._record(*item)
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path))

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from treeclip.formats import resolve, taxon_of
+from treeclip.formats import Table, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES
 from treeclip.taxonomy import Taxon, parse_label
 
 from ..records import Problem, Record
-from .base import Source, checked_taxon, iter_images, open_source_table, subdirs
+from .base import Source, checked_taxon, iter_images, subdirs, table_rows
 
 SPLIT_NAMES = frozenset({"train", "train_mini", "val", "validation", "test"})
 KEY_COLUMNS = ("folder", "label", "name", "dirname", "directory", "class_name")
@@ -65,22 +65,15 @@ class FolderSource(Source):
             yield from (("", class_dir) for class_dir in top)
 
     def _read_mapping(self, path: Path, mapping: dict[str, Taxon]) -> Iterator[Problem]:
-        table = open_source_table(path, "folder: taxonomy")
-        if isinstance(table, Problem):
-            yield table
-            return
-        key = self.columns.get("folder") or table.find(*KEY_COLUMNS)
-        if key is None:
-            yield Problem(table.where(1), f"no folder name column (one of {', '.join(KEY_COLUMNS)})")
-            return
-        columns = {**resolve(table.header, TAXON_ROLES, self.columns, where=str(path)), "folder": key}
-        for item in table.rows(columns):
-            if isinstance(item, Problem):
-                yield item
-                continue
-            line, row = item
-            taxon = taxon_of(row, table.where(line), strict=False)
+        for item in table_rows(path, "folder: taxonomy", self._mapping_columns):
+            taxon = item if isinstance(item, Problem) else taxon_of(item[2], item[0].where(item[1]), strict=False)
             if isinstance(taxon, Problem):
                 yield taxon
             else:
-                mapping[folder_key(row["folder"])] = taxon
+                mapping[folder_key(item[2]["folder"])] = taxon  # type: ignore[index]
+
+    def _mapping_columns(self, table: Table) -> dict[str, str] | Problem:
+        key = self.columns.get("folder") or table.find(*KEY_COLUMNS)
+        if key is None:
+            return Problem(table.where(1), f"no folder name column (one of {', '.join(KEY_COLUMNS)})")
+        return {**resolve(table.header, TAXON_ROLES, self.columns, where=str(table.path)), "folder": key}

@@ -26,7 +26,7 @@ from treeclip.formats import Table, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES
 
 from ..records import Problem, Record
-from .base import Source, first_existing, int_text, open_source_table
+from .base import Source, first_existing, int_text, table_rows
 
 SKIPPED_SPLITS = frozenset({"train_small"})
 OTHER_COLUMNS = ("treeoflife_id", "split", "eol_content_id", "eol_page_id", "bioscan_part", "bioscan_filename",
@@ -46,20 +46,17 @@ class Tol10mSource(Source):
         return self.existing(path, "catalog", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
-        table = open_source_table(self.path, "tol10m: catalog")
-        if isinstance(table, Problem):
-            yield table
-            return
-        if table.find("treeoflife_id") is None:
-            yield Problem(table.where(1), "no treeoflife_id column: not a TreeOfLife-10M catalog")
-            return
-        columns = {**resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path)),
-                   **{name: table.find(name) for name in OTHER_COLUMNS}}
-        for item in table.rows(columns):
+        for item in table_rows(self.path, "tol10m: catalog", self._columns):
             if isinstance(item, Problem):
                 yield item
-            elif item[1]["split"] not in SKIPPED_SPLITS:
-                yield self._record(table, *item)
+            elif item[2]["split"] not in SKIPPED_SPLITS:
+                yield self._record(*item)
+
+    def _columns(self, table: Table) -> dict[str, str | None] | Problem:
+        if table.find("treeoflife_id") is None:
+            return Problem(table.where(1), "no treeoflife_id column: not a TreeOfLife-10M catalog")
+        return {**resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path)),
+                **{name: table.find(name) for name in OTHER_COLUMNS}}
 
     def _record(self, table: Table, line: int, row: dict[str, str]) -> Record | Problem:
         where = table.where(line)
