@@ -9,7 +9,8 @@ from typing import Any
 from treeclip.cli._options import RAY_ENGINE, Requirement, add_engine_arguments
 
 ONNX_RUNTIME = Requirement("onnx", ("onnxruntime",), when=lambda args: getattr(args, "runtime", None) == "onnx")
-REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
+GEO_PRIOR = Requirement("geo", ("h3",), when=lambda args: bool(getattr(args, "prior", None)))
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME, GEO_PRIOR)
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2
@@ -60,10 +61,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=5, help="answers per image (default 5)")
     parser.add_argument("--min-prob", type=float, default=1e-9,
                         help="species probabilities at or below this are ignored when summing ranks")
+    add_where_arguments(parser)
     parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
     parser.add_argument("--output", "-o", metavar="FILE",
                         help="output file (default stdout); re-running with it resumes, skipping done images")
     add_batch_arguments(parser)
+
+
+def add_where_arguments(parser: argparse.ArgumentParser) -> None:
+    """--within, --abstain and the location prior's options (--prior, --lat/--lon/--date, --location)."""
+    parser.add_argument("--within", action="append", metavar="CLADES",
+                        help="only taxa inside these clades, e.g. Aves or 'Insecta,Arachnida' (repeatable; "
+                        "combines with --subset)")
+    parser.add_argument("--abstain", action="store_true", help="with --rollup: answer 'not-an-organism' or "
+                        "'not-in-bank' for images unlike any organism of the bank")
+    parser.add_argument("--prior", metavar="PRIOR", help="location prior from `treeclip prior build`: reweights "
+                        "taxa by their records near each photo's location")
+    parser.add_argument("--prior-weight", type=float, default=1.0, metavar="W",
+                        help="mixing weight of the prior, 0 (ignore) .. 1 (full; default)")
+    parser.add_argument("--lat", type=float, help="latitude of every photo (decimal degrees, with --lon)")
+    parser.add_argument("--lon", type=float, help="longitude of every photo (decimal degrees, with --lat)")
+    parser.add_argument("--date", help="date of every photo (YYYY-MM-DD), for a seasonal prior")
+    parser.add_argument("--location", metavar="auto|FILE", help="'auto': each photo's EXIF GPS and date; or a "
+                        "CSV with path, latitude, longitude (and date) columns")
+
+
+def locator(args: argparse.Namespace) -> Any:
+    """The photos' locations from --lat/--lon/--date or --location (None without them)."""
+    from treeclip.predict.location import AUTO, parse_location, read_location_table  # noqa: PLC0415
+
+    if args.lat is not None:
+        return parse_location(args.lat, args.lon, args.date, source="--lat/--lon")
+    if args.location == AUTO:
+        return AUTO
+    return read_location_table(args.location) if args.location else None
+
+
+def _check_where(args: argparse.Namespace) -> None:
+    from treeclip.errors import UsageError  # noqa: PLC0415
+
+    if (args.lat is None) != (args.lon is None):
+        raise UsageError("--lat and --lon go together; give both (decimal degrees)")
+    located = args.lat is not None or args.location or args.date
+    if located and not args.prior:
+        raise UsageError("a location (--lat/--lon, --date or --location) needs a prior: add --prior PRIOR "
+                         "(make one with `treeclip prior build`)")
+    if args.lat is not None and args.location:
+        raise UsageError("give either --lat/--lon or --location, not both")
+    if args.abstain and args.rollup is None:
+        raise UsageError("--abstain applies to roll-up answers; add --rollup P (e.g. 0.5)")
+    if (args.within or args.prior) and (args.labels or _uses_probe(args)):
+        raise UsageError("--within and --prior filter a tree-of-life bank; they cannot be combined with --labels "
+                         "or a probe model")
 
 
 def progress_bar(total: int, done: int) -> Any:
@@ -122,6 +171,7 @@ def _check(args: argparse.Namespace) -> Any:
                          "it cannot be combined with --bank, --subset or --rollup")
     if args.bins and not args.labels:
         raise UsageError("--bins groups custom labels; give the labels with --labels")
+    _check_where(args)
     if _uses_probe(args) and (args.subset or args.rollup is not None):
         raise UsageError(f"--model {args.model} holds a probe head (its own classes); --subset and --rollup "
                          "apply to a tree-of-life bank: add --bank BANK to use one")
@@ -151,19 +201,23 @@ def _classifier(args: argparse.Namespace) -> Any:
             args.model, labels=filters.read_labels(args.labels), bins=bins, precision=args.precision,
             device=args.device)
     checklist = filters.read_checklist(args.subset) if args.subset else None
-    return classifier.TreeOfLifeClassifier.from_pretrained(args.model, args.bank, checklist=checklist,
+    within = filters.split_clades(args.within) if args.within else None
+    return classifier.TreeOfLifeClassifier.from_pretrained(args.model, args.bank, checklist=checklist, within=within,
+                                                           prior=args.prior, prior_weight=args.prior_weight,
                                                            precision=args.precision, device=args.device)
 
 
 def _columns(args: argparse.Namespace, rank: Any) -> list[str]:
-    from treeclip.predict.classifier import CLASSIFICATION, FILE_NAME, RANK, SCORE, tol_columns  # noqa: PLC0415
+    from treeclip.predict.classifier import (CLASSIFICATION, FILE_NAME, PRIOR, RANK, SCORE,  # noqa: PLC0415
+                                             tol_columns)
     from treeclip.taxonomy import Rank  # noqa: PLC0415
 
     if args.labels or _uses_probe(args):
         return [FILE_NAME, CLASSIFICATION, SCORE]
+    prior = [PRIOR] if args.prior else []
     if args.rollup is not None:
-        return [FILE_NAME, *tol_columns(Rank.SPECIES), RANK, SCORE]
-    return [FILE_NAME, *tol_columns(rank), SCORE]
+        return [FILE_NAME, *tol_columns(Rank.SPECIES), RANK, SCORE, *prior]
+    return [FILE_NAME, *tol_columns(rank), SCORE, *prior]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
     items = expand_inputs(args.images)
     model = _classifier(args)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
+    if args.abstain or args.prior:
+        from treeclip.predict.location import make_locator  # noqa: PLC0415
+
+        score = functools.partial(score, abstain=args.abstain, locate=make_locator(locator(args)))
     metadata = output_metadata(model.model_id, bank=getattr(model, "full_bank", None), bank_dir=args.bank)
     with RowWriter(args.output, fmt=args.format, columns=_columns(args, rank), model_id=model.model_id,
                    metadata=metadata) as writer:

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from treeclip.cli._options import Requirement
-from treeclip.cli.predict import ONNX_RUNTIME, add_runtime_argument, check_runtime
+from treeclip.cli.predict import GEO_PRIOR, ONNX_RUNTIME, add_runtime_argument, check_runtime
 
-REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME)
+REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME, GEO_PRIOR)
 HELP = "serve the HTTP API (predict, embed, info) and the web page for identifying photos"
 DEMO_MODEL, DEMO_BANK = Path("treeclip-demo/model"), Path("treeclip-demo/bank")
 
@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     add_runtime_argument(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--prior", metavar="PRIOR", help="location prior (`treeclip prior build`): requests "
+                        "with lat/lon or use_photo_gps are reweighted by it")
+    parser.add_argument("--prior-weight", type=float, default=1.0, metavar="W",
+                        help="mixing weight of the prior, 0 .. 1 (default 1)")
 
 
 def _model_and_bank(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
     from treeclip.serve.app import create_app  # noqa: PLC0415
 
-    classifier = TreeOfLifeClassifier.from_pretrained(model, bank, precision=args.precision, device=args.device)
+    classifier = TreeOfLifeClassifier.from_pretrained(model, bank, prior=args.prior, prior_weight=args.prior_weight,
+                                                      precision=args.precision, device=args.device)
     app = create_app(classifier=classifier, limits=limits)
     print(f"treeclip serve: {model} with {len(classifier.full_bank)} taxa on http://{args.host}:{args.port}/",
           flush=True)

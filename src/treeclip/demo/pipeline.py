@@ -402,6 +402,16 @@ def export_artifacts(layout: Layout, settings: DemoSettings, checkpoint: Path,
     return {"model": str(layout.model), "bank": str(layout.bank)}, reused
 
 
+def add_geo_section(layout: Layout, settings: DemoSettings, facts: dict[str, Any]) -> None:
+    """The exported model's "where and how sure" numbers (`treeclip.demo.geo`) into the summary and report."""
+    from treeclip.demo import geo  # noqa: PLC0415 - geo imports the predict layer
+
+    numbers = geo.run_geo(layout.root, model=layout.model, bank=layout.bank, world=layout.world,
+                          image_size=settings.image_size, seed=settings.seed)
+    facts.setdefault("extra_summary", {})["geo"] = numbers
+    facts.setdefault("extra_sections", []).append(geo.markdown(numbers))
+
+
 # ---------------------------------------------------------------- the whole demo
 
 
@@ -479,6 +489,8 @@ def run_demo(out: str | Path, *, settings: DemoSettings | None = None, fresh: bo
         with steps.step("export model + bank") as info:
             facts["artifacts"], info["reused"] = export_artifacts(layout, settings, first["checkpoints"][MIXED],
                                                                   progress)
+        with steps.step("location prior, calibration, abstention"):
+            add_geo_section(layout, settings, facts)
     with steps.step("report"):
         report, summary_path, summary = write_demo_report(layout.root, settings=settings, facts=facts,
                                                           results=first["results"], tasks=tasks,

@@ -6,9 +6,21 @@ Rows follow pybioclip: ``file_name``, the rank names down to the requested rank 
 present and ``rank`` names the rank answered (``unknown`` when none is sure enough). Error rows carry
 ``error`` instead.
 
-Probabilities are ``softmax(logit_scale * image @ text)`` with the model's own ``logit_scale.exp()``. Above
-species rank they are summed over lineage prefixes (`treeclip.predict.ranks`); as in pybioclip, species
-probabilities at or below `min_prob` are left out of those sums.
+Probabilities are ``softmax(logit_scale * image @ text / T)`` with the model's own ``logit_scale.exp()`` and
+the bank's fitted temperature ``T`` (`treeclip.predict.calibration`; 1 without one), over the bank's columns
+kept by any checklist and ``within`` clades (`treeclip.predict.filters`). With a location prior and a
+location for the image they are reweighted by the prior and renormalised once (`treeclip.predict.prior`);
+rows then carry a ``prior`` column saying which prior was applied at which location (or why none was).
+Above species rank they are summed over lineage prefixes (`treeclip.predict.ranks`), so a parent's
+probability is never below any of its children's; as in pybioclip, species probabilities at or below
+`min_prob` are left out of those sums.
+
+Abstention (roll-up with ``abstain=True``): an image is answered ``not-an-organism`` when most of the
+probability mass, over the bank plus a small bank of non-organism and background texts (`BACKGROUND_TEXTS`),
+falls on the background texts; ``not-in-bank`` when its best cosine similarity to the bank is below the
+calibration's out-of-bank threshold; otherwise it gets the deepest rank R reached by the roll-up threshold
+("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored like ``unknown``
+ones: with the best kingdom probability.
 """
 
 from __future__ import annotations
@@ -28,7 +40,10 @@ from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, lo
 from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
-from .filters import checklist_columns
+from .calibration import Calibration, load_calibration
+from .filters import filter_columns
+from .location import Location, Locator, make_locator
+from .prior import DEFAULT_FLOOR, DEFAULT_WEIGHT, BoundPrior, LocationPrior
 from .ranks import RankIndex
 from .rollup import UNKNOWN, rollup
 from .runner import ImageItem, Row, run_batches
@@ -36,7 +51,15 @@ from .runtime import load_for_inference
 
 SPECIES_EPITHET, COMMON_NAME = "species_epithet", "common_name"
 FILE_NAME, SCORE, RANK, CLASSIFICATION = "file_name", "score", "rank", "classification"
-PATH, EMBEDDING, MODEL = "path", "embedding", "model"
+PATH, EMBEDDING, MODEL, PRIOR = "path", "embedding", "model", "prior"
+NOT_AN_ORGANISM, NOT_IN_BANK = "not-an-organism", "not-in-bank"
+BACKGROUND_TEXTS = (
+    "a photo of a plain texture.", "a photo of a wall.", "a photo of a floor tile.", "a photo of fabric.",
+    "a photo of paper.", "a photo of wood grain.", "a photo of concrete.", "a photo of the sky.",
+    "a photo of an empty background.", "a photo of a man-made object.", "a photo of a car.",
+    "a photo of a building.", "a photo of a ceramic tile.", "a photo of text.", "a blurry photo.",
+    "a black photo.", "a white photo.", "a photo of noise.",
+)
 EMBED_COLUMNS = (PATH, EMBEDDING, MODEL)
 DEMO_HINT = ("point at a local model and bank with --model DIR --bank DIR, e.g. the demo's "
              "(`treeclip demo` writes treeclip-demo/model and treeclip-demo/bank)")
@@ -100,6 +123,21 @@ class _ImageClassifier:
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         raise NotImplementedError
 
+    def features(self, images: Sequence[ImageItem], *, batch_size: int = 32, workers: int = 2
+                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+        """(``[n, dim]`` unit image features of the readable images, their names, (name, reason) of the rest)."""
+        def score(pixels: torch.Tensor, names: list[str]) -> list[Row]:
+            return [{FILE_NAME: name, EMBEDDING: vector} for name, vector in zip(names, self.encode_images(pixels),
+                                                                                  strict=True)]
+
+        rows = [row for batch in run_batches(list(images), score=score, preprocess=self.preprocess,
+                                             batch_size=batch_size, workers=workers, draft_size=self.draft_size)
+                for row in batch]
+        good = [row for row in rows if EMBEDDING in row]
+        vectors = torch.stack([row[EMBEDDING] for row in good]) if good else torch.empty(0, 0)
+        return vectors, [row[FILE_NAME] for row in good], [(row[FILE_NAME], row["error"]) for row in rows
+                                                           if "error" in row]
+
     def _predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int, workers: int,
                  **options: Any) -> list[Row]:
         """Rows for paths or PIL images (one image or a list); unreadable files give error rows."""
@@ -115,32 +153,80 @@ class TreeOfLifeClassifier(_ImageClassifier):
 
     def __init__(self, *, model: torch.nn.Module, preprocess: Callable[..., torch.Tensor], bank: LabelBank,
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None, model_id: str = "",
-                 checklist: Sequence[Taxon] | None = None, device: str | torch.device = "cpu") -> None:
+                 checklist: Sequence[Taxon] | None = None, within: Sequence[str] | None = None,
+                 prior: LocationPrior | None = None, prior_weight: float = DEFAULT_WEIGHT,
+                 prior_floor: float = DEFAULT_FLOOR, calibration: Calibration | None = None,
+                 background: Sequence[str] = BACKGROUND_TEXTS, device: str | torch.device = "cpu") -> None:
         super().__init__(model=model, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
-        self.full_bank, self.checklist = bank, checklist
+        self.full_bank, self.checklist, self.within = bank, checklist, list(within or [])
+        self.prior, self.prior_weight, self.prior_floor = prior, prior_weight, prior_floor
+        self.calibration, self.background = calibration, list(background)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, bank: str | os.PathLike[str] | None = None, *,
-                        checklist: Sequence[Taxon] | None = None, precision: str = "fp32",
+                        checklist: Sequence[Taxon] | None = None, within: Sequence[str] | None = None,
+                        prior: str | os.PathLike[str] | LocationPrior | None = None,
+                        prior_weight: float = DEFAULT_WEIGHT, calibrated: bool = True, precision: str = "fp32",
                         device: str | torch.device = "cpu") -> TreeOfLifeClassifier:
         """Load a model id (default: the released BioCLIP 2) and a bank folder (default: the model's released
-        TreeOfLife bank, downloaded)."""
+        TreeOfLife bank, downloaded) with its calibration (unless ``calibrated=False``), and optionally a
+        location prior file (`treeclip prior build`) and clades to stay ``within``."""
         model_id = resolvable_model_id(model or DEFAULT_MODEL)
         bank_dir = bank if bank is not None else _released_bank(model_id)
         label_bank = load_bank(bank_dir)
+        calibration = load_calibration(bank_dir) if calibrated else None
+        location_prior = LocationPrior.load(prior) if isinstance(prior, (str, os.PathLike)) else prior
         net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, bank=label_bank, model_id=model_id,
-                   checklist=checklist, device=device)
+                   checklist=checklist, within=within, prior=location_prior, prior_weight=prior_weight,
+                   calibration=calibration, device=device)
 
     @functools.cached_property
     def bank(self) -> LabelBank:
-        """The bank in use: the full bank, or the checklist's columns of it."""
-        if self.checklist is None:
-            return self.full_bank
-        columns = checklist_columns(self.full_bank.lineages, self.checklist)
-        if len(columns) == 0:
-            raise UsageError("the checklist matches no taxon of the label bank; check its names and rank columns")
-        return self.full_bank.subset(columns)
+        """The bank in use: the full bank, or its columns kept by the checklist and `within` clades."""
+        columns = filter_columns(self.full_bank.lineages, checklist=self.checklist, within=self.within)
+        return self.full_bank if columns is None else self.full_bank.subset(columns)
+
+    @functools.cached_property
+    def bound_prior(self) -> BoundPrior | None:
+        return None if self.prior is None else self.prior.bind(self.bank.lineages, floor=self.prior_floor)
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration is not None else 1.0
+
+    @functools.cached_property
+    def background_features(self) -> torch.Tensor | None:
+        """``[dim, n_background]`` unit vectors of the non-organism texts (None without a tokenizer)."""
+        if self.tokenizer is None or not self.background:
+            return None
+        vectors = encode_class_texts(self.model, self.tokenizer, self.background, ["{}"], device=self.device)
+        return torch.from_numpy(vectors.T.copy()).to(self.device)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, n_taxa]`` calibrated logits ``logit_scale * image @ text / T``."""
+        return (features @ self.text_features).mul_(self.logit_scale / self.temperature)
+
+    def probabilities(self, features: torch.Tensor,
+                      locations: Sequence[Location | None] | None = None) -> torch.Tensor:
+        """Calibrated bank probabilities, reweighted by the prior for the images with a location."""
+        probs = torch.softmax(self.logits(features), dim=1)
+        if self.bound_prior is None or locations is None:
+            return probs
+        factors = [self.bound_prior.factors(where) if where is not None else None for where in locations]
+        for row, factor in enumerate(factors):
+            if factor is not None:
+                scaled = probs[row] * ((1.0 - self.prior_weight)
+                                       + self.prior_weight * torch.from_numpy(factor).to(probs.device))
+                probs[row] = scaled / scaled.sum()
+        return probs
+
+    def prior_note(self, location: Location | None) -> str:
+        """What the ``prior`` column says: the prior and location applied, or why none was."""
+        if location is None:
+            return "none (no location)"
+        source = f"{location.source}, " if location.source else ""
+        return f"{self.prior.name or 'prior'} at {location.describe()} ({source}weight {self.prior_weight:g})"
 
     @functools.cached_property
     def index(self) -> RankIndex:
@@ -156,12 +242,15 @@ class TreeOfLifeClassifier(_ImageClassifier):
             return torch.from_numpy(matrix).to(self.device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
-                min_prob: float = 1e-9, rollup: float | None = None, batch_size: int = 32,
+                min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
+                location: Location | Mapping[str, Location] | str | None = None, batch_size: int = 32,
                 workers: int = 2) -> list[Row]:
         """Rows for paths or PIL images: the top-k taxa at `rank` per image, or with `rollup` one row per
-        image at the deepest rank whose probability reaches it. Unreadable files give error rows."""
-        return self._predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup, batch_size=batch_size,
-                             workers=workers)
+        image at the deepest rank whose probability reaches it (with `abstain`, or "not-an-organism" /
+        "not-in-bank"). `location` (used with a prior): one `Location` for all images, a path → Location
+        table, or ``"auto"`` for each photo's EXIF GPS. Unreadable files give error rows."""
+        return self._predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup, abstain=abstain,
+                             locate=make_locator(location), batch_size=batch_size, workers=workers)
 
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         """Rows for one preprocessed batch (options as `rows_from_features`)."""
@@ -169,12 +258,41 @@ class TreeOfLifeClassifier(_ImageClassifier):
 
     @torch.inference_mode()
     def rows_from_features(self, features: torch.Tensor, names: list[str], *, rank: Rank | str = Rank.SPECIES,
-                           k: int = 5, min_prob: float = 1e-9, rollup: float | None = None) -> list[Row]:
-        """Rows for a batch of L2-normalised image features (see the module docstring)."""
-        probs = self.probabilities(features).cpu()
+                           k: int = 5, min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
+                           locate: Locator | None = None) -> list[Row]:
+        """Rows for a batch of L2-normalised image features (see the module docstring); `locate` maps a
+        name to its Location (or None)."""
+        locations = [locate(name) for name in names] if locate is not None and self.prior is not None else None
+        probs = self.probabilities(features, locations).cpu()
         if rollup is not None:
-            return self._rollup_rows(probs, names, rollup)
-        rank = Rank.parse(rank)
+            abstained = self.abstentions(features) if abstain else [None] * len(names)
+            rows = self._rollup_rows(probs, names, rollup, abstained)
+        else:
+            rows = self._topk_rows(probs, names, rank=Rank.parse(rank), k=k, min_prob=min_prob)
+        if self.prior is not None:
+            notes = {name: self.prior_note(where) for name, where in zip(names, locations or [None] * len(names),
+                                                                          strict=True)}
+            for row in rows:
+                row[PRIOR] = notes[row[FILE_NAME]]
+        return rows
+
+    def abstentions(self, features: torch.Tensor) -> list[str | None]:
+        """Per image: "not-an-organism", "not-in-bank" or None (see the module docstring)."""
+        similarity = features @ self.text_features
+        verdicts: list[str | None] = [None] * len(features)
+        threshold = self.calibration.out_of_bank_threshold if self.calibration is not None else None
+        if threshold is not None:
+            for row in torch.nonzero(similarity.max(dim=1).values < threshold).flatten().tolist():
+                verdicts[row] = NOT_IN_BANK
+        if self.background_features is not None:
+            joint = torch.cat([similarity, features @ self.background_features], dim=1)
+            mass = torch.softmax(joint * (self.logit_scale / self.temperature), dim=1)[:, similarity.shape[1]:]
+            for row in torch.nonzero(mass.sum(dim=1) > 0.5).flatten().tolist():
+                verdicts[row] = NOT_AN_ORGANISM
+        return verdicts
+
+    def _topk_rows(self, probs: torch.Tensor, names: list[str], *, rank: Rank, k: int,
+                   min_prob: float) -> list[Row]:
         if rank != Rank.SPECIES:
             probs = self.index.aggregate(probs.masked_fill_(probs <= min_prob, 0.0), rank)
         values, groups = probs.topk(min(k, probs.shape[1]), dim=1)
@@ -189,12 +307,17 @@ class TreeOfLifeClassifier(_ImageClassifier):
     def _fields(self, column: int, rank: Rank) -> dict[str, str]:
         return lineage_fields(self.bank.lineages[column], self.bank.commons[column], rank)
 
-    def _rollup_rows(self, probs: torch.Tensor, names: list[str], threshold: float) -> list[Row]:
+    def _rollup_rows(self, probs: torch.Tensor, names: list[str], threshold: float,
+                     abstained: Sequence[str | None]) -> list[Row]:
         levels = self.index.aggregate_all(probs)
         answers = rollup(levels, [groups.named for groups in self.index.groups], threshold)
         rows = []
-        for name, answer in zip(names, answers, strict=True):
+        for image, (name, answer, verdict) in enumerate(zip(names, answers, abstained, strict=True)):
             fields = dict.fromkeys(tol_columns(Rank.SPECIES), "")
+            if verdict is not None:
+                score = float(levels[Rank.KINGDOM][image].max())
+                rows.append({FILE_NAME: name, **fields, RANK: verdict, SCORE: score})
+                continue
             if answer.rank >= 0:
                 column = int(self.index.groups[answer.rank].representative[answer.group])
                 fields.update(self._fields(column, Rank(answer.rank)))

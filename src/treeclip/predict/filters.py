@@ -1,8 +1,11 @@
-"""Checklists (restricting a bank to taxa named by rank values), custom label lists and bins.
+"""Filters of a bank's columns (checklists and clades, one mechanism), custom label lists and bins.
 
 A checklist entry is a `Taxon` with some ranks set, e.g. a binomial (genus + epithet), a genus or a
 family; a bank column is kept when, for some entry, every rank the entry sets is equal (case-insensitive)
-in the column's lineage. Predictions over the kept columns are renormalised (the softmax runs over them).
+in the column's lineage. A clade (``--within Aves``, ``--within "Insecta,Arachnida"``) keeps the columns
+with that name at any rank ("Genus epithet" names a species). `filter_columns` intersects both; predictions
+over the kept columns are renormalised once (the softmax runs over them, then any location prior is applied
+and the result normalised a single time).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from treeclip.data.records import Problem
-from treeclip.data.sources.base import open_table
 from treeclip.errors import UsageError
-from treeclip.taxonomy import Taxon
+from treeclip.formats import Problem, open_table
+from treeclip.taxonomy import Rank, Taxon
 
 from .taxa import read_taxa
 
@@ -33,6 +35,51 @@ def checklist_columns(lineages: Sequence[Sequence[str]], entries: Iterable[Taxon
         keep |= np.fromiter((tuple(lineage[i].casefold() for i in ranks) in wanted for lineage in lineages),
                             dtype=bool, count=len(lineages))
     return np.flatnonzero(keep)
+
+
+def clade_columns(lineages: Sequence[Sequence[str]], clades: Sequence[str]) -> np.ndarray:
+    """Sorted indices of the bank columns inside any of the named clades; UsageError naming the clades that
+    match no column (a typo would otherwise silently shrink the answer set)."""
+    wanted = {name.strip().casefold() for name in clades if name.strip()}
+    if not wanted:
+        raise UsageError("--within names no clade; give e.g. --within Aves or --within 'Insecta,Arachnida'")
+    found: set[str] = set()
+    keep = np.zeros(len(lineages), dtype=bool)
+    for column, lineage in enumerate(lineages):
+        names = {name.casefold() for name in lineage[: Rank.GENUS + 1] if name}
+        if lineage[Rank.SPECIES]:
+            names.add(f"{lineage[Rank.GENUS]} {lineage[Rank.SPECIES]}".casefold())
+        hits = names & wanted
+        if hits:
+            keep[column] = True
+            found |= hits
+    missing = sorted(wanted - found)
+    if missing:
+        raise UsageError(f"--within: {', '.join(missing)} names no taxon of the label bank; check the spelling")
+    return np.flatnonzero(keep)
+
+
+def split_clades(values: Sequence[str]) -> list[str]:
+    """Clade names from ``--within`` values, each a name or a comma-separated list."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def filter_columns(lineages: Sequence[Sequence[str]], *, checklist: Iterable[Taxon] | None = None,
+                   within: Sequence[str] | None = None) -> np.ndarray | None:
+    """The bank columns kept by a checklist and/or clades (their intersection); None when neither is given.
+    UsageError when nothing is left."""
+    if checklist is None and not within:
+        return None
+    keep = np.arange(len(lineages))
+    if checklist is not None:
+        keep = np.intersect1d(keep, checklist_columns(lineages, checklist))
+        if len(keep) == 0:
+            raise UsageError("the checklist matches no taxon of the label bank; check its names and rank columns")
+    if within:
+        keep = np.intersect1d(keep, clade_columns(lineages, within))
+        if len(keep) == 0:
+            raise UsageError(f"no taxon of the checklist lies within {', '.join(within)}")
+    return keep
 
 
 def read_checklist(path: str | os.PathLike[str]) -> list[Taxon]:
@@ -64,19 +111,15 @@ def _lines(path: Path) -> list[str]:
 
 def read_bins(path: str | os.PathLike[str]) -> dict[str, str]:
     """Label → group from a CSV whose first column is the label and second the group (header row first)."""
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"bins file not found: {path}")
+    table = open_table(path, what="bins file")
+    if len(table.header) < 2:
+        raise UsageError(f"{table.path}: a bins file needs two columns (label, group) and a header row")
     bins: dict[str, str] = {}
-    with open_table(file) as (header, rows):
-        if len(header) < 2:
-            raise UsageError(f"{file}: a bins file needs two columns (label, group) and a header row")
-        for row in rows:
-            if isinstance(row, Problem):
-                raise UsageError(f"{row.origin}: {row.reason}")
-            values = list(row[1].values())
-            if values[0] and values[1]:
-                bins[values[0]] = values[1]
+    for row in table.rows({"label": table.header[0], "group": table.header[1]}):
+        if isinstance(row, Problem):
+            raise UsageError(f"{row.origin}: {row.reason}")
+        if row[1]["label"] and row[1]["group"]:
+            bins[row[1]["label"]] = row[1]["group"]
     if not bins:
-        raise UsageError(f"{file} maps no labels to groups")
+        raise UsageError(f"{table.path} maps no labels to groups")
     return bins

@@ -9,6 +9,7 @@ prediction then runs without a location prior.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -86,13 +87,16 @@ def _exif_month(exif: Image.Exif, gps: Mapping[int, object]) -> int | None:
     return None
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source: Path | bytes) -> Image.Image:
+    def attempt() -> Image.Image:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
     try:
-        return Image.open(path)
+        return attempt()
     except UnidentifiedImageError:
         if not _register_heif():
             raise
-        return Image.open(path)
+        return attempt()
 
 
 def _register_heif() -> bool:
@@ -105,24 +109,25 @@ def _register_heif() -> bool:
     return True
 
 
-def read_exif_location(path: str | os.PathLike[str]) -> Location | None:
-    """The GPS position (and month) in a photo's EXIF, or None when it has none or cannot be read."""
+def read_exif_location(path: str | os.PathLike[str] | bytes) -> Location | None:
+    """The GPS position (and month) in a photo's EXIF (a file or its bytes), or None when it has none or
+    cannot be read."""
     try:
-        with _open(Path(path)) as image:
+        with _open(path if isinstance(path, bytes) else Path(path)) as image:
             exif = image.getexif()
             gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
             lat = _degrees(gps.get(_GPS.GPSLatitude), gps.get(_GPS.GPSLatitudeRef))
             lon = _degrees(gps.get(_GPS.GPSLongitude), gps.get(_GPS.GPSLongitudeRef))
             month = _exif_month(exif, gps)
     except (OSError, ValueError, SyntaxError) as exc:
-        log.debug("%s: no readable EXIF (%s)", path, exc)
+        log.debug("%s: no readable EXIF (%s)", "upload" if isinstance(path, bytes) else path, exc)
         return None
     if lat is None or lon is None:
         return None
     try:
         return Location(lat, lon, month, source="exif")
     except ValueError as exc:
-        log.warning("%s: ignoring EXIF GPS position: %s", path, exc)
+        log.warning("%s: ignoring EXIF GPS position: %s", "upload" if isinstance(path, bytes) else path, exc)
         return None
 
 

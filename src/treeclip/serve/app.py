@@ -39,6 +39,7 @@ from treeclip.predict.classifier import (
     ImageEmbedder,
     TreeOfLifeClassifier,
 )
+from treeclip.predict.location import Location, parse_location, read_exif_location
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, parse_binomial
 
 from .limits import Busy, DecodePool, Guard, InferenceQueue, Limits, Scorer, VariantCache
@@ -91,10 +92,23 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
         labels: Annotated[str, Form(description="custom labels, comma or newline separated")] = "",
         subset: Annotated[str, Form(description="checklist: taxon names (binomials or any-rank names), "
                                                 "comma or newline separated")] = "",
+        lat: Annotated[float | None, Form(description="latitude of the photos (with lon), for the location "
+                                                      "prior")] = None,
+        lon: Annotated[float | None, Form(description="longitude of the photos (with lat)")] = None,
+        date: Annotated[str, Form(max_length=40, description="date of the photos (YYYY-MM-DD), for a seasonal "
+                                                             "prior")] = "",
+        use_photo_gps: Annotated[bool, Form(description="use each photo's EXIF GPS position and date")] = False,
     ) -> PredictResponse:
-        """Top-k answers per requested rank (or over custom labels) and the roll-up answer, per file."""
+        """Top-k answers per requested rank (or over custom labels) and the roll-up answer, per file. With a
+        location (lat/lon, or the photos' GPS) and a server started with --prior, answers are reweighted by
+        the location prior and each row's ``prior`` says which was applied."""
+        where = await _locations(files, classifier, lat=lat, lon=lon, date=date, use_photo_gps=use_photo_gps)
         key, score = await engines.question(ranks=_parse_ranks(rank), k=k, rollup=rollup,
                                       labels=_labels(labels, limits), subset=_checklist(subset))
+        if where is not None:
+            if labels:
+                raise UsageError("a location applies to tree-of-life answers; it cannot be combined with labels")
+            key, score = (*key, "at", id(where)), functools.partial(score, locate=where.get)
         results = await pipeline.answers(files, key, score)
         return PredictResponse(model=classifier.model_id, results=_named(results))
 
@@ -158,6 +172,7 @@ class _Engines:
         base = self.base
         tree = TreeOfLifeClassifier(model=base.model, preprocess=base.preprocess, bank=base.full_bank,
                                     tokenizer=base.tokenizer, model_id=base.model_id, checklist=list(subset),
+                                    prior=base.prior, prior_weight=base.prior_weight, calibration=base.calibration,
                                     device=base.device)
         _ = tree.text_features, tree.index
         return tree
@@ -172,15 +187,37 @@ class _Engines:
         return custom
 
 
+async def _locations(files: list[UploadFile], classifier: TreeOfLifeClassifier, *, lat: float | None,
+                     lon: float | None, date: str, use_photo_gps: bool) -> dict[str, Location | None] | None:
+    """Upload index ("0", "1", ...) → location for a request that gives one; None when it gives none."""
+    if lat is None and lon is None and not date and not use_photo_gps:
+        return None
+    if classifier.prior is None:
+        raise UsageError("this server has no location prior (start it with --prior PRIOR)")
+    if (lat is None) != (lon is None):
+        raise UsageError("lat and lon go together")
+    fixed = parse_location(lat, lon, date or None, source="lat/lon") if lat is not None else None
+    where: dict[str, Location | None] = {}
+    for index, upload in enumerate(files):
+        photo = None
+        if use_photo_gps:
+            photo = read_exif_location(await upload.read())
+            await upload.seek(0)
+        where[str(index)] = photo or fixed
+    return where
+
+
 def _tree_answers(classifier: TreeOfLifeClassifier, pixels: torch.Tensor, *, ranks: Sequence[Rank], k: int,
-                  rollup: float | None) -> list[dict[str, Any]]:
+                  rollup: float | None, locate: Callable[[str], Location | None] | None = None
+                  ) -> list[dict[str, Any]]:
     """Per image: top-k rows at each rank and the roll-up row, from one image encoding."""
     features = classifier.encode_images(pixels)
     names = [str(i) for i in range(len(pixels))]
-    rows = [row for rank in ranks for row in classifier.rows_from_features(features, names, rank=rank, k=k)]
+    rows = [row for rank in ranks
+            for row in classifier.rows_from_features(features, names, rank=rank, k=k, locate=locate)]
     answers = [{"rows": found, "rollup": None} for found in _by_name(rows, FILE_NAME, len(names))]
     if rollup is not None:
-        for row in classifier.rows_from_features(features, names, rollup=rollup):
+        for row in classifier.rows_from_features(features, names, rollup=rollup, locate=locate):
             answers[int(row[FILE_NAME])]["rollup"] = row
     return answers
 
