@@ -57,6 +57,8 @@ function renderTree(card, result) {
     card.append(summary);
   }
   if (best) card.append(el("p", "lineage", lineage(best)));
+  const prior = (result.rollup || best || {}).prior;
+  if (prior) card.append(el("p", "muted", `Location prior: ${prior}`));
   const grid = el("div", "ranks");
   for (const rank of RANKS) {
     const rows = result.rows.filter((row) => rankOf(row) === rank);
@@ -90,6 +92,15 @@ function newCard(file) {
   return body;
 }
 
+function appendLocation(form) {
+  const parts = $("location").value.split(",").map((part) => part.trim()).filter(Boolean);
+  if (parts.length === 2) {
+    form.append("lat", parts[0]);
+    form.append("lon", parts[1]);
+  }
+  if ($("use-gps").checked) form.append("use_photo_gps", "true");
+}
+
 async function identify(file) {
   const body = newCard(file);
   const labels = $("labels").value.trim();
@@ -101,6 +112,7 @@ async function identify(file) {
   } else {
     form.append("rank", "all");
     if ($("rollup").value) form.append("rollup", $("rollup").value);
+    appendLocation(form);
   }
   const waiting = body.lastChild;
   try {
