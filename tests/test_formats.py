@@ -363,3 +363,16 @@ def test_bank_build_reads_bioclip_csv_and_lists_bad_rows(tmp_path: Path, capsys:
     assert names == [[list(WARTYBACK), "purple wartyback"]]  # the class rank is Bivalvia, from `cls`
     problems = (tmp_path / "bank" / "problems.csv").read_text().splitlines()
     assert problems[0] == "file,line,reason" and problems[1].startswith(f"{taxonomy},4,")
+
+
+def test_inat21_licence_and_rights_holder_reach_the_record(tmp_path: Path) -> None:
+    folder = "03938_Animalia_Chordata_Aves_Passeriformes_Meliphagidae_Ptilotula_penicillata"
+    file_name = f"val/{folder}/df8edd4c-fbb4-4886-8600-a429e5efac23.jpg"
+    jpeg(tmp_path / file_name)
+    image = {"id": 2686843, "width": 284, "height": 222, "file_name": file_name, "license": 2,
+             "rights_holder": "megatherium", "date": "2007-10-31 00:00:00+00:00"}  # inat2021_val_json_excerpt
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [image], "annotations": [{"id": 2686843, "image_id": 2686843, "category_id": 3938}],
+        "categories": [], "licenses": [{"id": 2, "name": "Attribution-NonCommercial License"}]}))
+    found, _ = records(f"inat21:{tmp_path}")
+    assert found[0].license == "Attribution-NonCommercial License" and found[0].owner == "megatherium"

@@ -8,12 +8,15 @@ specific_epithet, common_name, image_dir_name``).
 - A split with a readable JSON is read from it (the JSON lists the images; a listed file missing on disk is
   a Problem). A split without one, or whose JSON is unreadable (a Problem), is read from its folders.
 - Names: the JSON categories win over folder names, for every split (matched by ``image_dir_name``, else by
-  the image's annotation); common names come only from the JSON. Folders no category names are parsed
+  the image's annotation; an image whose category a partial JSON lacks falls back to its folder name);
+  common names come only from the JSON. Folders no category names are parsed
   with ``parse_inat21_dirname``.
 - The JSON files are streamed with ijson (iNat21's train.json lists 2.7M images): memory holds the 10k
   categories, plus an image→category map only for files whose categories lack ``image_dir_name``.
 - ``split_hint`` is the raw split folder name (``train``, ``train_mini`` or ``val``); note that train_mini
   is a subset of train, so reading both yields the same files twice (the build's sha256 dedup keeps one).
+- Each image's ``license`` (named through the JSON's ``licenses`` list) and ``rights_holder`` go into the
+  catalog's licence and owner columns.
 - ``source_id`` is the image path relative to ROOT; ``origin`` is ``split.json:images[i]`` or the file path.
 """
 
@@ -77,6 +80,7 @@ class INat21Source(Source):
     def _json_split(self, split: str, json_path: Path, categories: _Categories) -> Iterator[Record | Problem]:
         by_image: dict[int, int] | None = None
         try:
+            licenses = _licenses(json_path)
             with open(json_path, "rb") as handle:
                 for index, image in enumerate(ijson.items(handle, "images.item", use_float=True)):
                     where = f"{json_path}:images[{index}]"
@@ -85,7 +89,12 @@ class INat21Source(Source):
                     if taxon is None and not categories.complete.get(json_path, False):
                         by_image = _annotations(json_path) if by_image is None else by_image
                         taxon = categories.by_id.get((json_path, by_image.get(image.get("id"), -1)))
-                    yield self._json_record(split, where, file_name, taxon)
+                    taxon = taxon or _folder_taxon(Path(file_name).parent.name)
+                    record = self._json_record(split, where, file_name, taxon)
+                    if isinstance(record, Record):
+                        record.license = _license(image.get("license"), licenses)
+                        record.owner = str(image.get("rights_holder") or "")
+                    yield record
         except (ijson.JSONError, OSError) as exc:
             yield Problem(str(json_path), f"unreadable JSON: {one_line(exc)}")
 
@@ -156,6 +165,28 @@ def _category_taxon(category: dict[str, Any]) -> Taxon:
         species=text("specific_epithet") or text("name"),
         common=text("common_name"),
     )
+
+
+def _folder_taxon(name: str) -> Taxon | None:
+    """The taxon of an iNat2021 class folder name, for images a partial JSON has no category for."""
+    try:
+        return parse_inat21_dirname(name) if name else None
+    except ValueError:
+        return None
+
+
+def _licenses(json_path: Path) -> dict[object, str]:
+    """{licence id: its name (else url)} from the JSON's ``licenses`` list."""
+    with open(json_path, "rb") as handle:
+        return {item.get("id"): str(item.get("name") or item.get("url") or "")
+                for item in ijson.items(handle, "licenses.item", use_float=True) if isinstance(item, dict)}
+
+
+def _license(value: object, licenses: dict[object, str]) -> str:
+    """An image's licence: its name from ``licenses``, else the id as written ("" when absent)."""
+    if value is None or value == "":
+        return ""
+    return licenses.get(value) or f"iNat2021 licence id {value}"
 
 
 def _annotations(json_path: Path) -> dict[int, int]:
