@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 
 from treeclip.cli._options import RAY_ENGINE
-from treeclip.cli.predict import add_batch_arguments, output_metadata, progress_bar, report_errors
+from treeclip.cli.predict import (
+    ONNX_RUNTIME,
+    add_batch_arguments,
+    check_runtime,
+    output_metadata,
+    progress_bar,
+    report_errors,
+)
 
-REQUIRES = (RAY_ENGINE,)
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
 HELP = "write L2-normalised image embeddings to a Parquet file (path, embedding, model)"
 
 
@@ -27,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
     check_engine(args.engine, args.ray_address)
+    check_runtime(args.model, args.runtime)
     items = expand_inputs(args.images)
     embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
     with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH,

@@ -18,15 +18,45 @@ function rankOf(row) {
   return "";
 }
 
+// Genus and species names are italic (binomial nomenclature); higher ranks and common names are not.
+function scientific(text, rank) {
+  return rank === "genus" || rank === "species" ? el("i", "", text) : document.createTextNode(text);
+}
+
+// A taxon's name as nodes: "Genus epithet (common name)" at species rank, else the rank's own name.
 function taxonName(row, rank) {
-  if (rank === "species") return row.species + (row.common_name ? ` (${row.common_name})` : "");
-  return row[rank] || "(unnamed)";
+  const span = el("span", "taxon");
+  if (rank === "species") {
+    span.append(scientific(row.species, "species"));
+    if (row.common_name) span.append(document.createTextNode(` (${row.common_name})`));
+  } else {
+    span.append(row[rank] ? scientific(row[rank], rank) : document.createTextNode("(unnamed)"));
+  }
+  return span;
+}
+
+// The names along a row's own path, kingdom first, down to the rank it answers.
+function pathOf(row) {
+  const parts = RANKS.slice(0, 6).map((rank) => [rank, row[rank]]).filter(([, name]) => name);
+  if (row.species_epithet) parts.push(["species", row.species_epithet]);
+  return parts;
 }
 
 function lineage(row) {
-  const parts = RANKS.slice(0, 6).map((rank) => row[rank]).filter(Boolean);
-  if (row.species_epithet) parts.push(row.species_epithet);
-  return parts.join(" › ");
+  const line = el("p", "lineage");
+  pathOf(row).forEach(([rank, name], i) => {
+    if (i) line.append(document.createTextNode(" › "));
+    line.append(scientific(name, rank));
+  });
+  line.title = line.textContent;
+  return line;
+}
+
+// True when `row` (an answer at `rank`) lies on the path of `anchor` (the roll-up or best answer).
+function onPath(row, rank, anchor) {
+  const depth = RANKS.indexOf(rank);
+  return RANKS.slice(0, Math.min(depth + 1, 6)).every((r) => (row[r] || "") === (anchor[r] || ""))
+    && (rank !== "species" || row.species_epithet === anchor.species_epithet);
 }
 
 function percent(score) {
@@ -35,8 +65,9 @@ function percent(score) {
 
 function bar(label, score) {
   const item = el("li", "answer");
-  const name = el("span", "name", label);
-  name.title = label;
+  const name = el("span", "name");
+  if (typeof label === "string") name.textContent = label; else name.append(label);
+  name.title = name.textContent;  // the full name, also when the line is cut with an ellipsis
   item.append(name, el("span", "score", percent(score)));
   const track = el("div", "track");
   const fill = el("div", "fill");
@@ -46,17 +77,21 @@ function bar(label, score) {
   return item;
 }
 
+// The roll-up answer with its own path (never the lineage of a less likely species below it); without a
+// roll-up, the best answer at the deepest rank shown, with its path.
 function renderTree(card, result) {
   const best = result.rows.find((row) => rankOf(row) === "species") || result.rows[result.rows.length - 1];
+  const anchor = result.rollup && result.rollup.rank !== "unknown" ? result.rollup : best;
   if (result.rollup) {
-    const answer = result.rollup.rank === "unknown" ? "unknown"
-      : taxonName(result.rollup, result.rollup.rank);
+    const strong = el("strong");
+    strong.append(result.rollup.rank === "unknown" ? document.createTextNode("unknown")
+      : taxonName(result.rollup, result.rollup.rank));
     const summary = el("p", "rollup");
-    summary.append(el("span", "muted", "Roll-up answer: "), el("strong", "", answer),
+    summary.append(el("span", "muted", "Roll-up answer: "), strong,
       el("span", "muted", ` (${result.rollup.rank}, ${percent(result.rollup.score)})`));
     card.append(summary);
   }
-  if (best) card.append(el("p", "lineage", lineage(best)));
+  if (anchor && (!result.rollup || result.rollup.rank !== "unknown")) card.append(lineage(anchor));
   const prior = (result.rollup || best || {}).prior;
   if (prior) card.append(el("p", "muted", `Location prior: ${prior}`));
   const grid = el("div", "ranks");
@@ -66,7 +101,10 @@ function renderTree(card, result) {
     const block = el("div", "rank");
     block.append(el("h3", "", rank));
     const list = el("ol");
-    rows.forEach((row) => list.append(bar(taxonName(row, rank), row.score)));
+    rows.forEach((row) => {
+      const item = list.appendChild(bar(taxonName(row, rank), row.score));
+      if (anchor && onPath(row, rank, anchor)) item.classList.add("on-path");  // the headline answer's path
+    });
     block.append(list);
     grid.append(block);
   }
@@ -110,7 +148,7 @@ async function identify(file) {
   if (labels) {
     form.append("labels", labels);
   } else {
-    form.append("rank", "all");
+    form.append("rank", $("rank").value || "all");
     if ($("rollup").value) form.append("rollup", $("rollup").value);
     appendLocation(form);
   }
@@ -121,12 +159,48 @@ async function identify(file) {
     waiting.remove();
     if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
     const result = data.results[0];
+    if (result.error) throw new Error(result.error);
+    collected.push({ ...result, model: data.model });
+    $("downloads").hidden = false;
     (labels ? renderLabels : renderTree)(body, result);
   } catch (error) {
     waiting.remove();
     body.append(el("p", "error", `Could not identify: ${error.message}`));
   }
   body.parentElement.classList.remove("pending");
+}
+
+// Every answer shown so far, for the downloads: one CSV row per answer (the roll-up row has kind "rollup").
+const collected = [];
+const CSV_COLUMNS = ["file_name", "kind", "rank", ...RANKS.slice(0, 6), "species_epithet", "species",
+  "common_name", "classification", "score", "error", "model"];
+
+function csvCell(value) {
+  const text = value === undefined || value === null ? "" : String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function resultsCsv() {
+  const lines = [CSV_COLUMNS.join(",")];
+  for (const result of collected) {
+    const rows = result.rows.map((row) => ({ ...row, kind: "answer", rank: row.rank || rankOf(row) || "label" }));
+    if (result.rollup) rows.push({ ...result.rollup, kind: "rollup" });
+    for (const row of rows) {
+      const full = { ...row, file_name: result.file_name, model: result.model };
+      lines.push(CSV_COLUMNS.map((column) => csvCell(full[column])).join(","));
+    }
+  }
+  return lines.join("\r\n") + "\r\n";
+}
+
+function download(name, type, text) {
+  const link = el("a");
+  link.href = URL.createObjectURL(new Blob([text], { type }));
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
 async function identifyAll(files) {
@@ -142,6 +216,7 @@ async function showInfo() {
   try {
     const info = await (await fetch("/v1/info")).json();
     $("model-info").textContent = `Model ${info.model} · ${info.bank_size} taxa in the label bank`;
+    $("model-info").title = info.model;
   } catch (error) {
     $("model-info").textContent = "Model information unavailable.";
   }
@@ -164,6 +239,9 @@ function setup() {
     if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
   });
   $("options").addEventListener("submit", (event) => event.preventDefault());
+  $("download-csv").addEventListener("click", () => download("treeclip-results.csv", "text/csv", resultsCsv()));
+  $("download-json").addEventListener("click", () => download("treeclip-results.json", "application/json",
+    JSON.stringify(collected, null, 2)));
   showInfo();
 }
 
