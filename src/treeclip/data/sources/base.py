@@ -75,8 +75,8 @@ def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str
                ) -> Iterator[tuple[Table, int, dict[str, str]] | Problem]:
     """(table, line, values) of every row of a source's table, for the columns `choose` picks from its header.
 
-    Problems: a table that cannot be read, a header `choose` refuses, each bad row, and a table without data
-    rows (a header-only file must not look like an empty but successful source)."""
+    Problems: a table that cannot be read, a header `choose` refuses or that names a used column twice, each
+    bad row, and a table without data rows (a header-only file must not look like an empty successful source)."""
     table = open_source_table(path, what)
     if isinstance(table, Problem):
         yield table
@@ -84,6 +84,11 @@ def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str
     columns = choose(table)
     if isinstance(columns, Problem):
         yield columns
+        return
+    try:
+        table.check_unique([column for column in columns.values() if column])
+    except UsageError as exc:  # a doubled column: which one is meant is unknowable
+        yield Problem(table.where(1), str(exc).removeprefix(f"{table.path}: "))
         return
     rows = 0
     for item in table.rows(columns):
