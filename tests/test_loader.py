@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from treeclip.data.loader import list_shards, make_loader, num_samples, split_shards
+from treeclip.formats.shards import MANIFEST, manifest_text, shard_entry
+from treeclip.formats.shards import manifest as make_manifest
 from treeclip.errors import UsageError
 from treeclip.taxonomy import Taxon, shard_texts
 
@@ -79,9 +81,9 @@ def make_shards(root: Path, n_shards: int, per_shard: int) -> list[str]:
             index = shard * per_shard + i
             samples.append((f"id{index:05d}", our_members(index)))
         write_tar(root / "train" / f"shard-{shard:06d}.tar", samples)
-        manifest.append({"name": f"train/shard-{shard:06d}.tar", "split": "train", "samples": per_shard})
+        manifest.append(shard_entry(f"train/shard-{shard:06d}.tar", "train", per_shard))
         keys += [key for key, _ in samples]
-    (root / "manifest.json").write_text(json.dumps({"shards": manifest}))
+    (root / MANIFEST).write_text(manifest_text(make_manifest(manifest)))  # the build's own writer
     return keys
 
 
