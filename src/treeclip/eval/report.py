@@ -1,6 +1,11 @@
 """Evaluation reports: ``results.json`` (everything), ``results.csv`` (one row per number) and ``report.md``
 (a BioCLIP paper-style table: models × tasks per setting with a mean column; the train-type × test-type
-ablation grid; hierarchy metrics). All accuracies are reported in percent in the tables."""
+ablation grid; hierarchy metrics). All accuracies are reported in percent in the tables, each with its spread:
+``± std`` over the seeded few-shot runs, and for a single deterministic figure (zero-shot, rank accuracy) the
+binomial standard error ``sqrt(p (1 - p) / n_images)``; a Mean is given ± the standard error of the mean of
+the task figures. Every table of accuracies has a ``chance`` row (1 / number of classes), and a task table
+gives each task's image and class counts and the ranks its classes are named at; hierarchy metrics use only
+those ranks (the others are ``–`` and listed as missing)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.atomic import atomic_write
+from treeclip.taxonomy import RANK_NAMES
 
 CSV_COLUMNS = ("model", "task", "metric", "text_type", "k", "value", "std")
 FEW_SHOT_METHODS = ("simpleshot", "linear_probe")
@@ -57,6 +63,46 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if len(present) == len(values) and present else None
 
 
+def _cell(value: float | None, spread: float | None) -> str:
+    """A percentage with its spread, e.g. ``72.1 ± 0.4``."""
+    if spread is None or value is None or (isinstance(value, float) and math.isnan(value)):
+        return _pct(value)
+    return f"{_pct(value)} ± {100 * spread:.1f}"
+
+
+def _binomial_error(p: float | None, n: int | None) -> float | None:
+    """Standard error of a proportion `p` measured on `n` images."""
+    if p is None or not n or (isinstance(p, float) and math.isnan(p)):
+        return None
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def _mean_error(errors: Sequence[float | None]) -> float | None:
+    """Standard error of a mean of independent figures with these errors."""
+    return math.sqrt(sum(e * e for e in errors)) / len(errors) if errors and None not in errors else None
+
+
+def _chance(result: dict[str, Any] | None) -> float | None:
+    return 1 / result["n_classes"] if result and result.get("n_classes") else None
+
+
+def _ranks_present(result: dict[str, Any]) -> list[str]:
+    return [rank for rank in RANK_NAMES if rank in result.get("hierarchy", {}).get("rank_accuracy", {})]
+
+
+def task_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per task: images, classes, chance level and the ranks its classes are named at."""
+    rows, seen = [], set()
+    for r in results:
+        if r["task"] in seen:
+            continue
+        seen.add(r["task"])
+        ranks = _ranks_present(r)
+        rows.append([r["task"], str(r.get("n_images", "–")), str(r.get("n_classes", "–")), _pct(_chance(r)),
+                     ", ".join(ranks) if ranks else "–"])
+    return _table(["Task", "Images", "Classes", "Chance (%)", "Ranks of its classes"], rows)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -66,6 +112,13 @@ def _setting_value(result: dict[str, Any], setting: str, text_type: str, method:
     if setting == "zero-shot":
         return result.get("zero_shot", {}).get(text_type, {}).get("top1")
     return result.get(method, {}).get(setting.split("-")[0], {}).get("mean")
+
+
+def _setting_spread(result: dict[str, Any], setting: str, text_type: str, method: str) -> float | None:
+    """± of a table figure: std over the few-shot runs, the binomial standard error for zero-shot."""
+    if setting == "zero-shot":
+        return _binomial_error(_setting_value(result, setting, text_type, method), result.get("n_images"))
+    return result.get(method, {}).get(setting.split("-")[0], {}).get("std")
 
 
 def paper_table(results: Sequence[dict[str, Any]], *, text_type: str, method: str = "simpleshot",
@@ -78,12 +131,16 @@ def paper_table(results: Sequence[dict[str, Any]], *, text_type: str, method: st
     ks = sorted({int(k) for r in results for k in r.get(method, {})})
     with_zero = zero_shot and any("zero_shot" in r for r in results)
     settings = (["zero-shot"] if with_zero else []) + [f"{k}-shot" for k in ks]
-    rows = []
+    first = {task: next(r for r in results if r["task"] == task) for task in tasks}
+    chance = [_chance(first[t]) for t in tasks]
+    rows = [["chance", "–", *map(_pct, chance), _pct(_mean(chance))]]
     for model in models:
         for setting in settings:
-            values = [_setting_value(index[(model, t)], setting, text_type, method) if (model, t) in index
-                      else None for t in tasks]
-            rows.append([model, setting, *map(_pct, values), _pct(_mean(values))])
+            found = [index.get((model, t)) for t in tasks]
+            values = [_setting_value(r, setting, text_type, method) if r else None for r in found]
+            spreads = [_setting_spread(r, setting, text_type, method) if r else None for r in found]
+            cells = [_cell(v, e) for v, e in zip(values, spreads, strict=True)]
+            rows.append([model, setting, *cells, _cell(_mean(values), _mean_error(spreads))])
     return _table(["Model", "Setting", *tasks, "Mean"], rows)
 
 
@@ -103,14 +160,21 @@ def ablation_grid(results: Sequence[dict[str, Any]]) -> str:
 def hierarchy_table(results: Sequence[dict[str, Any]]) -> str:
     """Per model × task: accuracy at each rank (%), mistake severity (ranks) and distance correlation."""
     with_tree = [r for r in results if "hierarchy" in r]
-    ranks = list(dict.fromkeys(k for r in with_tree for k in r["hierarchy"].get("rank_accuracy", {})))
+    present = {rank for r in with_tree for rank in _ranks_present(r)}
+    ranks = [rank for rank in RANK_NAMES if rank in present]  # rank order, kingdom first
     rows = []
     for r in with_tree:
         h = r["hierarchy"]
         severity, rho = h.get("mistake_severity"), h.get("distance_spearman")
-        rows.append([r["model"], r["task"], *(_pct(h.get("rank_accuracy", {}).get(k)) for k in ranks),
+        accuracy = h.get("rank_accuracy", {})
+        cells = [_cell(accuracy.get(k), _binomial_error(accuracy.get(k), r.get("n_images"))) for k in ranks]
+        rows.append([r["model"], r["task"], *cells,
                      "–" if severity is None else f"{severity:.2f}", "–" if rho is None else f"{rho:.3f}"])
-    return _table(["Model", "Task", *ranks, "Mistake severity", "Spearman ρ"], rows)
+    table = _table(["Model", "Task", *ranks, "Mistake severity", "Spearman ρ"], rows)
+    missing = {r["task"]: [k for k in ranks if k not in _ranks_present(r)] for r in with_tree}
+    notes = [f"- {task}: its classes are not named at {', '.join(gone)}, so its hierarchy metrics use the other "
+             "ranks only" for task, gone in missing.items() if gone]
+    return "\n".join([table, *([""] + notes if notes else [])])
 
 
 def calibration_table(results: Sequence[dict[str, Any]], *, text_type: str) -> str:
@@ -128,8 +192,9 @@ def calibration_table(results: Sequence[dict[str, Any]], *, text_type: str) -> s
 
 def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title: str = "Evaluation") -> str:
     """The whole Markdown report."""
-    parts = [f"# {title}", "", f"Top-1 accuracy (%); zero-shot class texts: `{text_type}`; few-shot: "
-             "SimpleShot nearest centroid, mean over 5 seeded runs.", "", "## Accuracy", "",
+    parts = [f"# {title}", "", "## Tasks", "", task_table(results), "", "## Accuracy", "",
+             f"Top-1 accuracy (%); zero-shot class texts: `{text_type}`, ± the binomial standard error; few-shot: "
+             "SimpleShot nearest centroid, mean ± std over 5 seeded runs; Mean ± its standard error.", "",
              paper_table(results, text_type=text_type)]
     if any("zero_shot" in r for r in results):
         parts += ["", "## Train type × test type (zero-shot top-1 %, mean over tasks)", "", ablation_grid(results)]
