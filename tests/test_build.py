@@ -391,11 +391,13 @@ def test_reshard_from_wds_source(built: tuple[Path, int, str], tmp_path: Path) -
 
 def test_backbone_fills_missing_ranks(inputs: dict[str, Path], tmp_path: Path) -> None:
     alone = build_dataset(sources=[f"folder:{inputs['folder']}"], out=tmp_path / "alone", image_size=16)
-    assert alone.counts["samples"] == 0 and alone.counts["unresolved"] == 2  # a bare binomial has no kingdom
+    # species-only labels are kept at the ranks they have, and counted
+    assert alone.counts["samples"] == 2 and alone.counts["no_kingdom"] == 2 and not alone.counts["unresolved"]
     backbone = write_csv(tmp_path / "backbone.csv", [row("", HONEYEATER, "White-plumed Honeyeater")])
     filled = build_dataset(sources=[f"folder:{inputs['folder']}"], out=tmp_path / "filled", image_size=16,
                            backbone=backbone)
     assert filled.counts["samples"] == 2 and filled.manifest["parameters"]["backbone"] == [str(backbone)]
+    assert not filled.counts["no_kingdom"]  # the backbone gave them their lineage
     texts = {s["taxon_com.txt"].decode() for s in read_samples(tmp_path / "filled").values()}
     assert texts == {HONEYEATER_TEXTS["taxon_com.txt"]}
 

@@ -109,4 +109,6 @@ def _summary(out: object, manifest: dict[str, Any]) -> str:
     shards = ", ".join(f"{name} {s['samples']} images in {s['shards']} shards" for name, s in splits.items())
     dropped = ", ".join(f"{k} {counts[k]}" for k in ("unresolved", "excluded", "duplicates", "unreadable",
                                                      "bad_images", "repeated_id") if counts.get(k))
-    return f"{out}: {counts['records']} records → {shards}" + (f"; left out: {dropped}" if dropped else "")
+    partial = (f"; {counts['no_kingdom']} kept without a kingdom (species-only labels: --backbone fills their "
+               "higher ranks)") if counts.get("no_kingdom") else ""
+    return f"{out}: {counts['records']} records → {shards}" + (f"; left out: {dropped}" if dropped else "") + partial

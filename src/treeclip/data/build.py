@@ -93,7 +93,8 @@ def build_dataset(
                      val_fraction=val_fraction, quality=quality, sources=sources)
     opened = [open_source(spec, columns=columns, allow_absolute_paths=allow_absolute_paths) for spec in sources]
     backbones = [backbone] if isinstance(backbone, (str, Path)) else list(backbone or ())
-    aligner = Aligner(backbone=read_backbones(backbones, columns=columns))
+    # species-only labels are kept at the ranks they have (counted as "no_kingdom"), never dropped for that
+    aligner = Aligner(backbone=read_backbones(backbones, columns=columns), require_kingdom=False)
     exclusions = load_exclusions(exclude)
     out = Path(out)
     _check_out(out, resume=resume)

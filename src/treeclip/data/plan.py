@@ -156,6 +156,7 @@ def _resolve(sources: Sequence[Source], plan: Plan, report: _Reporter) -> list[_
             _drop(plan, record, "repeated source id", "repeated_id", key=key)
         else:
             owner[key] = spec
+            plan.counts["no_kingdom"] += not taxon.kingdom
             candidates.append(_Candidate(order, record, taxon, stable, key))
     return candidates
 
