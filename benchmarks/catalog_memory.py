@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -195,15 +196,32 @@ def measure(rows: int, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
         return {name: run_stage(name, catalog, species, folder / name) for name in stages}
 
 
+def markdown(rows: int, figures: dict[str, dict[str, float]]) -> str:
+    """A results table: stage, rows, peak MB, within 2 GB, seconds, what it found; with the machine's load."""
+    lines = ["| stage | rows | peak MB | within 2 GB | seconds | found |", "|---|---:|---:|---|---:|---|"]
+    for name, f in figures.items():
+        found = ", ".join(f"{k} {v:,}" for k, v in f.items() if k not in ("peak_mb", "seconds", "error"))
+        lines.append(f"| {name} | {rows:,} | {f.get('peak_mb', float('nan')):,.0f} | "
+                     f"{'yes' if f.get('peak_mb', LIMIT_MB + 1) <= LIMIT_MB else 'NO'} | "
+                     f"{f.get('seconds', float('nan')):,.0f} | {f.get('error', found)} |")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    return "\n".join(lines) + f"\n\nLoad average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores.\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.catalog_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="catalog rows (default 10,000,000)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--results", type=Path, help="also append the table to this markdown file")
     args = parser.parse_args(argv)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    for name, figures in measure(args.rows, stages).items():
-        flag = "" if "peak_mb" not in figures else ("ok" if figures["peak_mb"] <= LIMIT_MB else "OVER 2 GB")
-        print(f"{name:>15}: {json.dumps(figures)} {flag}", flush=True)
+    figures = measure(args.rows, stages)
+    for name, found in figures.items():
+        flag = "" if "peak_mb" not in found else ("ok" if found["peak_mb"] <= LIMIT_MB else "OVER 2 GB")
+        print(f"{name:>15}: {json.dumps(found)} {flag}", flush=True)
+    if args.results:
+        with args.results.open("a", encoding="utf-8") as handle:
+            handle.write(markdown(args.rows, figures) + "\n")
     return 0
 
 
