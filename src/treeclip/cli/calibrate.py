@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank", required=True, help="label bank folder; calibration.json is written into it")
     parser.add_argument("--split", help="use only rows whose split column equals this (e.g. val)")
     parser.add_argument("--quantile", type=float, default=0.05,
-                        help="fraction of labelled images below the out-of-bank threshold (default 0.05)")
+                        help="fraction of labelled images the out-of-bank checks may turn away (default 0.05)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     label_of = dict(zip(labelled.paths, labelled.labels, strict=True))
     labels = torch.tensor([label_of[name] for name in names])
     similarity = features @ classifier.text_features
-    calibration = fit_calibration(similarity, labels, logit_scale=classifier.logit_scale, quantile=args.quantile,
-                                  model=classifier.model_id)
+    calibration = fit_calibration(features, classifier.text_features, labels, logit_scale=classifier.logit_scale,
+                                  quantile=args.quantile, model=classifier.model_id)
     for name, temperature in (("ece_before", 1.0), ("ece_after", calibration.temperature)):
         probs = torch.softmax(similarity * (classifier.logit_scale / temperature), dim=1)
         confidence, predicted = probs.max(dim=1)
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"treeclip calibrate: {len(names)} images; temperature {calibration.temperature:.3f}; "
                      f"NLL {metrics['nll_before']:.3f} -> {metrics['nll_after']:.3f}; ECE "
                      f"{100 * metrics['ece_before']:.1f}% -> {100 * metrics['ece_after']:.1f}%; out-of-bank "
-                     f"threshold {calibration.out_of_bank_threshold:.4f} -> {path}\n")
+                     f"thresholds: text {calibration.out_of_bank_threshold:.4f}, image distance "
+                     f"{calibration.image_threshold:.1f} -> {path}\n")
     for name, reason in errors:
         sys.stderr.write(f"treeclip calibrate: {name}: {reason}\n")
     if errors:

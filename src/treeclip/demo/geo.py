@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +182,11 @@ def run_geo(root: Path, *, model: Path, bank: Path, world: Path, image_size: int
     classifier = TreeOfLifeClassifier.from_pretrained(str(model), bank, prior=prior, calibrated=False)
     calibration_half, evaluation_half = heldout_halves(world, classifier.bank.lineages)
     fit_features, _, _ = classifier.features(calibration_half.paths)
-    calibration = fit_calibration(fit_features @ classifier.text_features, torch.tensor(calibration_half.labels),
+    calibration = fit_calibration(fit_features, classifier.text_features, torch.tensor(calibration_half.labels),
                                   logit_scale=classifier.logit_scale, model=str(model))
     save_calibration(bank, calibration)
     features, names, _ = classifier.features(evaluation_half.paths)
-    result = {"prior": {"file": PRIOR_FILE, **prior.info.__dict__},
+    result = {"prior": {"file": PRIOR_FILE, **asdict(prior.info)},
               "prior_effect": prior_effect(classifier, features, evaluation_half),
               "calibration": calibration_effect(classifier, features, evaluation_half, calibration.temperature),
               "fitted_on": calibration.fitted_on, "rollup": ROLLUP}

@@ -2,17 +2,23 @@
 
 Temperature scaling (Guo et al., 2017) divides the logits ``logit_scale * image @ text`` by one scalar ``T``
 fitted to minimise the negative log-likelihood of the true species on a labelled set; ranking is unchanged
-(top-1 stays the same), only how sure the probabilities are. The out-of-bank threshold is the `quantile` of the
-labelled organism images' best cosine similarity to any bank text: an image whose best similarity is below it
-looks less like the bank than all but that fraction of real bank images, and roll-up answers it
-"not-in-bank" (so on images like the labelled set about `quantile` of organisms abstain that way).
+(top-1 stays the same), only how sure the probabilities are.
 
-Stored as ``calibration.json`` in the bank folder (`save_calibration` / `load_calibration`); the classifier
-loads it with the bank, and its rows then use the calibrated probabilities.
+Out of bank: two scores of how unlike the labelled organism images an image is, each with a threshold at half of
+`quantile` of the labelled images (so about `quantile` of images like them abstain): its best cosine similarity
+to any bank text (below the threshold: it matches no name well), and the Mahalanobis distance of its embedding
+from the labelled images' embeddings (mean and covariance, the covariance shrunk towards a scaled identity with
+weight ``d / (n + d)`` for ``n`` images of dimension ``d``; above the threshold: it looks like no photo of the
+bank's organisms, e.g. a plain texture). Roll-up answers such an image "not-in-bank".
+
+Stored in the bank folder (`save_calibration` / `load_calibration`): ``calibration.json`` (temperature,
+thresholds, what they were fitted on) and ``calibration.npz`` (the embedding mean and inverse covariance;
+read without pickle). The classifier loads them with the bank; its rows then use the calibrated probabilities.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -21,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from treeclip.atomic import atomic_write
@@ -32,7 +39,7 @@ from .prior import taxon_key
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE, DENSITY_FILE = "calibration.json", "calibration.npz"
 DEFAULT_QUANTILE = 0.05
 PATH_COLUMNS = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
 
@@ -86,11 +93,37 @@ class Calibration:
     """A fitted temperature and out-of-bank threshold, with what they were fitted on."""
 
     temperature: float = 1.0
-    out_of_bank_threshold: float | None = None
+    out_of_bank_threshold: float | None = None  # best image-text cosine below it: not in bank
+    image_threshold: float | None = None  # squared Mahalanobis distance above it: not in bank
     quantile: float = DEFAULT_QUANTILE
     fitted_on: int = 0
     model: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    density: ImageDensity | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ImageDensity:
+    """Mean and (shrunk) inverse covariance of labelled images' embeddings."""
+
+    mean: np.ndarray  # [dim] float32
+    precision: np.ndarray  # [dim, dim] float32
+
+    @classmethod
+    def fit(cls, features: torch.Tensor) -> ImageDensity:
+        n, dim = features.shape
+        x = features.double()
+        centred = x - x.mean(dim=0)
+        covariance = centred.T @ centred / max(1, n - 1)
+        shrink = dim / (n + dim)
+        target = torch.eye(dim, dtype=torch.float64) * covariance.diagonal().mean()
+        precision = torch.linalg.inv((1 - shrink) * covariance + shrink * target)
+        return cls(x.mean(dim=0).float().numpy(), precision.float().numpy())
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of each row of ``[n, dim]`` features."""
+        centred = features.float() - torch.from_numpy(self.mean).to(features.device)
+        return ((centred @ torch.from_numpy(self.precision).to(features.device)) * centred).sum(dim=1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, steps: int = 100) -> float:
@@ -114,17 +147,20 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, steps: int = 
     return temperature
 
 
-def fit_calibration(similarity: torch.Tensor, labels: torch.Tensor, *, logit_scale: float,
-                    quantile: float = DEFAULT_QUANTILE, model: str = "") -> Calibration:
-    """Temperature and out-of-bank threshold from labelled images' cosine similarities to the bank
-    (``[n_images, n_taxa]``) and their bank columns; `metrics` holds the NLL before and after."""
-    logits = similarity.float() * logit_scale
+def fit_calibration(features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor, *,
+                    logit_scale: float, quantile: float = DEFAULT_QUANTILE, model: str = "") -> Calibration:
+    """Temperature and out-of-bank thresholds from labelled images' unit embeddings (``[n, dim]``), the bank's
+    text vectors (``[dim, n_taxa]``) and the images' bank columns; `metrics` holds the NLL before and after."""
+    similarity = features.float() @ text_features.float()
+    logits = similarity * logit_scale
     temperature = fit_temperature(logits, labels)
     nll = {name: float(torch.nn.functional.cross_entropy(logits / t, labels.long()))
            for name, t in (("nll_before", 1.0), ("nll_after", temperature))}
+    density = ImageDensity.fit(features)
     return Calibration(temperature=temperature, quantile=quantile, fitted_on=len(labels), model=model,
-                       out_of_bank_threshold=out_of_bank_threshold(similarity.max(dim=1).values, quantile),
-                       metrics=nll)
+                       out_of_bank_threshold=out_of_bank_threshold(similarity.max(dim=1).values, quantile / 2),
+                       image_threshold=-out_of_bank_threshold(-density.distance(features), quantile / 2),
+                       metrics=nll, density=density)
 
 
 def out_of_bank_threshold(best_similarity: torch.Tensor, quantile: float = DEFAULT_QUANTILE) -> float:
@@ -135,10 +171,15 @@ def out_of_bank_threshold(best_similarity: torch.Tensor, quantile: float = DEFAU
 
 
 def save_calibration(bank_dir: str | os.PathLike[str], calibration: Calibration) -> Path:
-    """Write ``BANK/calibration.json`` atomically."""
-    path = Path(bank_dir) / CALIBRATION_FILE
-    atomic_write(path, json.dumps(asdict(calibration), indent=2, sort_keys=True) + "\n")
-    return path
+    """Write ``BANK/calibration.json`` (and ``calibration.npz`` for the image density) atomically."""
+    folder = Path(bank_dir)
+    if calibration.density is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=calibration.density.mean, precision=calibration.density.precision)
+        atomic_write(folder / DENSITY_FILE, buffer.getvalue())
+    document = {key: value for key, value in asdict(calibration).items() if key != "density"}
+    atomic_write(folder / CALIBRATION_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return folder / CALIBRATION_FILE
 
 
 def load_calibration(bank_dir: str | os.PathLike[str]) -> Calibration | None:
@@ -148,10 +189,16 @@ def load_calibration(bank_dir: str | os.PathLike[str]) -> Calibration | None:
         return None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        calibration = Calibration(**{key: document[key] for key in Calibration.__dataclass_fields__
-                                     if key in document})
-    except (OSError, ValueError, TypeError) as exc:
+        fields = {key: document[key] for key in Calibration.__dataclass_fields__ if key in document}
+        calibration = Calibration(**fields, density=_load_density(path.parent / DENSITY_FILE)
+                                  if fields.get("image_threshold") is not None else None)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"{path}: unreadable calibration ({exc}); re-run `treeclip calibrate`") from exc
     if not (isinstance(calibration.temperature, (int, float)) and calibration.temperature > 0):
         raise UsageError(f"{path}: temperature must be a positive number, got {calibration.temperature!r}")
     return calibration
+
+
+def _load_density(path: Path) -> ImageDensity:
+    with np.load(path, allow_pickle=False) as arrays:
+        return ImageDensity(arrays["mean"].astype(np.float32), arrays["precision"].astype(np.float32))

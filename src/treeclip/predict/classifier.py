@@ -17,8 +17,8 @@ probability is never below any of its children's; as in pybioclip, species proba
 
 Abstention (roll-up with ``abstain=True``): an image is answered ``not-an-organism`` when most of the
 probability mass, over the bank plus a small bank of non-organism and background texts (`BACKGROUND_TEXTS`),
-falls on the background texts; ``not-in-bank`` when its best cosine similarity to the bank is below the
-calibration's out-of-bank threshold; otherwise it gets the deepest rank R reached by the roll-up threshold
+falls on the background texts; ``not-in-bank`` when the calibration's out-of-bank scores say it is unlike
+the bank's organisms (`treeclip.predict.calibration`); otherwise it gets the deepest rank R reached by the roll-up threshold
 ("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored like ``unknown``
 ones: with the best kingdom probability.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from treeclip.errors import UsageError
 from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, load_bank, released_bank_dir
+from treeclip.model.bank_storage import BankMatrix
 from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
@@ -233,13 +233,9 @@ class TreeOfLifeClassifier(_ImageClassifier):
         return RankIndex(self.bank.lineages)
 
     @functools.cached_property
-    def text_features(self) -> torch.Tensor:
-        matrix = self.bank.embeddings
-        if matrix.dtype != np.float32:
-            matrix = matrix.astype(np.float32)
-        with warnings.catch_warnings():  # a read-only memory map is only ever read here
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(matrix).to(self.device)
+    def text_features(self) -> torch.Tensor | BankMatrix:
+        """The bank matrix on the device; float16/int8 banks stay compact (`LabelBank.matrix`)."""
+        return self.bank.matrix(self.device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
                 min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
@@ -280,16 +276,24 @@ class TreeOfLifeClassifier(_ImageClassifier):
         """Per image: "not-an-organism", "not-in-bank" or None (see the module docstring)."""
         similarity = features @ self.text_features
         verdicts: list[str | None] = [None] * len(features)
-        threshold = self.calibration.out_of_bank_threshold if self.calibration is not None else None
-        if threshold is not None:
-            for row in torch.nonzero(similarity.max(dim=1).values < threshold).flatten().tolist():
-                verdicts[row] = NOT_IN_BANK
+        for row in torch.nonzero(self._out_of_bank(features, similarity)).flatten().tolist():
+            verdicts[row] = NOT_IN_BANK
         if self.background_features is not None:
             joint = torch.cat([similarity, features @ self.background_features], dim=1)
             mass = torch.softmax(joint * (self.logit_scale / self.temperature), dim=1)[:, similarity.shape[1]:]
             for row in torch.nonzero(mass.sum(dim=1) > 0.5).flatten().tolist():
                 verdicts[row] = NOT_AN_ORGANISM
         return verdicts
+
+    def _out_of_bank(self, features: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        """``[B]`` bool: below the calibration's text threshold or beyond its image-density threshold."""
+        outside = torch.zeros(len(features), dtype=torch.bool)
+        calibration = self.calibration
+        if calibration is not None and calibration.out_of_bank_threshold is not None:
+            outside |= similarity.max(dim=1).values.cpu() < calibration.out_of_bank_threshold
+        if calibration is not None and calibration.density is not None and calibration.image_threshold is not None:
+            outside |= calibration.density.distance(features).cpu() > calibration.image_threshold
+        return outside
 
     def _topk_rows(self, probs: torch.Tensor, names: list[str], *, rank: Rank, k: int,
                    min_prob: float) -> list[Row]:
