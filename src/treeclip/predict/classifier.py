@@ -18,8 +18,8 @@ probability is never below any of its children's; as in pybioclip, species proba
 Abstention (roll-up with ``abstain=True``): an image is answered ``not-an-organism`` when most of the
 probability mass, over the bank plus a small bank of non-organism and background texts (`BACKGROUND_TEXTS`),
 falls on the background texts; ``not-in-bank`` when the calibration's out-of-bank scores say it is unlike
-the bank's organisms (`treeclip.predict.calibration`); otherwise it gets the deepest rank R reached by the roll-up threshold
-("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored like ``unknown``
+the bank's organisms (`treeclip.predict.calibration`); otherwise it gets the deepest rank R reached by the
+roll-up threshold ("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored like ``unknown``
 ones: with the best kingdom probability.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 
 from treeclip.errors import UsageError
 from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, load_bank, released_bank_dir
-from treeclip.model.bank_storage import BankMatrix
 from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
@@ -233,9 +233,13 @@ class TreeOfLifeClassifier(_ImageClassifier):
         return RankIndex(self.bank.lineages)
 
     @functools.cached_property
-    def text_features(self) -> torch.Tensor | BankMatrix:
-        """The bank matrix on the device; float16/int8 banks stay compact (`LabelBank.matrix`)."""
-        return self.bank.matrix(self.device)
+    def text_features(self) -> torch.Tensor:
+        matrix = self.bank.embeddings
+        if matrix.dtype != np.float32:
+            matrix = matrix.astype(np.float32)
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(matrix).to(self.device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
                 min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
