@@ -147,11 +147,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, steps: int = 
     return temperature
 
 
-def fit_calibration(features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor, *,
+def fit_calibration(features: torch.Tensor, text_features: Any, labels: torch.Tensor, *,
                     logit_scale: float, quantile: float = DEFAULT_QUANTILE, model: str = "") -> Calibration:
     """Temperature and out-of-bank thresholds from labelled images' unit embeddings (``[n, dim]``), the bank's
     text vectors (``[dim, n_taxa]``) and the images' bank columns; `metrics` holds the NLL before and after."""
-    similarity = features.float() @ text_features.float()
+    similarity = features.float() @ text_features
     logits = similarity * logit_scale
     temperature = fit_temperature(logits, labels)
     nll = {name: float(torch.nn.functional.cross_entropy(logits / t, labels.long()))
