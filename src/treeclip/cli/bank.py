@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from treeclip.cli._bank_compact import add_info_arguments, add_prune_arguments, run_info, run_prune
+
 if TYPE_CHECKING:
     from treeclip.formats import Problem
 
 NAME = "bank"
-HELP = "label banks: `treeclip bank build` encodes a taxonomy's names with a model"
+HELP = ("label banks: `treeclip bank build` encodes a taxonomy's names with a model; `prune` writes a smaller "
+        "or compact (fp16/int8) bank; `info` reports its memory and agreement with the fp32 bank")
 TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
 AUTO_BATCH_SIZES = (64, 128, 256, 512)
 
@@ -41,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--columns", metavar="ROLE=COLUMN[,...]",
                        help="taxonomy column names no rule recognises, e.g. class=cls,species=epithet")
     build.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_prune_arguments(commands)
+    add_info_arguments(commands)
 
 
 def _batch_size(text: str) -> int | str:
@@ -52,6 +57,8 @@ def _batch_size(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bank_command != "build":
+        return run_prune(args) if args.bank_command == "prune" else run_info(args)
     import dataclasses  # noqa: PLC0415
 
     from tqdm import tqdm  # noqa: PLC0415

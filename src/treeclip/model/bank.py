@@ -2,7 +2,8 @@
 
 A bank is a folder holding
 
-- ``txt_emb_species.npy``: float32 or float16, shape ``[dim, n_taxa]``, columns L2-normalised;
+- ``txt_emb_species.npy``: float32 or float16, shape ``[dim, n_taxa]``, columns L2-normalised (or int8 with
+  ``txt_emb_species_scale.npy``, treeclip's compact storage: `treeclip.model.bank_storage`);
 - ``txt_emb_species.json``: a list of ``[[kingdom, phylum, class, order, family, genus, epithet], common]``;
 - ``bank.json`` (optional): ``{"model", "model_revision", "text_type", "templates", "dtype", "n_taxa", "dim"}``;
   ``model`` is resolvable from any directory (an absolute path, or a hub id with the snapshot's revision).
@@ -23,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +39,12 @@ from treeclip.errors import UsageError
 from treeclip.formats.banks import BANK_JSON, BANK_META, BANK_NPY, names_json, read_meta, read_names
 from treeclip.taxonomy import Taxon, TextType, get_templates, render_name
 
+from .bank_storage import BankMatrix, quantize_columns, storage_dtype, stored_bytes
 from .hub import model_provenance, replace_atomically, resolvable_model_id
 
 log = logging.getLogger(__name__)
 
+BANK_SCALE = "txt_emb_species_scale.npy"
 CHUNK_DIR = ".chunks"
 Progress = Callable[[int], Any]
 
@@ -57,8 +61,11 @@ class LabelBank:
     lineages: list[tuple[str, ...]]
     commons: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    scales: np.ndarray | None = None  # per-column float32 scales of an int8 matrix (`bank_storage`)
 
     def __post_init__(self) -> None:
+        if (self.embeddings.dtype == np.int8) != (self.scales is not None):
+            raise ValueError("an int8 bank matrix needs per-column scales, and only an int8 one has them")
         if self.embeddings.ndim != 2 or self.embeddings.shape[1] != len(self.lineages):
             raise ValueError(f"bank embeddings of shape {self.embeddings.shape} do not match "
                              f"{len(self.lineages)} taxa (expected [dim, n_taxa])")
@@ -72,6 +79,20 @@ class LabelBank:
     def dim(self) -> int:
         return int(self.embeddings.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix (and scales) as stored: the memory it occupies once read."""
+        return stored_bytes(self.embeddings, self.scales)
+
+    def matrix(self, device: str | torch.device = "cpu") -> torch.Tensor | BankMatrix:
+        """What L2-normalised image features are multiplied by (``features @ bank.matrix()`` → float32
+        ``[B, n_taxa]`` cosines): the float32 matrix itself, or a `BankMatrix` over float16/int8 storage."""
+        if self.embeddings.dtype != np.float32:
+            return BankMatrix(self.embeddings, self.scales, device=device)
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.embeddings).to(device)
+
     def taxon(self, index: int) -> Taxon:
         """Column `index` as a Taxon (raises ValueError for an irregular lineage)."""
         return Taxon(self.lineages[index], self.commons[index])
@@ -79,8 +100,10 @@ class LabelBank:
     def subset(self, indices: Sequence[int] | np.ndarray) -> LabelBank:
         """A bank of the given columns (copied into memory), in the given order."""
         picked = np.asarray(indices, dtype=np.int64)
+        scales = np.asarray(self.scales)[picked] if self.scales is not None else None
         return LabelBank(np.ascontiguousarray(self.embeddings[:, picked]),
-                         [self.lineages[i] for i in picked], [self.commons[i] for i in picked], dict(self.meta))
+                         [self.lineages[i] for i in picked], [self.commons[i] for i in picked], dict(self.meta),
+                         scales)
 
 
 def is_bank_dir(path: str | os.PathLike[str]) -> bool:
@@ -98,21 +121,38 @@ def load_bank(path: str | os.PathLike[str], *, mmap: bool = True) -> LabelBank:
                          "(build one with `treeclip bank build`)")
     try:
         embeddings = np.load(folder / BANK_NPY, mmap_mode="r" if mmap else None)
+        scale_path = folder / BANK_SCALE
+        scales = np.load(scale_path, mmap_mode="r" if mmap else None) if embeddings.dtype == np.int8 else None
         lineages, commons = read_names(folder / BANK_JSON)
-        return LabelBank(embeddings, lineages, commons, read_meta(folder))
+        return LabelBank(embeddings, lineages, commons, read_meta(folder), scales)
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot read label bank {folder}: {exc}") from exc
 
 
 def save_bank(bank: LabelBank, out: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
-    """Write a bank folder atomically file by file (matrix, names, bank.json)."""
-    folder = Path(out)
-    matrix = np.asarray(bank.embeddings, dtype=np.dtype(dtype))
+    """Write a bank folder atomically file by file (matrix, its int8 scales, names, bank.json); `dtype` is
+    float32, float16 or int8 (fp32/fp16 also accepted; see `treeclip.model.bank_storage`)."""
+    folder, dtype = Path(out), storage_dtype(dtype)
+    matrix, scales = _stored(bank, dtype)
+    if scales is not None:
+        replace_atomically(folder / BANK_SCALE, lambda tmp: _save_npy(tmp, scales))
     replace_atomically(folder / BANK_NPY, lambda tmp: _save_npy(tmp, matrix))
+    if scales is None:
+        (folder / BANK_SCALE).unlink(missing_ok=True)
     _write_text(folder / BANK_JSON, names_json(bank.lineages, bank.commons))
     meta = {**bank.meta, "dtype": str(matrix.dtype), "n_taxa": len(bank), "dim": bank.dim}
     _write_text(folder / BANK_META, json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def _stored(bank: LabelBank, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bank's matrix (and scales) in a storage dtype, dequantising an int8 bank first when needed."""
+    if bank.scales is not None and dtype == "int8":
+        return np.asarray(bank.embeddings), np.asarray(bank.scales)
+    floats = bank.embeddings if bank.scales is None else bank.embeddings * np.asarray(bank.scales)[None, :]
+    if dtype == "int8":
+        return quantize_columns(floats)
+    return np.asarray(floats, dtype=np.dtype(dtype)), None
 
 
 def _save_npy(path: Path, matrix: np.ndarray) -> None:

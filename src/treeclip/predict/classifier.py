@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from treeclip.errors import UsageError
 from treeclip.model.bank import DEFAULT_MODEL, LabelBank, encode_class_texts, load_bank, released_bank_dir
+from treeclip.model.bank_storage import BankMatrix
 from treeclip.model.hub import resolvable_model_id
 from treeclip.taxonomy import RANK_NAMES, Rank, Taxon, get_templates
 
@@ -233,13 +233,9 @@ class TreeOfLifeClassifier(_ImageClassifier):
         return RankIndex(self.bank.lineages)
 
     @functools.cached_property
-    def text_features(self) -> torch.Tensor:
-        matrix = self.bank.embeddings
-        if matrix.dtype != np.float32:
-            matrix = matrix.astype(np.float32)
-        with warnings.catch_warnings():  # a read-only memory map is only ever read here
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(matrix).to(self.device)
+    def text_features(self) -> torch.Tensor | BankMatrix:
+        """The bank matrix on the device; float16/int8 banks stay compact (`LabelBank.matrix`)."""
+        return self.bank.matrix(self.device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
                 min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
