@@ -30,7 +30,7 @@ from treeclip.taxonomy import class_string
 from treeclip.train import validate as validate_module
 from treeclip.train import loop
 from treeclip.train.checkpoint import list_checkpoints, load_checkpoint
-from treeclip.train.config import load_config, micro_batch_size, preset_names, resolved_precision
+from treeclip.train.config import load_config, loader_workers, micro_batch_size, preset_names, resolved_precision
 from treeclip.train.metrics import read_metrics
 from treeclip.train.objectives import ClassIndex, clip_loss
 from treeclip.train.optim import lr_at, param_groups
@@ -490,3 +490,15 @@ def test_throughput_is_per_device_and_mfu_uses_the_peak(monkeypatch: pytest.Monk
     figures = timer.tick()  # 512 samples in 2 s on 8 devices: 32 samples/s per device, 3.2 TFLOP/s each
     assert figures == pytest.approx({"samples_per_s": 256.0, "samples_per_s_per_device": 32.0,
                                      "tflops_per_device": 3.2, "mfu": 0.032})
+
+
+def test_loader_workers_default_to_the_cores_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(preset="tiny")
+    assert loader_workers(config, "cpu") == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert loader_workers(config, "cuda") == 15
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert loader_workers(config, "cuda") == 11
+    assert loader_workers(load_config(preset="tiny", overrides=["data.num_workers=3"]), "cuda") == 3

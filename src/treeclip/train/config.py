@@ -9,6 +9,7 @@ wrong type, impossible value) raises `UsageError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class DataConfig:
     text_type: str | None = None  # single-type ablation; replaces text_types when set
     augment: bool = True  # random-crop training transform; False uses the evaluation transform
     shuffle_buffer: int = 1000
-    num_workers: int = 0  # loader processes per training process (a GPU needs several; see docs/training.md)
+    num_workers: int | None = None  # loader processes per training process; None: 0 on CPU, per-GPU share on CUDA
     prefetch_factor: int = 4  # batches each worker prepares ahead (with num_workers > 0)
 
 
@@ -255,7 +256,7 @@ def validate(config: Config) -> None:
     _require(len(optim.betas) == 2, "config key optim.betas: expected two numbers, e.g. [0.9, 0.98]")
     _require(optim.warmup_steps >= 0, "config key optim.warmup_steps: must be >= 0")
     _require(0.0 <= run.patch_dropout < 1.0, "config key train.patch_dropout: must be in [0, 1)")
-    _require(data.num_workers >= 0 and data.prefetch_factor > 0,
+    _require((data.num_workers or 0) >= 0 and data.prefetch_factor > 0,
              "config keys data.num_workers (>= 0) and data.prefetch_factor (> 0)")
     _require(run.peak_tflops is None or run.peak_tflops > 0, "config key train.peak_tflops: must be positive")
 
@@ -270,6 +271,19 @@ def micro_batch_size(config: Config, world_size: int) -> int:
             f"train.accum_steps {run.accum_steps} = {parts}"
         )
     return run.batch_size // parts
+
+
+def loader_workers(config: Config, device_type: str) -> int:
+    """``data.num_workers``, or when unset: 0 on the CPU (the training process decodes), and on CUDA this
+    host's cores shared among its GPUs, less one for the training process (at most 16)."""
+    if config.data.num_workers is not None:
+        return config.data.num_workers
+    if device_type != "cuda":
+        return 0
+    import torch  # noqa: PLC0415 - config stays importable without torch
+
+    per_gpu = (os.cpu_count() or 1) // max(1, torch.cuda.device_count())
+    return max(1, min(16, per_gpu - 1))
 
 
 def resolved_precision(config: Config, device_type: str) -> str:

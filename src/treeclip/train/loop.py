@@ -59,7 +59,7 @@ from treeclip.errors import TreeclipError, UsageError
 from treeclip.taxonomy import Taxon
 from treeclip.model import create_model, model_config
 from treeclip.train import checkpoint as ckpt
-from treeclip.train.config import Config, micro_batch_size, resolved_precision, to_yaml
+from treeclip.train.config import Config, loader_workers, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
 from treeclip.train.export import record_shard_geometry
 from treeclip.train.metrics import MetricsWriter
@@ -264,8 +264,8 @@ def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
         s.plan.train_shards, transform=s.transforms[0], tokenizer=s.tokenizer, batch_size=s.plan.micro_batch,
         text_mix=config.data.text_mix, text_types=config.text_types,
         text_weights=None if config.data.text_type else config.data.text_weights, seed=config.train.seed,
-        shuffle_buffer=config.data.shuffle_buffer, num_workers=config.data.num_workers, rank=env.rank,
-        world_size=env.world_size, epoch=data_pass, partial=False, pin_memory=env.device.type == "cuda",
+        shuffle_buffer=config.data.shuffle_buffer, num_workers=loader_workers(config, env.device.type),
+        rank=env.rank, world_size=env.world_size, epoch=data_pass, partial=False, pin_memory=env.device.type == "cuda",
         prefetch_factor=config.data.prefetch_factor,
     )
 
