@@ -154,14 +154,16 @@ def prior_effect(classifier: TreeOfLifeClassifier, features: torch.Tensor, heldo
 
 def calibration_effect(classifier: TreeOfLifeClassifier, features: torch.Tensor, heldout: Heldout,
                        temperature: float) -> dict[str, Any]:
-    """ECE and accuracy-coverage of species top-1 at temperature 1 and at the fitted temperature."""
+    """NLL, ECE and accuracy-coverage of species top-1 at temperature 1 and at the fitted temperature."""
     labels = torch.tensor(heldout.labels)
     similarity = features @ classifier.text_features
     result: dict[str, Any] = {"temperature": temperature}
     for name, t in (("uncalibrated", 1.0), ("calibrated", temperature)):
-        confidence, predicted = torch.softmax(similarity * (classifier.logit_scale / t), dim=1).max(dim=1)
+        logits = similarity * (classifier.logit_scale / t)
+        confidence, predicted = torch.softmax(logits, dim=1).max(dim=1)
         correct = (predicted == labels).numpy()
-        result[name] = {"ece": expected_calibration_error(confidence.numpy(), correct),
+        result[name] = {"nll": float(torch.nn.functional.cross_entropy(logits, labels)),
+                        "ece": expected_calibration_error(confidence.numpy(), correct),
                         "mean_confidence": float(confidence.mean()), "accuracy": float(correct.mean()),
                         "coverage": {str(c): a for c, a in accuracy_coverage(confidence.numpy(), correct,
                                                                              COVERAGES).items()}}
@@ -226,11 +228,11 @@ def markdown(geo: dict[str, Any]) -> str:
               f"{effect['min_true_probability']:.2e}.", "",
               f"Temperature {calibration['temperature']:.3f}. Accuracy (species top-1 %) when answering only "
               "the most confident fraction of images:", "",
-              "| | ECE | mean confidence | " + " | ".join(f"{float(c):.0%}" for c in COVERAGES) + " |",
-              "|---|---|---|" + "---|" * len(COVERAGES)]
+              "| | NLL | ECE | mean confidence | " + " | ".join(f"{float(c):.0%}" for c in COVERAGES) + " |",
+              "|---|---|---|---|" + "---|" * len(COVERAGES)]
     for name in ("uncalibrated", "calibrated"):
         part = calibration[name]
-        lines.append(f"| {name} | {_pct(part['ece'])} | {_pct(part['mean_confidence'])} | "
+        lines.append(f"| {name} | {part['nll']:.3f} | {_pct(part['ece'])} | {_pct(part['mean_confidence'])} | "
                      + " | ".join(_pct(part["coverage"][str(c)]) for c in COVERAGES) + " |")
     organisms, others = abstention["organisms"], abstention["non_organisms"]
     lines += ["", f"Roll-up at {geo['rollup']} with abstention: share of images per answer.", "",
