@@ -134,3 +134,21 @@ def test_out_that_is_a_file_is_refused_before_torch_loads(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines() == [f"treeclip demo: error: --out {target}: is a file; give a folder "
                                                   "(new, empty, or an earlier demo's)"]
     assert target.read_text(encoding="utf-8") == "mine"
+
+
+def test_rerun_after_a_failed_step_redoes_only_that_step(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A training run killed before its final checkpoint (leaving a writer's temporary file) is redone; every
+    other finished step is reused and the report is rewritten."""
+    from treeclip.atomic import temp_path
+    from treeclip.train.checkpoint import list_checkpoints
+
+    run = demo / "runs" / "seed1" / "taxon"
+    final = list_checkpoints(run)[-1]
+    final.unlink()
+    temp_path(final).write_bytes(b"torn checkpoint")  # what a killed writer leaves behind
+    capsys.readouterr()
+    assert main(["demo", "--out", str(demo), *TINY]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[demo] train")]
+    redone = [line for line in lines if " done " in line]
+    assert len(redone) == 1 and redone[0].startswith("[demo] train taxon seed 1 "), lines
+    assert final.is_file()
