@@ -15,6 +15,7 @@ A header that names no image or rank column, or a table with no data rows, is on
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class CsvSource(Source):
         return self.existing(path, "CSV", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
+        self._folder = os.path.realpath(self.path.parent)
         for item in table_rows(self.path, "csv: table", self._columns):
             yield item if isinstance(item, Problem) else self._record(*item)
 
@@ -59,14 +61,14 @@ class CsvSource(Source):
         value = row["path"]
         if not value:
             return Problem(where, "empty image path")
-        image = contained_path(self.path.parent, value, allow_absolute=self.allow_absolute_paths)
-        if isinstance(image, str):
-            return Problem(where, image)
-        if not image.is_file():
+        image, refused = contained_path(self._folder, value, allow_absolute=self.allow_absolute_paths)
+        if refused:
+            return Problem(where, refused)
+        if not os.path.isfile(image):
             return Problem(where, f"image not found: {image}")
         taxon = taxon_of(row, where, strict=False)
         if isinstance(taxon, Problem):
             return taxon
-        return Record(source=self.kind, source_id=row.get("id") or value.replace("\\", "/"), path=str(image),
+        return Record(source=self.kind, source_id=row.get("id") or value.replace("\\", "/"), path=image,
                       taxon=taxon, split_hint=row.get("split", ""), license=row.get("license", ""),
                       owner=row.get("owner", ""), origin=where)
