@@ -10,7 +10,9 @@ One prepared script for a GPU machine (no downloads: random weights, generated s
   the figures are the loop's own per-step records (median after the warm-up steps): samples/s per GPU and
   MFU (model FLOPs counted once by FlopCounterMode, over the GPU's dense bf16 peak; see
   `treeclip.train.throughput`);
-- inference: image-tower images/s at bf16 (`encode_image`, inference mode).
+- inference: image-tower images/s at bf16 (`encode_image`, inference mode), and `treeclip predict`'s path end
+  to end from JPEG files (threaded decode with JPEG draft mode, pinned-memory copies, bf16 autocast, the bank
+  matmul and top-k on the device) over a 100K-taxon bank, as a share of the tower-alone rate (goal >= 0.8).
 
 It prints a table and writes the figures as JSON. ``--cpu-smoke`` runs the same code path on the CPU with a
 tiny model, a small batch and two steps (compile off), to test the script itself where there is no GPU.
@@ -78,6 +80,7 @@ class Results:
     loader_samples_per_s_per_core: float
     train: list[TrainFigures] = field(default_factory=list)
     inference_images_per_s: float = 0.0
+    predict_images_per_s: float = 0.0
     torch: str = torch.__version__
     python: str = platform.python_version()
 
@@ -152,6 +155,37 @@ def inference_rate(setup: Setup) -> float:
     return setup.batch / timed_calls(encode, calls=setup.steps, warmup=setup.warmup, device=device)
 
 
+def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> float:
+    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (4 batches, after one warm-up batch)."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    from treeclip.model.bank import LabelBank  # noqa: PLC0415
+    from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
+
+    model, _, preprocess, _ = create_model(setup.model, device=setup.device)
+    rng = np.random.default_rng(0)
+    dim = model.text_projection.shape[1] if model.text_projection is not None else model.visual.output_dim
+    matrix = rng.standard_normal((dim, taxa)).astype(np.float32)
+    bank = LabelBank(matrix / np.linalg.norm(matrix, axis=0), [("K", "P", "C", "O", "F", f"G{i // 8}", f"s{i}")
+                                                               for i in range(taxa)], [""] * taxa)
+    classifier = TreeOfLifeClassifier(model=model.eval(), preprocess=preprocess, bank=bank, device=setup.device)
+    (work / "jpegs").mkdir(exist_ok=True)
+    paths = []
+    for i in range(5 * setup.batch):
+        path = work / "jpegs" / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(path, quality=90)
+        paths.append(str(path))
+    workers = max(2, os.cpu_count() or 2)
+    classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers)
+    device = torch.device(setup.device)
+    synchronize(device)
+    start = time.perf_counter()
+    classifier.predict(paths[setup.batch :], batch_size=setup.batch, workers=workers)
+    synchronize(device)
+    return (len(paths) - setup.batch) / (time.perf_counter() - start)
+
+
 def run(setup: Setup, work: Path) -> Results:
     device = torch.device(setup.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -170,6 +204,7 @@ def run(setup: Setup, work: Path) -> Results:
         results.train.append(train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
                                        patch_dropout=patch_dropout))
     results.inference_images_per_s = inference_rate(setup)
+    results.predict_images_per_s = predict_rate(setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
     return results
 
 
@@ -177,7 +212,10 @@ def table(results: Results) -> str:
     rows = [("device", results.device_name), ("model", f"{results.model}, random weights, bf16 autocast on CUDA"),
             ("train batch (per GPU)", str(results.batch)), ("loader workers", str(results.loader_workers)),
             ("loader samples/s per core (224 px, augmented)", f"{results.loader_samples_per_s_per_core:,.1f}"),
-            ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}")]
+            ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}"),
+            ("predict images/s (JPEG files to top-5, bank on the device)",
+             f"{results.predict_images_per_s:,.1f} ({results.predict_images_per_s / results.inference_images_per_s:.2f}x "
+             "the tower alone)")]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU |", "|---|---|---|---|---|"]
     for figures in results.train:

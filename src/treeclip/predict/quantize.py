@@ -3,7 +3,7 @@
 - `with_precision`: torch's dynamic quantisation of the image tower's Linear layers (int8 weights with
   per-tensor scales, activations quantised per batch; attention's fused input projection stays float). It
   needs no export; the ONNX Runtime route (`treeclip.model.onnx`, int8 by ONNX Runtime's quantiser) is
-  measured beside it by ``benchmarks/onnx.py`` (figures in ``benchmarks/RESULTS.md``).
+  measured beside it by ``benchmarks/runtimes.py`` (figures in ``benchmarks/RESULTS.md``).
 - `prune_columns`: the taxa a smaller bank keeps (`treeclip bank prune`).
 - `bank_agreement`: how often a compact bank gives the float32 bank's answers (`treeclip bank info`).
 """

@@ -1,0 +1,285 @@
+"""Inference runtimes, compact banks and decoding, side by side in one run; writes its section of RESULTS.md.
+
+1. **Runtimes** — images/s of `treeclip predict`'s code path (threaded decode + preprocess, model, bank,
+   rows) on the same JPEGs for torch fp32, torch int8 (dynamic quantisation), ONNX Runtime fp32 and ONNX
+   Runtime int8, for ViT-B-16 (BioCLIP's architecture, random weights: speed only) and treeclip-tiny; plus
+   each image tower alone on pre-decoded tensors.
+2. **Agreement** — on a *trained* small model (`--trained MODEL --bank BANK --images DIR`, e.g. trained on
+   the miniature tree with `treeclip synth/build/train`), each fast path's species top-1 agreement with
+   torch fp32 and the mean cosine of the image features.
+3. **Banks** — memory of a 400K-taxon bank (dim 768) stored fp32/fp16/int8, time to score a batch, and
+   top-1 agreement with fp32 at species and genus rank (random hierarchical bank: species of a genus close
+   together; synthetic queries at cosine 0.4 to a random taxon).
+4. **Decoding** — JPEG decode + preprocess per CPU-second (one thread) at 1024x768 and 4000x3000, with and
+   without JPEG draft mode (DCT scaling to >= 2x the model input before the resize).
+
+Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--taxa 400000] [--jpegs 100]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from treeclip.data.images import decode_image  # noqa: E402
+from treeclip.model import create_model, export_model  # noqa: E402
+from treeclip.model.bank import LabelBank, load_bank, save_bank  # noqa: E402
+from treeclip.model.onnx import export_onnx  # noqa: E402
+from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
+from treeclip.predict.quantize import bank_agreement, synthetic_queries  # noqa: E402
+from treeclip.predict.runner import expand_inputs  # noqa: E402
+from treeclip.predict.runtime import load_for_inference  # noqa: E402
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- runtimes.py: begin -->", "<!-- runtimes.py: end -->"
+VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
+
+
+def best_of(runs: int, fn: Callable[[], Any]) -> float:
+    """The shortest wall time of `runs` calls."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """Smooth random photos (compress like real ones, unlike noise) as JPEG files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize(size, Image.BICUBIC)
+        path = folder / f"{i:04d}.jpg"
+        image.save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def tiny_bank(dim: int, n: int = 1000, seed: int = 0) -> LabelBank:
+    rng = np.random.default_rng(seed)
+    matrix = F.normalize(torch.from_numpy(rng.standard_normal((dim, n)).astype(np.float32)), dim=0).numpy()
+    lineages = [("K", "P", "C", "O", "F", f"G{i // 10}", f"s{i}") for i in range(n)]
+    return LabelBank(matrix, lineages, [""] * n)
+
+
+# ---------------------------------------------------------------- 1. runtimes
+
+
+def export_both(arch: str, root: Path) -> tuple[Path, Path, float]:
+    """(hub folder, ONNX folder, export seconds) of a randomly initialised architecture."""
+    model, _, preprocess, tokenizer = create_model(arch)
+    model.eval()
+    hub = export_model(model, out_dir=root / arch, model_name=arch)
+    start = time.perf_counter()
+    onnx_dir = export_onnx(model, model_id=str(hub), out_dir=root / f"{arch}-onnx", preprocess=preprocess,
+                           tokenizer=tokenizer)
+    return hub, onnx_dir, time.perf_counter() - start
+
+
+def bench_runtimes(arch: str, root: Path, jpegs: list[str], batch: int) -> list[dict[str, Any]]:
+    hub, onnx_dir, export_s = export_both(arch, root)
+    bank = tiny_bank(_embed_dim(hub))
+    rows = []
+    for runtime, precision in VARIANTS:
+        model_id = str(onnx_dir if runtime == "onnx" else hub)
+        net, preprocess, tokenizer = load_for_inference(model_id, runtime=runtime, precision=precision)
+        classifier = TreeOfLifeClassifier(model=net, preprocess=preprocess, tokenizer=tokenizer, bank=bank,
+                                          model_id=model_id)
+        pixels = torch.stack([preprocess(decode_image(path)) for path in jpegs[:batch]])
+        classifier.predict(jpegs[:batch], batch_size=batch)  # warm-up (allocations, ONNX Runtime's first run)
+        folder_s = best_of(2, lambda c=classifier: c.predict(jpegs, batch_size=batch, workers=2))
+        tower_s = best_of(2, lambda c=classifier, p=pixels: c.encode_images(p)) / batch
+        rows.append({"arch": arch, "runtime": runtime, "precision": precision,
+                     "folder_ips": len(jpegs) / folder_s, "tower_ips": 1 / tower_s})
+    rows[2]["note"] = f"ONNX export (fp32 + int8) {export_s:.0f} s"
+    return rows
+
+
+def _embed_dim(hub: Path) -> int:
+    return int(json.loads((hub / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"])
+
+
+# ---------------------------------------------------------------- 2. agreement on a trained model
+
+
+def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: int) -> list[dict[str, Any]]:
+    """Top-1 agreement with torch fp32 and mean feature cosine of each fast path, on a trained model."""
+    net, preprocess, tokenizer = load_for_inference(model)
+    onnx_dir = export_onnx(net, model_id=model, out_dir=root / "trained-onnx", preprocess=preprocess,
+                           tokenizer=tokenizer)
+    bank = load_bank(bank_dir)
+    paths = expand_inputs([images])
+    results, reference = [], None
+    for runtime, precision in VARIANTS:
+        model_id = str(onnx_dir) if runtime == "onnx" else model
+        classifier = TreeOfLifeClassifier.from_pretrained(model_id, bank_dir, precision=precision)
+        features = torch.cat([classifier.encode_images(torch.stack([classifier.preprocess(decode_image(p))
+                                                                    for p in paths[i : i + batch]]))
+                              for i in range(0, len(paths), batch)])
+        top1 = classifier.probabilities(features).argmax(dim=1)
+        truth = _truth(paths, bank)
+        if reference is None:
+            reference = (features, top1)
+        results.append({"runtime": runtime, "precision": precision, "images": len(paths),
+                        "agreement": float((top1 == reference[1]).float().mean()),
+                        "cosine": float((features * reference[0]).sum(dim=1).mean()),
+                        "accuracy": float((top1 == truth).float().mean()) if truth is not None else None})
+    return results
+
+
+def _truth(paths: list[str], bank: LabelBank) -> torch.Tensor | None:
+    """True bank columns from synth folder names (``images/Genus_epithet/...``), when every image has one."""
+    column = {f"{lineage[5]}_{lineage[6]}": i for i, lineage in enumerate(bank.lineages)}
+    found = [column.get(Path(path).parent.name) for path in paths]
+    return None if None in found else torch.tensor(found)
+
+
+# ---------------------------------------------------------------- 3. banks
+
+
+def hierarchical_bank(n_taxa: int, dim: int, *, per_genus: int = 8, seed: int = 0) -> LabelBank:
+    """Unit columns, species of a genus close together (cosine ~0.8), genera of a family related."""
+    rng = np.random.default_rng(seed)
+    n_genera = -(-n_taxa // per_genus)
+    families = rng.standard_normal((dim, -(-n_genera // 10))).astype(np.float32)
+    genera = np.repeat(families, 10, axis=1)[:, :n_genera] + rng.standard_normal((dim, n_genera)).astype(np.float32)
+    matrix = np.repeat(genera, per_genus, axis=1)[:, :n_taxa]
+    matrix += 0.7 * rng.standard_normal((dim, n_taxa)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=0, keepdims=True)
+    lineages = [("K", "P", "C", "O", f"F{i // (per_genus * 10)}", f"G{i // per_genus}", f"s{i}")
+                for i in range(n_taxa)]
+    return LabelBank(matrix, lineages, [""] * n_taxa)
+
+
+def bench_banks(root: Path, n_taxa: int, dim: int, n_queries: int) -> list[dict[str, Any]]:
+    reference = load_bank(save_bank(hierarchical_bank(n_taxa, dim), root / "bank-fp32"))
+    queries = synthetic_queries(reference, n_queries)
+    rows = []
+    for dtype in ("fp32", "fp16", "int8"):
+        bank = reference if dtype == "fp32" else load_bank(save_bank(reference, root / f"bank-{dtype}", dtype=dtype))
+        matrix = bank.matrix()
+        seconds = best_of(2, lambda m=matrix: queries[:32] @ m)
+        agreement = bank_agreement(reference, bank, queries)
+        rows.append({"dtype": dtype, "mb": bank.nbytes / 2**20, "score_ms": 1000 * seconds, **agreement})
+    return rows
+
+
+# ---------------------------------------------------------------- 4. decoding
+
+
+def bench_decoding(root: Path) -> list[dict[str, Any]]:
+    """Decode + preprocess (ViT-B-16's) per CPU-second of this process, one thread, with and without draft mode."""
+    _, _, preprocess, _ = create_model("ViT-B-16")
+    rows = []
+    for size, count in (((1024, 768), 40), ((4000, 3000), 8)):
+        paths = write_jpegs(root / f"jpeg-{size[0]}", count, size)
+        for draft in (None, preprocess.draft_size):
+            start = time.process_time()
+            for path in paths:
+                preprocess(decode_image(path, draft_size=draft))
+            cpu = time.process_time() - start
+            rows.append({"size": f"{size[0]}x{size[1]}", "draft": draft, "per_cpu_s": count / cpu})
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], decoding: list[dict],
+             settings: dict[str, Any]) -> str:
+    lines = [BEGIN, "## Inference runtimes, compact banks, decoding (`python benchmarks/runtimes.py`)", "",
+             "One run, side by side on the same inputs. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
+             "| model | runtime | precision | folder images/s | vs torch fp32 | tower alone images/s | vs torch fp32 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for arch in dict.fromkeys(row["arch"] for row in runtimes):
+        group = [row for row in runtimes if row["arch"] == arch]
+        base = group[0]
+        for row in group:
+            lines.append(f"| {arch} | {row['runtime']} | {row['precision']} | {row['folder_ips']:.1f} | "
+                         f"{row['folder_ips'] / base['folder_ips']:.2f}x | {row['tower_ips']:.1f} | "
+                         f"{row['tower_ips'] / base['tower_ips']:.2f}x |")
+    notes = [row["note"] for row in runtimes if row.get("note")]
+    lines += ["", "ONNX exports: " + "; ".join(notes) + ".", "",
+              "| trained small model | precision | images | top-1 agreement with torch fp32 | mean feature cosine | "
+              "top-1 accuracy |", "|---|---|---:|---:|---:|---:|"]
+    for row in agreement:
+        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "n/a"
+        lines.append(f"| {row['runtime']} | {row['precision']} | {row['images']} | {row['agreement']:.2%} | "
+                     f"{row['cosine']:.5f} | {accuracy} |")
+    lines += ["", "| bank storage | memory MB | score 32 queries ms | top-1 species agreement | top-1 genus agreement "
+              "| score-vector cosine |", "|---|---:|---:|---:|---:|---:|"]
+    for row in banks:
+        lines.append(f"| {row['dtype']} | {row['mb']:.0f} | {row['score_ms']:.0f} | {row['top1_species']:.2%} | "
+                     f"{row['top1_genus']:.2%} | {row['score_cosine']:.6f} |")
+    lines += ["", "| JPEG | draft mode | decode + preprocess images per CPU-second (1 thread) |", "|---|---|---:|"]
+    for row in decoding:
+        draft = f"on (>= {row['draft']} px)" if row["draft"] else "off"
+        lines.append(f"| {row['size']} | {draft} | {row['per_cpu_s']:.1f} |")
+    return "\n".join(lines + ["", END]) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace this script's section of RESULTS.md (appended the first time)."""
+    current = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else ""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
+    updated = pattern.sub(lambda _: text, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(updated, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trained", required=True, help="a trained small model (hub folder or checkpoint)")
+    parser.add_argument("--bank", required=True, help="its label bank")
+    parser.add_argument("--images", required=True, help="folder of images of the bank's taxa")
+    parser.add_argument("--jpegs", type=int, default=100)
+    parser.add_argument("--taxa", type=int, default=400_000)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--archs", default="ViT-B-16,treeclip-tiny")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="treeclip-onnx-bench-") as tmp:
+        root = Path(tmp)
+        jpegs = write_jpegs(root / "photos", args.jpegs, (640, 480))
+        runtimes = [row for arch in args.archs.split(",") for row in bench_runtimes(arch, root, jpegs, args.batch)]
+        print(runtimes, flush=True)
+        agreement = bench_agreement(args.trained, args.bank, args.images, root, args.batch)
+        print(agreement, flush=True)
+        banks = bench_banks(root, args.taxa, 768, args.queries)
+        print(banks, flush=True)
+        decoding = bench_decoding(root)
+        print(decoding, flush=True)
+    settings = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                "torch threads": torch.get_num_threads(), "torch": torch.__version__,
+                "onnxruntime": onnxruntime.__version__, "CPU": platform.processor() or platform.machine(),
+                "load at start": " ".join(f"{x:.1f}" for x in load),
+                "load at end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                "photos": f"{args.jpegs} JPEGs 640x480, batch {args.batch}, 2 decoding threads, best of 2",
+                "bank": f"{args.taxa:,} taxa x 768, {args.queries} synthetic queries"}
+    write_section(markdown(runtimes, agreement, banks, decoding, settings))
+
+
+if __name__ == "__main__":
+    main()
