@@ -99,11 +99,12 @@ def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str
 
 
 def contained_path(base: str, value: str, *, allow_absolute: bool) -> tuple[str, str]:
-    """(real path, "") of the image `value` of a table row resolved against the table's real folder `base`, or
-    ("", why it is refused): absolute paths, ``..`` and symlink escapes leave the folder and are refused unless
-    `allow_absolute`. Plain strings, not `Path`s: pathlib interns every part, which a 10M-row table pays for."""
+    """(path, "") of the image `value` of a table row joined to the table's absolute folder `base`, or
+    ("", why it is refused): absolute paths and ``..`` escapes leave the folder and are refused unless
+    `allow_absolute` (a lexical check: symlinks the user placed in the folder are followed, as for a folder
+    source). Plain strings, not `Path`s: pathlib interns every part, which a 10M-row table pays for."""
     candidate = os.path.expanduser(value)
-    resolved = os.path.realpath(os.path.join(base, candidate))
+    resolved = os.path.normpath(os.path.join(base, candidate))
     if allow_absolute or (not os.path.isabs(candidate) and resolved.startswith(base + os.sep)):
         return resolved, ""
     return "", f"image path {value!r} leaves the table's folder {base} (pass --allow-absolute-paths to allow it)"

@@ -42,7 +42,7 @@ class CsvSource(Source):
         return self.existing(path, "CSV", directory=False)
 
     def records(self) -> Iterator[Record | Problem]:
-        self._folder = os.path.realpath(self.path.parent)
+        self._folder = os.path.abspath(self.path.parent)
         for item in table_rows(self.path, "csv: table", self._columns):
             yield item if isinstance(item, Problem) else self._record(*item)
 
