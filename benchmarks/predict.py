@@ -12,6 +12,14 @@
    top-1 agreement with fp32 and the mean cosine between their image features. The model is open_clip's
    ViT-B-16 (BioCLIP's architecture) with random weights; the images are camera-sized JPEGs.
 
+Comparisons with pybioclip (`benchmarks/run.py`) go through the ``hf-hub:imageomics/bioclip`` id a user types:
+`released_layout` puts the benchmark's model and bank into a Hugging Face cache exactly where downloading
+the released model and its TreeOfLife bank would, and `hub_offline` points huggingface_hub at it, so both
+packages load them by their own hub code and preprocess as they do for the released BioCLIP (squashed to
+224 px). One difference is deliberate and stays: treeclip applies a photo's EXIF orientation and pybioclip
+does not, so a camera photo stored sideways with an orientation tag is seen upright by treeclip only; the
+generated benchmark photos carry no EXIF, so the comparison is not affected.
+
 Usage: ``python benchmarks/predict.py [--taxa 400000] [--images 100] [--photos 64] [--baseline-images 3]``
 """
 
@@ -19,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +122,43 @@ def _timed(fn: object, repeat: int = 1) -> float:
         fn()  # type: ignore[operator]
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+BIOCLIP_HUB_ID = "hf-hub:imageomics/bioclip"
+REVISION = "0" * 40
+
+
+def released_layout(cache: Path, *, model_dir: Path, bank_dir: Path, hub_id: str = BIOCLIP_HUB_ID) -> str:
+    """Link a hub-layout model folder and a bank folder into the Hugging Face cache `cache` where downloading
+    `hub_id` and its released TreeOfLife bank would put them; returns `hub_id`."""
+    from treeclip.model.bank import BANK_JSON, BANK_NPY, RELEASED_BANK_FOLDER, RELEASED_BANKS  # noqa: PLC0415
+
+    placed = {("models", hub_id.removeprefix("hf-hub:")): [(p.name, p) for p in model_dir.iterdir() if p.is_file()],
+              ("datasets", RELEASED_BANKS[hub_id]): [(f"{RELEASED_BANK_FOLDER}/{name}", bank_dir / name)
+                                                     for name in (BANK_NPY, BANK_JSON)]}
+    for (kind, repo), files in placed.items():
+        root = cache / f"{kind}--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / "main").write_text(REVISION)
+        for name, source in files:
+            target = root / "snapshots" / REVISION / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.link(source, target)
+    return hub_id
+
+
+@contextlib.contextmanager
+def hub_offline(cache: Path) -> Iterator[None]:
+    """huggingface_hub reading only the cache `cache` (no network) inside the block."""
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
+    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(cache), True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
 
 
 def make_photos(root: Path, count: int, seed: int = 0) -> list[str]:

@@ -71,7 +71,6 @@ class Sizes:
     loader_batches: int
     train_model: str
     train_steps: int
-    train_repeats: int
     repeats: int
     predict_model: str
     photos: int
@@ -83,10 +82,10 @@ class Sizes:
 
 
 QUICK = Sizes(build_images=160, shard_size=40, loader_batches=4, train_model="treeclip-tiny", train_steps=12,
-              train_repeats=2, repeats=2, predict_model="treeclip-small", photos=32, predict_batch=16,
+              repeats=2, predict_model="treeclip-small", photos=32, predict_batch=16,
               bank_taxa=2000, rank_taxa=100_000, rank_images=64, rank_baseline_images=2)
 FULL = Sizes(build_images=1000, shard_size=100, loader_batches=20, train_model="treeclip-tiny", train_steps=25,
-             train_repeats=3, repeats=3, predict_model="ViT-B-16", photos=64, predict_batch=16,
+             repeats=3, predict_model="ViT-B-16", photos=64, predict_batch=16,
              bank_taxa=10_000, rank_taxa=400_000, rank_images=100, rank_baseline_images=3)
 
 
@@ -218,14 +217,13 @@ def _count(loader: Any, batches: int) -> int:
 
 def bench_train(root: Path, sizes: Sizes) -> list[Row]:
     shards = train_bench.write_shards(root / "train-shards", n_species=9, per_species={"train": 64, "val": 2})
-    ours, theirs = train_bench.compare(shards, root, model=sizes.train_model, batch=32, steps=sizes.train_steps,
-                                       repeats=sizes.train_repeats)
-    best = [[max(r[i] for r in rounds) for i in (0, 1)] for rounds in (ours, theirs)]
-    note = f"{sizes.train_model}, batch 32, median of {sizes.train_steps} steps ({train_bench.WARMUP} warm-up), " \
-           f"best of {sizes.train_repeats} alternating rounds"
-    return [Row("train", "treeclip train (wall)", "minimal open_clip loop", "samples/s", best[0][0], best[1][0], note),
-            Row("train", "treeclip train (per CPU-second)", "minimal open_clip loop", "samples/CPU-s", best[0][1],
-                best[1][1], "the same, per CPU-second of the process")]
+    ours, theirs = train_bench.compare(shards, root / "train-run", model=sizes.train_model, batch=32,
+                                       steps=sizes.train_steps)
+    note = f"{sizes.train_model}, batch 32, {sizes.train_steps} steps with the two loops in lockstep " \
+           f"({train_bench.WARMUP} warm-up), median step, 1 thread"
+    return [Row("train", "treeclip train (wall)", "minimal open_clip loop", "samples/s", ours[0], theirs[0], note),
+            Row("train", "treeclip train (per CPU-second)", "minimal open_clip loop", "samples/CPU-s", ours[1],
+                theirs[1], "the same, per CPU-second of the process")]
 
 
 # ------------------------------------------------------------------ predict + bank build
@@ -235,7 +233,14 @@ def bench_predict(root: Path, sizes: Sizes, notes: list[str]) -> list[Row]:
     """Folder prediction vs forward only vs pybioclip, interleaved for `sizes.repeats` rounds (best of each)."""
     model_dir, bank_dir, bank_row = _export_model_and_bank(root, sizes)
     paths = predict_bench.make_photos(_mkdir(root / "photos"), sizes.photos)
-    clf = TreeOfLifeClassifier.from_pretrained(str(model_dir), str(bank_dir))
+    cache = root / "hf-cache"
+    hub_id = predict_bench.released_layout(cache, model_dir=model_dir, bank_dir=bank_dir)
+    with predict_bench.hub_offline(cache):  # both packages load it as a user's hf-hub: id (see benchmarks/predict)
+        clf = TreeOfLifeClassifier.from_pretrained(hub_id)
+        peer = _pybioclip_predictor(hub_id, paths[:2], notes) if clf.preprocess.size == (224, 224) else None
+    if peer is None and clf.preprocess.size != (224, 224):
+        notes.append(f"predict vs pybioclip: skipped, pybioclip feeds the released BioCLIP ids 224 px and "
+                     f"{sizes.predict_model} takes {clf.preprocess.size[0]} px (run without --quick)")
     decoded = torch.stack([clf.preprocess(Image.open(p).convert("RGB")) for p in paths])
     batch = sizes.predict_batch
     clf.rows(decoded[:2], ["a", "b"])  # warm-up
@@ -245,7 +250,6 @@ def bench_predict(root: Path, sizes: Sizes, notes: list[str]) -> list[Row]:
                                                      preprocess=clf.preprocess, batch_size=batch, workers=2,
                                                      draft_size=clf.draft_size) for row in rows],
     }
-    peer = _pybioclip_predictor(model_dir, bank_dir, paths[:2], notes)
     if peer is not None:
         runs["pybioclip"] = lambda: peer(paths, batch)
     best, outputs = _best_of(runs, sizes.repeats)
@@ -302,10 +306,10 @@ def _generated_names(count: int) -> tuple[list[tuple[str, ...]], list[str]]:
     return [tuple(lineage) for lineage in bank.lineages], list(bank.commons)
 
 
-def _pybioclip_predictor(model_dir: Path, bank_dir: Path, warmup: list[str],
+def _pybioclip_predictor(hub_id: str, warmup: list[str],
                          notes: list[str]) -> Callable[[list[str], int], list[dict]] | None:
-    """pybioclip on the same model (``local-dir:``) and bank (its hub download pointed at our folder),
-    loaded and warmed up (its torch.compile runs on the first call)."""
+    """pybioclip on the same model and bank, loaded by the same hf-hub: id from the same offline cache, and
+    warmed up (its torch.compile runs on the first call)."""
     try:
         from bioclip import __about__  # noqa: PLC0415
         from bioclip.predict import Rank as BioRank  # noqa: PLC0415
@@ -314,21 +318,17 @@ def _pybioclip_predictor(model_dir: Path, bank_dir: Path, warmup: list[str],
         notes.append("predict vs pybioclip: skipped, pybioclip is not installed (pip install pybioclip)")
         return None
 
-    class LocalBank(BioTreeOfLife):
-        """pybioclip's classifier reading the bank files from a local folder instead of the Hub."""
-
-        def get_cached_datafile(self, filename: str) -> str:
-            return str(bank_dir / Path(filename).name)
-
     def predict(paths: list[str], batch: int) -> list[dict]:
         return peer.predict(paths, rank=BioRank.SPECIES, k=5, batch_size=batch, callback=lambda *_: None)
 
     start = time.perf_counter()
-    peer = LocalBank(model_str=f"local-dir:{model_dir}")
+    peer = BioTreeOfLife(model_str=hub_id)
     predict(warmup, 2)
     notes.append(f"pybioclip {__about__.__version__}: model load + torch.compile warm-up "
-                 f"{time.perf_counter() - start:.1f} s (excluded); model given as local-dir:, bank files "
-                 "served from the local bank folder by overriding get_cached_datafile")
+                 f"{time.perf_counter() - start:.1f} s (excluded); both packages load {hub_id} and its bank "
+                 "from the same offline Hugging Face cache, so each preprocesses as for the released BioCLIP "
+                 "(squash to 224 px); treeclip applies EXIF orientation and pybioclip does not (the generated "
+                 "photos have no EXIF)")
     return predict
 
 
