@@ -186,9 +186,9 @@ def test_writer_repairs_a_torn_tail(tmp_path: Path) -> None:
     out = tmp_path / "p.jsonl"
     rows = [{"file_name": name, "score": s} for name in ("a", "b", "c") for s in (0.5, 0.25)]
     with RowWriter(out, fmt="jsonl", columns=["file_name", "score"]) as writer:
-        writer.write(rows[:5])  # c has only one of its two rows: an incomplete top-k
-    with open(out, "a") as handle:
-        handle.write('{"file_name": "d", "sco')
+        writer.write(rows[:4])
+    with open(out, "a") as handle:  # killed while writing the next batch: c has one of its two rows
+        handle.write(json.dumps(rows[4]) + '\n{"file_name": "d", "sco')
     with RowWriter(out, fmt="jsonl", columns=["file_name", "score"]) as writer:
         assert writer.done == {"a", "b"}
     assert [json.loads(line)["file_name"] for line in out.read_text().splitlines()] == ["a", "a", "b", "b"]
