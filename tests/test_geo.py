@@ -179,5 +179,12 @@ def test_http_api_takes_a_location_or_the_photos_gps(demo, tmp_path) -> None:
         fixed = client.post("/v1/predict", files=files[1:], data={"lat": "5", "lon": "6", "date": "2020-07-01"})
         assert all("5.0000,6.0000 month 7" in row["prior"] for row in fixed.json()["results"][0]["rows"])
         assert client.post("/v1/predict", files=files[1:], data={"lat": "5"}).status_code == 400
+        organism = client.post("/v1/predict", files=files[1:], data={"rollup": "0.5", "abstain": "true"}).json()
+        texture = Image.new("RGB", (32, 32), (128, 128, 128))
+        texture.save(tmp_path / "grey.png")
+        grey = client.post("/v1/predict", files=[("files", ("grey.png", (tmp_path / "grey.png").read_bytes(),
+                                                             "image/png"))], data={"rollup": "0.5", "abstain": "true"})
+        assert organism["results"][0]["rollup"]["rank"] and grey.status_code == 200
+        assert client.post("/v1/predict", files=files[1:], data={"abstain": "true"}).status_code == 400
         page = client.get("/").text
         assert 'id="location"' in page and 'id="use-gps"' in page

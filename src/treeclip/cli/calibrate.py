@@ -38,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"treeclip calibrate: {args.labelled}: skipped {count} rows: {reason}\n")
     if not labelled.paths:
         raise UsageError(f"{args.labelled}: no labelled image of a bank species; nothing to fit")
-    features, names, errors = classifier.features(labelled.paths, batch_size=args.batch_size, workers=args.workers)
+    embeddings, names, errors = classifier.features(labelled.paths, batch_size=args.batch_size, workers=args.workers,
+                                                    raw=True)
     if not names:
         raise InputError(f"none of the {len(labelled.paths)} labelled images could be read")
     label_of = dict(zip(labelled.paths, labelled.labels, strict=True))
     labels = torch.tensor([label_of[name] for name in names])
-    similarity = features @ classifier.text_features
-    calibration = fit_calibration(features, classifier.text_features, labels, logit_scale=classifier.logit_scale,
+    similarity = torch.nn.functional.normalize(embeddings, dim=-1) @ classifier.text_features
+    calibration = fit_calibration(embeddings, classifier.text_features, labels, logit_scale=classifier.logit_scale,
                                   quantile=args.quantile, model=classifier.model_id)
     for name, temperature in (("ece_before", 1.0), ("ece_after", calibration.temperature)):
         probs = torch.softmax(similarity * (classifier.logit_scale / temperature), dim=1)

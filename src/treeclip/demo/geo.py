@@ -170,10 +170,12 @@ def calibration_effect(classifier: TreeOfLifeClassifier, features: torch.Tensor,
     return result
 
 
-def abstention_rates(classifier: TreeOfLifeClassifier, features: torch.Tensor, names: Sequence[str]
+def abstention_rates(classifier: TreeOfLifeClassifier, raw: torch.Tensor, names: Sequence[str]
                      ) -> dict[str, float]:
-    """Share of images answered per roll-up outcome (a rank, unknown, not-an-organism, not-in-bank)."""
-    rows = classifier.rows_from_features(features, list(names), rollup=ROLLUP, abstain=True)
+    """Share of images answered per roll-up outcome (a rank, unknown, not-an-organism, not-in-bank), from their
+    embeddings before normalisation."""
+    rows = classifier.rows_from_features(torch.nn.functional.normalize(raw, dim=-1), list(names), rollup=ROLLUP,
+                                         abstain=True, raw=raw)
     counts = Counter(row["rank"] for row in rows)
     return {outcome: count / len(rows) for outcome, count in sorted(counts.items())}
 
@@ -183,20 +185,21 @@ def run_geo(root: Path, *, model: Path, bank: Path, world: Path, image_size: int
     prior = build_prior(world, root / PRIOR_FILE)
     classifier = TreeOfLifeClassifier.from_pretrained(str(model), bank, prior=prior, calibrated=False)
     calibration_half, evaluation_half = heldout_halves(world, classifier.bank.lineages)
-    fit_features, _, _ = classifier.features(calibration_half.paths)
-    calibration = fit_calibration(fit_features, classifier.text_features, torch.tensor(calibration_half.labels),
+    fit_embeddings, _, _ = classifier.features(calibration_half.paths, raw=True)
+    calibration = fit_calibration(fit_embeddings, classifier.text_features, torch.tensor(calibration_half.labels),
                                   logit_scale=classifier.logit_scale, model=str(model))
     save_calibration(bank, calibration)
-    features, names, _ = classifier.features(evaluation_half.paths)
+    raw, names, _ = classifier.features(evaluation_half.paths, raw=True)
+    features = torch.nn.functional.normalize(raw, dim=-1)
     result = {"prior": {"file": PRIOR_FILE, **asdict(prior.info)},
               "prior_effect": prior_effect(classifier, features, evaluation_half),
               "calibration": calibration_effect(classifier, features, evaluation_half, calibration.temperature),
               "fitted_on": calibration.fitted_on, "rollup": ROLLUP}
     classifier.calibration = calibration
     others = non_organism_images(root / NON_ORGANISMS, per_kind=4, size=image_size, seed=seed)
-    other_features, other_names, _ = classifier.features(others)
-    result["abstention"] = {"organisms": abstention_rates(classifier, features, names),
-                            "non_organisms": abstention_rates(classifier, other_features, other_names),
+    other_raw, other_names, _ = classifier.features(others, raw=True)
+    result["abstention"] = {"organisms": abstention_rates(classifier, raw, names),
+                            "non_organisms": abstention_rates(classifier, other_raw, other_names),
                             "non_organism_images": len(other_names)}
     atomic_write(root / GEO_FILE, json.dumps(result, indent=1) + "\n")
     return result

@@ -7,7 +7,7 @@ fitted to minimise the negative log-likelihood of the true species on a labelled
 Out of bank: two scores of how unlike the labelled organism images an image is, each with a threshold at half of
 `quantile` of the labelled images (so about `quantile` of images like them abstain): its best cosine similarity
 to any bank text (below the threshold: it matches no name well), and the Mahalanobis distance of its embedding
-from the labelled images' embeddings (mean and covariance, the covariance shrunk towards a scaled identity with
+(before L2 normalisation: its length carries part of the signal) from the labelled images' embeddings (mean and covariance, the covariance shrunk towards a scaled identity with
 weight ``d / (n + d)`` for ``n`` images of dimension ``d``; above the threshold: it looks like no photo of the
 bank's organisms, e.g. a plain texture). Roll-up answers such an image "not-in-bank".
 
@@ -147,19 +147,20 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, steps: int = 
     return temperature
 
 
-def fit_calibration(features: torch.Tensor, text_features: Any, labels: torch.Tensor, *,
+def fit_calibration(embeddings: torch.Tensor, text_features: Any, labels: torch.Tensor, *,
                     logit_scale: float, quantile: float = DEFAULT_QUANTILE, model: str = "") -> Calibration:
-    """Temperature and out-of-bank thresholds from labelled images' unit embeddings (``[n, dim]``), the bank's
-    text vectors (``[dim, n_taxa]``) and the images' bank columns; `metrics` holds the NLL before and after."""
-    similarity = features.float() @ text_features
+    """Temperature and out-of-bank thresholds from labelled images' embeddings (``[n, dim]``, before
+    normalisation), the bank's text vectors (``[dim, n_taxa]``) and the images' bank columns; `metrics` holds
+    the NLL before and after."""
+    similarity = torch.nn.functional.normalize(embeddings.float(), dim=-1) @ text_features
     logits = similarity * logit_scale
     temperature = fit_temperature(logits, labels)
     nll = {name: float(torch.nn.functional.cross_entropy(logits / t, labels.long()))
            for name, t in (("nll_before", 1.0), ("nll_after", temperature))}
-    density = ImageDensity.fit(features)
+    density = ImageDensity.fit(embeddings)
     return Calibration(temperature=temperature, quantile=quantile, fitted_on=len(labels), model=model,
                        out_of_bank_threshold=out_of_bank_threshold(similarity.max(dim=1).values, quantile / 2),
-                       image_threshold=-out_of_bank_threshold(-density.distance(features), quantile / 2),
+                       image_threshold=-out_of_bank_threshold(-density.distance(embeddings), quantile / 2),
                        metrics=nll, density=density)
 
 

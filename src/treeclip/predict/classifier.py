@@ -108,14 +108,14 @@ class _ImageClassifier:
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 image features of a preprocessed batch. On CUDA the batch is copied from
-        pinned memory without blocking and the tower runs under bf16 autocast."""
+        """L2-normalised float32 image features of a preprocessed batch."""
+        return F.normalize(self.embed(pixels), dim=-1)
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float32 image embeddings of a preprocessed batch, before L2 normalisation."""
         self.model.eval()
-        cuda = self.device.type == "cuda"
-        if cuda:
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
-            return F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1)
+        return self.model.encode_image(pixels.to(self.device)).float()
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax((features @ self.text_features).mul_(self.logit_scale), dim=1)
@@ -128,12 +128,14 @@ class _ImageClassifier:
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         raise NotImplementedError
 
-    def features(self, images: Sequence[ImageItem], *, batch_size: int = 32, workers: int = 2
+    def features(self, images: Sequence[ImageItem], *, batch_size: int = 32, workers: int = 2, raw: bool = False
                  ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
-        """(``[n, dim]`` unit image features of the readable images, their names, (name, reason) of the rest)."""
+        """(``[n, dim]`` unit image features of the readable images (their raw embeddings with `raw`), their names,
+        (name, reason) of the rest)."""
+        encode = self.embed if raw else self.encode_images
+
         def score(pixels: torch.Tensor, names: list[str]) -> list[Row]:
-            return [{FILE_NAME: name, EMBEDDING: vector} for name, vector in zip(names, self.encode_images(pixels),
-                                                                                  strict=True)]
+            return [{FILE_NAME: name, EMBEDDING: vector} for name, vector in zip(names, encode(pixels), strict=True)]
 
         rows = [row for batch in run_batches(list(images), score=score, preprocess=self.preprocess,
                                              batch_size=batch_size, workers=workers, draft_size=self.draft_size)
@@ -255,18 +257,20 @@ class TreeOfLifeClassifier(_ImageClassifier):
 
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         """Rows for one preprocessed batch (options as `rows_from_features`)."""
-        return self.rows_from_features(self.encode_images(pixels), names, **options)
+        raw = self.embed(pixels)
+        return self.rows_from_features(F.normalize(raw, dim=-1), names, raw=raw, **options)
 
     @torch.inference_mode()
     def rows_from_features(self, features: torch.Tensor, names: list[str], *, rank: Rank | str = Rank.SPECIES,
                            k: int = 5, min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
-                           locate: Locator | None = None) -> list[Row]:
+                           locate: Locator | None = None, raw: torch.Tensor | None = None) -> list[Row]:
         """Rows for a batch of L2-normalised image features (see the module docstring); `locate` maps a
-        name to its Location (or None)."""
+        name to its Location (or None); `raw`, the features before normalisation, lets abstention use the
+        calibration's image-density check."""
         locations = [locate(name) for name in names] if locate is not None and self.prior is not None else None
         probs = self.probabilities(features, locations).cpu()
         if rollup is not None:
-            abstained = self.abstentions(features) if abstain else [None] * len(names)
+            abstained = self.abstentions(features, raw) if abstain else [None] * len(names)
             rows = self._rollup_rows(probs, names, rollup, abstained)
         else:
             rows = self._topk_rows(probs, names, rank=Rank.parse(rank), k=k, min_prob=min_prob)
@@ -277,11 +281,11 @@ class TreeOfLifeClassifier(_ImageClassifier):
                 row[PRIOR] = notes[row[FILE_NAME]]
         return rows
 
-    def abstentions(self, features: torch.Tensor) -> list[str | None]:
+    def abstentions(self, features: torch.Tensor, raw: torch.Tensor | None = None) -> list[str | None]:
         """Per image: "not-an-organism", "not-in-bank" or None (see the module docstring)."""
         similarity = features @ self.text_features
         verdicts: list[str | None] = [None] * len(features)
-        for row in torch.nonzero(self._out_of_bank(features, similarity)).flatten().tolist():
+        for row in torch.nonzero(self._out_of_bank(similarity, raw)).flatten().tolist():
             verdicts[row] = NOT_IN_BANK
         if self.background_features is not None:
             joint = torch.cat([similarity, features @ self.background_features], dim=1)
@@ -290,14 +294,15 @@ class TreeOfLifeClassifier(_ImageClassifier):
                 verdicts[row] = NOT_AN_ORGANISM
         return verdicts
 
-    def _out_of_bank(self, features: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-        """``[B]`` bool: below the calibration's text threshold or beyond its image-density threshold."""
-        outside = torch.zeros(len(features), dtype=torch.bool)
+    def _out_of_bank(self, similarity: torch.Tensor, raw: torch.Tensor | None) -> torch.Tensor:
+        """``[B]`` bool: below the calibration's text threshold or (given the raw embeddings) beyond its
+        image-density threshold."""
+        outside = torch.zeros(len(similarity), dtype=torch.bool)
         calibration = self.calibration
         if calibration is not None and calibration.out_of_bank_threshold is not None:
             outside |= similarity.max(dim=1).values.cpu() < calibration.out_of_bank_threshold
-        if calibration is not None and calibration.density is not None and calibration.image_threshold is not None:
-            outside |= calibration.density.distance(features).cpu() > calibration.image_threshold
+        if calibration is not None and calibration.density is not None and raw is not None:
+            outside |= calibration.density.distance(raw).cpu() > calibration.image_threshold
         return outside
 
     def _topk_rows(self, probs: torch.Tensor, names: list[str], *, rank: Rank, k: int,

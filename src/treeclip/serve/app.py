@@ -98,6 +98,8 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
         date: Annotated[str, Form(max_length=40, description="date of the photos (YYYY-MM-DD), for a seasonal "
                                                              "prior")] = "",
         use_photo_gps: Annotated[bool, Form(description="use each photo's EXIF GPS position and date")] = False,
+        abstain: Annotated[bool, Form(description="with rollup: answer 'not-an-organism' or 'not-in-bank' for "
+                                                  "images unlike the bank's organisms")] = False,
     ) -> PredictResponse:
         """Top-k answers per requested rank (or over custom labels) and the roll-up answer, per file. With a
         location (lat/lon, or the photos' GPS) and a server started with --prior, answers are reweighted by
@@ -105,10 +107,11 @@ def create_app(*, classifier: TreeOfLifeClassifier, limits: Limits = Limits()) -
         where = await _locations(files, classifier, lat=lat, lon=lon, date=date, use_photo_gps=use_photo_gps)
         key, score = await engines.question(ranks=_parse_ranks(rank), k=k, rollup=rollup,
                                       labels=_labels(labels, limits), subset=_checklist(subset))
-        if where is not None:
-            if labels:
-                raise UsageError("a location applies to tree-of-life answers; it cannot be combined with labels")
-            key, score = (*key, "at", id(where)), functools.partial(score, locate=where.get)
+        if where is not None or abstain:
+            if labels or (abstain and rollup is None):
+                raise UsageError("a location and abstain apply to tree-of-life answers (abstain: with rollup)")
+            key = (*key, "abstain", abstain, "at", id(where) if where else None)
+            score = functools.partial(score, locate=where.get if where else None, abstain=abstain)
         results = await pipeline.answers(files, key, score)
         return PredictResponse(model=classifier.model_id, results=_named(results))
 
@@ -208,16 +211,18 @@ async def _locations(files: list[UploadFile], classifier: TreeOfLifeClassifier, 
 
 
 def _tree_answers(classifier: TreeOfLifeClassifier, pixels: torch.Tensor, *, ranks: Sequence[Rank], k: int,
-                  rollup: float | None, locate: Callable[[str], Location | None] | None = None
-                  ) -> list[dict[str, Any]]:
+                  rollup: float | None, locate: Callable[[str], Location | None] | None = None,
+                  abstain: bool = False) -> list[dict[str, Any]]:
     """Per image: top-k rows at each rank and the roll-up row, from one image encoding."""
-    features = classifier.encode_images(pixels)
+    raw = classifier.embed(pixels)
+    features = torch.nn.functional.normalize(raw, dim=-1)
     names = [str(i) for i in range(len(pixels))]
     rows = [row for rank in ranks
             for row in classifier.rows_from_features(features, names, rank=rank, k=k, locate=locate)]
     answers = [{"rows": found, "rollup": None} for found in _by_name(rows, FILE_NAME, len(names))]
     if rollup is not None:
-        for row in classifier.rows_from_features(features, names, rollup=rollup, locate=locate):
+        for row in classifier.rows_from_features(features, names, rollup=rollup, locate=locate, raw=raw,
+                                                 abstain=abstain):
             answers[int(row[FILE_NAME])]["rollup"] = row
     return answers
 
