@@ -113,9 +113,14 @@ class _ImageClassifier:
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float32 image embeddings of a preprocessed batch, before L2 normalisation."""
+        """Float32 image embeddings of a preprocessed batch, before L2 normalisation. On CUDA the batch is copied
+        from pinned memory without blocking and the tower runs under bf16 autocast."""
         self.model.eval()
-        return self.model.encode_image(pixels.to(self.device)).float()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            return self.model.encode_image(pixels.to(self.device)).float()
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax((features @ self.text_features).mul_(self.logit_scale), dim=1)
