@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     for benchmark in benchmarks:
         classes = write_classes(benchmark, args.out / _safe(benchmark.name) / "classes.csv", TEXT_TYPES)
         print(f"{benchmark.name}: {len(benchmark.classes)} classes, texts used: {classes}")
+        for text_type in settings_of[benchmark.name].text_types:  # two classes with one text: fail before any model
+            benchmark.class_strings(text_type)
     cache = FeatureCache(_cache_dir(args))
     bars: list[Any] = []
 
