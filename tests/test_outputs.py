@@ -88,3 +88,15 @@ def test_recorded_model_ids_are_absolute(world: Path, tmp_path: Path, monkeypatc
                  "--output", str(out), "--k", "1"]) == 0
     text = out.read_text()
     assert f"model {os.path.join(world, 'model')};" in text
+
+
+def test_a_bank_built_with_another_model_is_warned_about(world: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    other = export_tiny_model(tmp_path / "other", seed=1)
+    assert main(["predict", str(world / "photos" / "small.png"), "--model", str(other), "--bank",
+                 str(world / "bank"), "--k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"the label bank was built with model {world / 'model'}, not {other}" in err
+    assert main(["predict", str(world / "photos" / "small.png"), "--model", str(world / "model"), "--bank",
+                 str(world / "bank"), "--k", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -142,6 +142,19 @@ def report_errors(command: str, errors: list[tuple[str, str]], total: int, outpu
     raise InputError(f"{len(errors)} of {total} images could not be read{where}")
 
 
+def _check_bank_model(classifier: Any) -> None:
+    """Warn (one line) when the bank's ``bank.json`` names another model than the one predicting: its text
+    vectors then live in another embedding space and the scores mean little."""
+    from treeclip.model.hub import resolvable_model_id  # noqa: PLC0415
+
+    bank = getattr(classifier, "full_bank", None)
+    built_with = bank.meta.get("model") if bank is not None else None
+    if built_with and resolvable_model_id(built_with) != classifier.model_id:
+        sys.stderr.write(f"treeclip predict: warning: the label bank was built with model {built_with}, not "
+                         f"{classifier.model_id}; rebuild it with `treeclip bank build --model "
+                         f"{classifier.model_id}` unless both share one text tower\n")
+
+
 def output_metadata(model_id: str, *, bank: Any = None, bank_dir: str | None = None) -> dict[str, str]:
     """What an output records about its making: the model as a resolvable id (with the hub revision) and the
     label bank (its folder and its own bank.json record)."""
@@ -232,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     check_runtime(args.model, args.runtime)
     items = expand_inputs(args.images)
     model = _classifier(args)
+    _check_bank_model(model)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
     if args.abstain or args.prior:
         from treeclip.predict.location import make_locator  # noqa: PLC0415
