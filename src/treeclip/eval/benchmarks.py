@@ -183,15 +183,17 @@ def load_rare(path: str, name: str = "", columns: Mapping[str, str] | None = Non
 
 
 def _rare_image(root: Path, file: str, taxon: Taxon) -> Path:
-    """A Rare Species image: DIR/file, else in its ``Kingdom-...-epithet`` folder, else one folder down."""
+    """A Rare Species image: DIR/file, else in its ``Kingdom-...-epithet`` folder (in DIR or the hub's
+    ``DIR/dataset/``), else one or two folders down."""
     direct = root / file
     if direct.is_file():
         return direct
     base = Path(file).name
-    folder = root / "-".join(taxon.lineage) / base
-    if folder.is_file():
-        return folder
-    return next((candidate for candidate in root.glob(f"*/{base}") if candidate.is_file()), direct)
+    for folder in (root / "-".join(taxon.lineage), root / "dataset" / "-".join(taxon.lineage)):
+        if (folder / base).is_file():
+            return folder / base
+    found = (p for pattern in (f"*/{base}", f"*/*/{base}") for p in root.glob(pattern) if p.is_file())
+    return next(found, direct)
 
 
 def load_bioclip_csv(path: str, name: str = "", columns: Mapping[str, str] | None = None) -> Benchmark:

@@ -20,7 +20,8 @@ The taxonomy file (CSV or tab-separated) is one of:
 
 Images are found under IMAGE_ROOT as ``{content_id}.jpg`` (or another image extension),
 ``{content_id}_{page_id}_eol-full-size-copy.jpg`` (the name BioCLIP's downloader, the Rare Species files and
-TreeOfLife-10M give), also in any sub-folder one level down (the downloader's dated folders such as
+TreeOfLife-10M give; ``_eol_full-size-copy.jpg`` as some dataset cards spell it is tried next), also in any
+sub-folder one level down (the downloader's dated folders such as
 ``2024-03-20/``), or the basename of either URL; nothing is downloaded.
 """
 
@@ -43,7 +44,7 @@ from .base import IMAGE_EXTENSIONS, Source, checked_taxon, first_existing, int_t
 PAGE_COLUMNS = ("page_id", "eol_page_id", "eolid", "eol_id", "pageid")
 DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank", "scientificname", "canonicalname", "eolid",
                "vernacularname")
-EOL_SUFFIX = "_eol-full-size-copy.jpg"
+EOL_SUFFIXES = ("_eol-full-size-copy.jpg", "_eol_full-size-copy.jpg")  # the downloader's; a dataset card's
 RANK_INDEX = {**{name: index for index, name in enumerate(RANK_NAMES)}, "division": 1}
 MAX_DEPTH = 1_000  # no real taxonomy is this deep; stops a walk in a pathological file
 MANIFEST_COLUMNS = ("eol_content_id", "eol_page_id", "license_name", "copyright_owner", "eol_full_size_copy_url",
@@ -118,7 +119,7 @@ class EolSource(Source):
     def _candidates(self, row: dict[str, str], content_id: str, page_id: str) -> Iterator[Path]:
         root = self.image_root
         yield root / f"{content_id}.jpg"
-        yield from (folder / f"{content_id}_{page_id}{EOL_SUFFIX}" for folder in self._folders)
+        yield from (folder / f"{content_id}_{page_id}{suffix}" for suffix in EOL_SUFFIXES for folder in self._folders)
         for column in ("eol_full_size_copy_url", "medium_source_url"):
             name = Path(unquote(urlparse(row.get(column, "")).path)).name
             if name:

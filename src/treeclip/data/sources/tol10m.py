@@ -77,6 +77,7 @@ class Tol10mSource(Source):
         if content:
             yield from (root / folder / f"{tol_id}.jpg" for folder in ("eol", "EOL"))
             yield root / "eol" / f"{content}_{page}_eol-full-size-copy.jpg"
+            yield root / "eol" / f"{content}_{page}_eol_full-size-copy.jpg"  # as some dataset cards spell it
         if row.get("bioscan_filename"):
             yield root / "bioscan" / f"part{int_text(row.get('bioscan_part', ''))}" / row["bioscan_filename"]
         if row.get("inat21_filename"):
