@@ -5,6 +5,7 @@ calibration; abstention on non-organism images; hierarchical consistency; clade 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,12 @@ def test_predict_cli_with_exif_location_and_within(demo, tmp_path, capsys) -> No
 
 def test_calibrate_cli_writes_the_bank_calibration(demo, tmp_path, capsys) -> None:
     layout, _ = demo
+    bank = shutil.copytree(layout.bank, tmp_path / "bank")  # the shared fixture's bank keeps run_geo's calibration
     assert main(["calibrate", str(layout.world / "catalog.csv"), "--split", "val", "--model", str(layout.model),
-                 "--bank", str(layout.bank)]) == 0
+                 "--bank", str(bank)]) == 0
     err = capsys.readouterr().err
     assert "temperature" in err and "ECE" in err
-    stored = json.loads((layout.bank / "calibration.json").read_text())
+    stored = json.loads((bank / "calibration.json").read_text())
     assert stored["fitted_on"] > 0 and stored["out_of_bank_threshold"] is not None
     assert np.isfinite(stored["metrics"]["nll_after"]) and stored["metrics"]["nll_after"] <= stored["metrics"][
         "nll_before"] + 1e-6
