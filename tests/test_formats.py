@@ -381,3 +381,14 @@ def test_inat21_licence_and_rights_holder_reach_the_record(tmp_path: Path) -> No
         "categories": [], "licenses": [{"id": 2, "name": "Attribution-NonCommercial License"}]}))
     found, _ = records(f"inat21:{tmp_path}")
     assert found[0].license == "Attribution-NonCommercial License" and found[0].owner == "megatherium"
+
+
+def test_tol10m_finds_eol_images_by_the_downloaders_name(tmp_path: Path) -> None:
+    jpeg(tmp_path / "images" / "eol" / "12853737_449393_eol-full-size-copy.jpg")
+    catalog = write(tmp_path / "catalog.csv", [
+        "split,treeoflife_id,eol_content_id,eol_page_id,bioscan_part,bioscan_filename,inat21_filename,"
+        "inat21_cls_name,inat21_cls_num,kingdom,phylum,class,order,family,genus,species,common",
+        "train,0a1b2c3d,12853737,449393,,,,,,Animalia,Mollusca,Bivalvia,Unionida,Unionidae,Cyclonaias,tuberculata,"
+        "purple wartyback"])
+    found, problems = records(f"tol10m:{catalog},{tmp_path / 'images'}")
+    assert not problems and found[0].taxon.lineage == WARTYBACK and found[0].source_id == "0a1b2c3d"
