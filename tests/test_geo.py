@@ -134,6 +134,9 @@ def test_predict_cli_with_exif_location_and_within(demo, tmp_path, capsys) -> No
     notes = {Path(row["file_name"]).name: row["prior"] for row in rows}
     assert notes["photo.jpg"].startswith("prior.parquet at 10.5000,-20.0000") and "exif" in notes["photo.jpg"]
     assert notes["no_gps.jpg"] == "none (no location)"
+    dwc = tmp_path / "rows.dwc.csv"
+    assert main([*args[:-4], "--format", "dwc", "--output", str(dwc)]) == 0
+    assert "location prior: prior.parquet at 10.5000,-20.0000" in dwc.read_text()
     assert main(["predict", str(photo), "--model", str(layout.model), "--bank", str(layout.bank),
                  "--lat", "91", "--lon", "0", "--prior", str(layout.root / geo.PRIOR_FILE)]) == 2
     assert "latitude" in capsys.readouterr().err

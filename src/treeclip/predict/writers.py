@@ -71,6 +71,8 @@ def dwc_row(row: Row, *, name_key: str = "file_name", model_id: str = "", positi
     which = "primary identification" if position == 1 else f"alternative identification {position}"
     out["identificationRemarks"] = (f"{which}; treeclip zero-shot; model {model_id or 'unknown'}; "
                                     f"score {row['score']:.6g}")
+    if row.get("prior"):
+        out["identificationRemarks"] += f"; location prior: {row['prior']}"
     return out
 
 
