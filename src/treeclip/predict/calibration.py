@@ -7,9 +7,9 @@ fitted to minimise the negative log-likelihood of the true species on a labelled
 Out of bank: two scores of how unlike the labelled organism images an image is, each with a threshold at half of
 `quantile` of the labelled images (so about `quantile` of images like them abstain): its best cosine similarity
 to any bank text (below the threshold: it matches no name well), and the Mahalanobis distance of its embedding
-(before L2 normalisation: its length carries part of the signal) from the labelled images' embeddings (mean and covariance, the covariance shrunk towards a scaled identity with
-weight ``d / (n + d)`` for ``n`` images of dimension ``d``; above the threshold: it looks like no photo of the
-bank's organisms, e.g. a plain texture). Roll-up answers such an image "not-in-bank".
+(before L2 normalisation: its length carries part of the signal) from the labelled images' embeddings (mean and
+covariance, the covariance shrunk towards a scaled identity with weight ``d / (n + d)`` for ``n`` images of
+dimension ``d``; above the threshold: it looks like no photo of the bank's organisms, e.g. a plain texture). Roll-up answers such an image "not-in-bank".
 
 Stored in the bank folder (`save_calibration` / `load_calibration`): ``calibration.json`` (temperature,
 thresholds, what they were fitted on) and ``calibration.npz`` (the embedding mean and inverse covariance;

@@ -19,8 +19,8 @@ Abstention (roll-up with ``abstain=True``): an image is answered ``not-an-organi
 probability mass, over the bank plus a small bank of non-organism and background texts (`BACKGROUND_TEXTS`),
 falls on the background texts; ``not-in-bank`` when the calibration's out-of-bank scores say it is unlike
 the bank's organisms (`treeclip.predict.calibration`); otherwise it gets the deepest rank R reached by the
-roll-up threshold ("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored like ``unknown``
-ones: with the best kingdom probability.
+roll-up threshold ("an organism, sure down to R and unsure below") or ``unknown``. Abstaining rows are scored
+like ``unknown`` ones: with the best kingdom probability.
 """
 
 from __future__ import annotations
