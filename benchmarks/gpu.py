@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -200,9 +201,13 @@ def run(setup: Setup, work: Path) -> Results:
     results = Results(device_name=name, model=setup.model, batch=setup.batch, loader_workers=setup.workers,
                       loader_samples_per_s_per_core=loader_rate_per_core(
                           shards, model=setup.model, batch=loader_batch, batches=loader_batches))
+    print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
     for index, (compile_model, patch_dropout) in enumerate(setup.variants):
-        results.train.append(train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
-                                       patch_dropout=patch_dropout))
+        figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
+                            patch_dropout=patch_dropout)
+        shutil.rmtree(work / f"run{index}", ignore_errors=True)  # a ViT-B-16 checkpoint with AdamW state is ~2 GB
+        print(f"train: {asdict(figures)}", flush=True)  # partial results survive a time-out
+        results.train.append(figures)
     results.inference_images_per_s = inference_rate(setup)
     results.predict_images_per_s = predict_rate(setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
     return results

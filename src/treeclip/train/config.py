@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class ModelConfig:
-    name: str = "treeclip-tiny"  # open_clip architecture, packaged tiny config, or local model dir
+    name: str = "treeclip-tiny"  # any model id: architecture, hf-hub:ORG/NAME, model folder, checkpoint
     pretrained: str | None = None  # e.g. "openai" or a checkpoint path
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
     freeze_text: bool = False  # fine-tuning: keep the text tower (and token embedding) fixed
