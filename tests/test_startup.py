@@ -34,3 +34,21 @@ def test_model_folder_without_weights_is_a_usage_error(tmp_path: Path) -> None:
     (model_dir / HUB_WEIGHTS).unlink()
     with pytest.raises(UsageError, match="no weights"):
         load_model(model_dir)
+
+
+def test_training_may_start_from_an_architecture_folder(tmp_path: Path) -> None:
+    """The demo trains from a folder holding only open_clip_config.json: allowed (random init) when asked."""
+    model_dir = export_tiny_model(tmp_path / "model")
+    (model_dir / HUB_WEIGHTS).unlink()
+    torch.manual_seed(0)
+    first = create_model(model_dir, config_only_ok=True)[0].state_dict()
+    torch.manual_seed(1)
+    second = create_model(model_dir, config_only_ok=True)[0].state_dict()
+    assert any(not torch.equal(first[name], second[name]) for name in first)  # really initialised at random
+
+
+def test_a_folder_with_weights_loads_them_even_when_config_only_is_allowed(tmp_path: Path) -> None:
+    model_dir = export_tiny_model(tmp_path / "model")
+    expected = load_model(model_dir)[0].state_dict()
+    loaded = create_model(model_dir, config_only_ok=True)[0].state_dict()
+    assert all(torch.equal(expected[name], loaded[name]) for name in expected)

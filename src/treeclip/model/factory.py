@@ -36,7 +36,7 @@ import torch
 
 from treeclip.errors import UsageError
 
-from .hub import is_hub_dir, write_hub_config
+from .hub import HUB_WEIGHTS, is_hub_dir, write_hub_config
 from .preprocess import inference_preprocess
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+HUB_WEIGHT_FILES = (HUB_WEIGHTS, "open_clip_pytorch_model.bin")  # the weights files open_clip reads in a folder
 Created = tuple[torch.nn.Module, Callable, Callable, Callable]
 
 
@@ -115,6 +116,7 @@ def create_model(
     device: str | torch.device = "cpu",
     aug_cfg: Mapping[str, Any] | None = None,
     cache_dir: str | None = None,
+    config_only_ok: bool = False,
 ) -> Created:
     """(model, preprocess_train, preprocess_val, tokenizer) for any model id (see the module docstring);
     ``preprocess_val`` is the model family's inference preprocessing (`treeclip.model.preprocess`).
@@ -122,6 +124,8 @@ def create_model(
     `pretrained` applies to architecture names only; without it the model is initialised from scratch.
     A training checkpoint given as `pretrained` must hold that architecture. A tag whose weights were trained with QuickGELU (``"openai"``) switches the architecture to QuickGELU.
     `aug_cfg` is open_clip's training augmentation (e.g. ``{"scale": (0.9, 1.0)}``).
+    A model folder without a weights file is a usage error unless `config_only_ok` (training a new model
+    from an architecture folder): it is then initialised from scratch; a folder's weights are always loaded.
     """
     ref = parse_model_id(name_or_path)
     opts = {"precision": precision, "device": device, "aug_cfg": aug_cfg, "cache_dir": cache_dir}
@@ -133,10 +137,20 @@ def create_model(
         created = _from_checkpoint(checkpoint, pretrained, opts, expect=ref.name)
     else:
         created = _open_clip(ref.name, pretrained, opts, quick_gelu=_needs_quick_gelu(ref.name, pretrained),
-                             weights_follow=ref.kind in ("hub", "local_dir") or pretrained is not None)
+                             weights_follow=_weights_follow(ref, pretrained, config_only_ok))
     model, preprocess_train, preprocess_val, tokenizer = created
     preprocess = inference_preprocess(ref.name, model.visual.preprocess_cfg, preprocess_val)
     return model, preprocess_train, preprocess, tokenizer
+
+
+def _weights_follow(ref: ModelRef, pretrained: str | None, config_only_ok: bool) -> bool:
+    """True when every parameter of the model `ref` names is about to be loaded from weights."""
+    if pretrained is not None or ref.kind == "hub":
+        return True
+    if ref.kind != "local_dir":
+        return False
+    folder = Path(ref.name[len(LOCAL_DIR_PREFIX):])
+    return not config_only_ok or any((folder / name).is_file() for name in HUB_WEIGHT_FILES)
 
 
 def load_model(model_id: str | os.PathLike[str], *, precision: str = "fp32",

@@ -231,9 +231,10 @@ def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
     """The model (same initial weights on every process), transforms, tokenizer and class index."""
     torch.manual_seed(config.train.seed)
     clip, preprocess_train, preprocess_val, tokenizer = create_model(
-        config.model.name, pretrained=config.model.pretrained, precision="fp32", device=env.device)
-    record_shard_geometry(clip, data_dir)  # checkpoints and exports then preprocess as the shards were built
+        config.model.name, pretrained=config.model.pretrained, precision="fp32", device=env.device,
+        config_only_ok=True)
     _apply_speed_options(clip, config)
+    record_shard_geometry(clip, data_dir)  # checkpoints and exports then preprocess as the shards were built
     heads, class_index = None, None
     if config.train.objective != "clip":
         class_index = ClassIndex(train_lineages(data_dir, plan.train_shards), ranks_for(config.train.objective))
