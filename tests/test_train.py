@@ -23,7 +23,7 @@ from _shards import TINY, species, write_shards
 from treeclip.cli import main
 from treeclip.data.loader import make_loader
 from treeclip.errors import UsageError
-from treeclip.model import create_model
+from treeclip.model import create_model, export_model
 from treeclip.model.bank import encode_class_texts
 from treeclip.model.factory import ModelRef, parse_model_id
 from treeclip.taxonomy import class_string
@@ -502,3 +502,22 @@ def test_loader_workers_default_to_the_cores_per_gpu(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert loader_workers(config, "cuda") == 11
     assert loader_workers(load_config(preset="tiny", overrides=["data.num_workers=3"]), "cuda") == 3
+
+
+def test_finetune_from_a_model_folder_keeps_a_frozen_text_tower(shards: Path, tmp_path: Path) -> None:
+    """The finetune preset starts from the given model's weights (not a fresh initialisation), trains the image
+    tower and leaves a frozen text tower bit for bit as it was; the checkpoint loads as a model id."""
+    torch.manual_seed(123)
+    start = create_model("treeclip-test")[0]
+    folder = export_model(start, out_dir=tmp_path / "start", model_name="treeclip-test")
+    overrides = [*TINY, f"model.name={folder}", "model.freeze_text=true", "train.batch_size=16",
+                 "train.max_steps=2", "optim.lr=1e-3", "eval.every_steps=0"]
+    result = loop.train(load_config(preset="finetune", overrides=overrides), data_dir=shards, out_dir=tmp_path / "run")
+    tuned = load_checkpoint(result.last_checkpoint)["model"]
+    before = start.state_dict()
+    assert torch.equal(tuned["token_embedding.weight"], before["token_embedding.weight"])
+    assert torch.equal(tuned["transformer.resblocks.0.attn.in_proj_weight"],
+                       before["transformer.resblocks.0.attn.in_proj_weight"])
+    assert not torch.equal(tuned["visual.conv1.weight"], before["visual.conv1.weight"])
+    reloaded = create_model(result.last_checkpoint)[0].state_dict()
+    assert torch.equal(reloaded["visual.conv1.weight"], tuned["visual.conv1.weight"])
