@@ -392,7 +392,7 @@ def test_serve_defaults_to_the_demo_model(tmp_path: Path, world: dict[str, Path]
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--port", "8123", "--max-upload-mb", "1", "--queue-size", "4"]) == 0
     assert served["host"] == "127.0.0.1" and served["port"] == 8123
-    assert served["app"].state.limits == Limits(max_upload_bytes=2**20, queue_size=4)
+    assert served["app"].state.limits == Limits(max_upload_bytes=2**20, queue_size=4, allowed_hosts=("127.0.0.1",))
     with TestClient(served["app"], base_url=LOCAL) as test_client:
         assert test_client.get("/v1/info").json()["model"] == str(tmp_path / "treeclip-demo" / "model")  # resolvable
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
