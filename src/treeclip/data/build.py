@@ -3,9 +3,10 @@
 Output layout (``OUT/``): ``train/shard-NNNNNN.tar`` and ``val/shard-NNNNNN.tar``; then, written last,
 ``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``alignment.json`` and
 ``alignment.txt`` (the alignment report and its readable summary) and finally ``manifest.json``: a build is
-complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`)
-and the build lock (``OUT/.build/lock``): a second build or ``--resume`` of the same folder while one runs
-is refused with one line, before it touches any file.
+complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`),
+while the build runs the plan's spill and items files (`treeclip.data.plan`), and the build lock
+(``OUT/.build/lock``): a second build or ``--resume`` of the same folder while one runs is refused with one
+line, before it touches any file.
 
 Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
 removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
@@ -35,7 +36,7 @@ from treeclip.formats.shards import manifest_text, shard_entry
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
 from treeclip.data.records import Problem
-from treeclip.data.shards import JOURNAL_DIR, ShardJob, ShardResult, completed_shard, journal_path, write_shard
+from treeclip.data.shards import JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path, write_shard
 from treeclip.data.sources import open_source
 from treeclip.data.splits import SPLITS
 from treeclip.errors import UsageError
@@ -114,6 +115,7 @@ def build_dataset(
                   "backbone": [str(b) for b in backbones] or None}
         problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
         manifest = _finish(out, plan, results, params, problems)
+        shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # the jobs' items files: rewritten by any resume
         return BuildResult(out=out, manifest=manifest, problems=problems)
 
 
@@ -168,7 +170,7 @@ def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
 def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Problem], None] | None,
               progress: Progress | None, engine: str, ray_address: str | None) -> Iterator[ShardResult]:
     """Yield every shard's result: kept ones first, then the newly written ones as they finish."""
-    total = sum(len(job.items) for job in jobs)
+    total = sum(job.count for job in jobs)
     if progress:
         progress(0, total)
     kept: list[ShardResult] = []

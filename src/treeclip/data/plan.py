@@ -15,30 +15,56 @@
 
 Because duplicates are resolved here, from hashes of every candidate, the plan is exact and a pure
 function of the inputs: a resumed build recomputes the very same shard jobs.
+
+**Memory is columnar.** No Python object lives per image beyond one batch of `_BATCH` records. Pass 2 writes
+each candidate's strings (ids, path, origin, licence...) to a Parquet spill file (``OUT/.build/candidates.parquet``)
+and keeps in memory only fixed-width columns (`_Columns`: 12-byte key, 32-byte sha256, taxon index, split, shard
+order: ~70 bytes per image). Repeated ids, exclusion of copies and exact duplicates are set operations on those
+arrays (sort/unique/search); later steps stream the spill file batch by batch. The shard jobs are written as one
+small items file per shard (`treeclip.data.shards.items_path`) through a bucketed external sort, so a job is a
+file name and a count. Every step is a per-batch map or a group-by on the key/sha256 columns, the shape a
+distributed dataframe engine (Ray Data) can run as is.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from treeclip.data.align import Aligner, Alignment
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
 from treeclip.data.records import Problem, Record
-from treeclip.data.shards import ShardJob, WorkItem
-from treeclip.data.splits import SPLITS, assign_split, sample_key, shard_order, stable_id
+from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
+from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
 from treeclip.data.sources import Source
-from treeclip.taxonomy import Taxon
+from treeclip.taxonomy import RANK_NAMES, Taxon
 
 log = logging.getLogger(__name__)
 ProblemHandler = Callable[[Problem], None]
-_HASH_BATCH = 4096  # files in flight at once: bounds the futures held in memory
 HELD_OUT_SPLIT = "unseen"  # a source split that must never reach training (evaluation-only taxa)
+SPILL_FILE = ".build/candidates.parquet"
+_BATCH = 65_536  # records per pass-2 batch and rows per spill read
+_HASH_BATCH = 4096  # files in flight at once: bounds the futures held in memory
+_BUCKET_ROWS = 262_144  # rows per bucket of the external sort that writes the items files
+_KEY = "S12"  # a sample key (24 hex digits) as raw bytes
+_DIGEST = "S32"  # a sha256 as raw bytes
+_SPILL_SCHEMA = pa.schema([
+    *((name, pa.string()) for name in ("key", "stable", "source", "source_id", "path", "origin", "license", "owner",
+                                       "sha256", "member_tar")),
+    ("member_offset", pa.int64()), ("member_size", pa.int64()), ("taxon", pa.int32()),
+])
 
 
 @dataclass
@@ -53,13 +79,21 @@ class Plan:
     source_counts: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    order: int
-    record: Record
-    taxon: Taxon
-    stable: str
-    key: str
+@dataclass
+class _Columns:
+    """The fixed-width, in-memory columns of the candidates (row i = row i of the spill file)."""
+
+    spill: Path
+    taxa: list[Taxon]  # the distinct aligned taxa; `taxon` indexes them
+    key: np.ndarray  # S12
+    taxon: np.ndarray  # int32
+    val: np.ndarray  # bool: in the val split
+    order: np.ndarray  # float64: `shard_order` of the stable id
+    digest: np.ndarray = field(default_factory=lambda: np.empty(0, _DIGEST))  # S32, set by `_hash_all`
+    alive: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # not dropped (yet)
+
+    def key_hex(self, index: int) -> str:
+        return self.key[index:index + 1].tobytes().hex()  # tobytes keeps trailing zero bytes
 
 
 def plan_build(
@@ -77,18 +111,27 @@ def plan_build(
     threads: int = 1,
     on_problem: ProblemHandler | None = None,
 ) -> Plan:
-    """Run the planning passes described in the module docstring and return the shard jobs."""
+    """Run the planning passes described in the module docstring, write the jobs' items files under
+    ``out/.build/plan/`` (replacing earlier ones) and return the shard jobs."""
     report = _Reporter(on_problem)
     per_source = _observe(sources, aligner, report)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
     plan.source_counts = [{"spec": src.spec, "kind": src.kind, **n} for src, n in zip(sources, per_source)]
     plan.counts["records"] = sum(n["records"] for n in per_source)
-    candidates = _resolve(sources, plan, report)
-    hashes = _hash_all(candidates, plan, report, threads)
-    kept = _dedup(_exclude(candidates, hashes, exclusions, plan), hashes, plan)
-    plan.jobs = _shard_jobs(kept, hashes, out=out, shard_size=shard_size, val_fraction=val_fraction, seed=seed,
-                            image_size=image_size, resize_mode=resize_mode, quality=quality)
-    plan.counts["planned"] = len(kept)
+    plan_dir = Path(out) / PLAN_DIR
+    shutil.rmtree(plan_dir, ignore_errors=True)
+    plan_dir.mkdir(parents=True)
+    spill = Path(out) / SPILL_FILE
+    try:
+        columns = _resolve(sources, plan, report, spill, val_fraction=val_fraction, seed=seed)
+        _hash_all(columns, plan, report, threads)
+        _exclude(columns, exclusions, plan)
+        _dedup(columns, plan)
+        plan.jobs = _shard_jobs(columns, out=out, shard_size=shard_size, image_size=image_size,
+                                resize_mode=resize_mode, quality=quality)
+    finally:
+        spill.unlink(missing_ok=True)
+    plan.counts["planned"] = sum(job.count for job in plan.jobs)
     return plan
 
 
@@ -122,130 +165,277 @@ def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter) -> 
     return counts
 
 
-def _records(sources: Sequence[Source]) -> Iterator[tuple[str, Record]]:
-    for source in sources:
-        yield from ((source.spec, item) for item in source.records() if isinstance(item, Record))
-
-
-def _drop(plan: Plan, record: Record, reason: str, counter: str, *, key: str, kept_id: str = "") -> None:
+def _drop(plan: Plan, row: Record | dict[str, Any], reason: str, counter: str, *, key: str,
+          kept_id: str = "") -> None:
+    fields = row if isinstance(row, dict) else {name: getattr(row, name) for name in
+                                                 ("source", "source_id", "path", "origin")}
     plan.counts[counter] += 1
-    plan.dropped.append({"id": key, "source": record.source, "source_id": record.source_id, "path": record.path,
-                         "origin": record.origin, "reason": reason, "kept_id": kept_id})
+    plan.dropped.append({"id": key, "source": fields["source"], "source_id": fields["source_id"],
+                         "path": fields["path"], "origin": fields["origin"], "reason": reason, "kept_id": kept_id})
 
 
-def _resolve(sources: Sequence[Source], plan: Plan, report: _Reporter) -> list[_Candidate]:
-    """Pass 2: aligned taxa; records without one, and ids repeated within a source, are dropped.
+def _in_sorted(values: np.ndarray, sorted_arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Whether each value occurs in any of the sorted arrays."""
+    found = np.zeros(len(values), bool)
+    for array in sorted_arrays:
+        if len(array) and len(values):
+            at = np.minimum(np.searchsorted(array, values), len(array) - 1)
+            found |= array[at] == values
+    return found
 
-    Two sources of one kind may use the same source id for different images (two ``folder:`` roots with
-    the same layout): the later source's id is then qualified by its spec, ``"{source_id}@{spec}"``.
-    """
-    candidates, owner = [], {}  # key → spec of the source holding it
-    for order, (spec, record) in enumerate(_records(sources)):
-        taxon = plan.alignment.resolve(record)
-        stable = stable_id(record.source, record.source_id)
-        if owner.get(sample_key(stable), spec) != spec:
-            stable = stable_id(record.source, f"{record.source_id}@{spec}")
-        key = sample_key(stable)
+
+def _merge_sorted(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    return np.insert(array, np.searchsorted(array, values), values)
+
+
+class _Pass2:
+    """Pass 2, one batch of records at a time: drops in record order, candidates to the spill and columns."""
+
+    def __init__(self, plan: Plan, report: _Reporter, spill: Path, *, val_fraction: float, seed: int) -> None:
+        self.plan, self.report = plan, report
+        self.val_fraction, self.seed = val_fraction, seed
+        self.writer = pq.ParquetWriter(spill, _SPILL_SCHEMA)
+        self.taxon_ids: dict[tuple[tuple[str, ...], str], int] = {}
+        self.taxa: list[Taxon] = []
+        self.parts: dict[str, list[np.ndarray]] = {"key": [], "taxon": [], "val": [], "order": []}
+        self.owners: list[tuple[str, np.ndarray]] = []  # (spec, sorted accepted keys) of each finished source
+
+    def source(self, source: Source) -> None:
+        accepted = np.empty(0, _KEY)
+        records = (item for item in source.records() if isinstance(item, Record))
+        while batch := list(islice(records, _BATCH)):
+            accepted = _merge_sorted(accepted, self._batch(source.spec, batch, accepted))
+        self.owners.append((source.spec, accepted))
+
+    def _batch(self, spec: str, records: list[Record], accepted: np.ndarray) -> np.ndarray:
+        """Handle one batch; return the keys it accepted.
+
+        Two sources of one kind may use the same source id for different images (two ``folder:`` roots with
+        the same layout): the later source's id is then qualified by its spec, ``"{source_id}@{spec}"``."""
+        stables = [stable_id(r.source, r.source_id) for r in records]
+        keys = _keys(stables)
+        others = [keys_ for owner, keys_ in self.owners if owner != spec]
+        for i in np.flatnonzero(_in_sorted(keys, others)):
+            stables[i] = stable_id(records[i].source, f"{records[i].source_id}@{spec}")
+            keys[i] = bytes.fromhex(sample_key(stables[i]))
+        taxa = [self.plan.alignment.resolve(record) for record in records]
+        usable = np.array([r.split_hint != HELD_OUT_SPLIT and t is not None and bool(t.taxonomic or t.common)
+                           for r, t in zip(records, taxa)], bool)
+        repeated = usable & _in_sorted(keys, [keys_ for _, keys_ in self.owners] + [accepted])
+        first = np.zeros(len(keys), bool)
+        first[np.flatnonzero(usable)[np.unique(keys[usable], return_index=True)[1]]] = True
+        repeated |= usable & ~first
+        rows = [self._one(spec, record, taxon, stable, key, repeat)
+                for record, taxon, stable, key, repeat in zip(records, taxa, stables, _hex(keys), repeated)]
+        taken = [row for row in rows if row is not None]
+        if taken:
+            self.writer.write_table(pa.Table.from_pylist(taken, schema=_SPILL_SCHEMA))
+            kept = usable & ~repeated
+            self.parts["key"].append(keys[kept])
+            self.parts["taxon"].append(np.array([row["taxon"] for row in taken], np.int32))
+            self.parts["val"].append(np.array([assign_split(row["stable"], val_fraction=self.val_fraction,
+                                                            seed=self.seed) == VAL for row in taken], bool))
+            self.parts["order"].append(np.array([shard_order(row["stable"], seed=self.seed) for row in taken]))
+        return keys[usable & ~repeated]
+
+    def _one(self, spec: str, record: Record, taxon: Taxon | None, stable: str, key: str,
+             repeated: bool) -> dict[str, Any] | None:
+        """The spill row of a candidate, or None when the record is dropped (and recorded as such)."""
+        plan = self.plan
         if record.split_hint == HELD_OUT_SPLIT:
             _drop(plan, record, f"held out by its source (split={HELD_OUT_SPLIT})", "held_out", key=key)
         elif taxon is None or not (taxon.taxonomic or taxon.common):
             reason = f"not aligned: {plan.alignment.why_dropped(record) or 'empty taxon'}"
             _drop(plan, record, reason, "unresolved", key=key)
-        elif key in owner:
-            report(Problem(record.origin or spec, f"source id {record.source_id!r} repeated; kept the first"))
+        elif repeated:
+            self.report(Problem(record.origin or spec, f"source id {record.source_id!r} repeated; kept the first"))
             _drop(plan, record, "repeated source id", "repeated_id", key=key)
         else:
-            owner[key] = spec
             plan.counts["no_kingdom"] += not taxon.kingdom
-            candidates.append(_Candidate(order, record, taxon, stable, key))
-    return candidates
+            member = record.member or (None, None, None)
+            return {"key": key, "stable": stable, "source": record.source, "source_id": record.source_id,
+                    "path": record.path, "origin": record.origin, "license": record.license, "owner": record.owner,
+                    "sha256": record.sha256, "member_tar": member[0], "member_offset": member[1],
+                    "member_size": member[2], "taxon": self._taxon_id(taxon)}
+        return None
+
+    def _taxon_id(self, taxon: Taxon) -> int:
+        index = self.taxon_ids.get((taxon.lineage, taxon.common))
+        if index is None:
+            index = self.taxon_ids[(taxon.lineage, taxon.common)] = len(self.taxa)
+            self.taxa.append(taxon)
+        return index
+
+    def finish(self, spill: Path) -> _Columns:
+        self.writer.close()
+        empty = {"key": np.empty(0, _KEY), "taxon": np.empty(0, np.int32), "val": np.empty(0, bool),
+                 "order": np.empty(0, float)}
+        parts = {name: np.concatenate(arrays) if arrays else empty[name] for name, arrays in self.parts.items()}
+        columns = _Columns(spill=spill, taxa=self.taxa, **parts)
+        columns.alive = np.ones(len(columns.key), bool)
+        return columns
 
 
-def _hash_one(record: Record) -> str:
-    return record.sha256 or sha256_file(record.path)
+def _keys(stables: Sequence[str]) -> np.ndarray:
+    return np.array([bytes.fromhex(sample_key(stable)) for stable in stables], _KEY)
 
 
-def _hash_all(candidates: list[_Candidate], plan: Plan, report: _Reporter, threads: int) -> dict[str, str]:
-    """{key: sha256 of the source bytes}; unreadable images are reported and dropped."""
-    hashes = {}
-    for candidate, (digest, error) in zip(candidates, _hash_stream(candidates, threads)):
-        if error:
-            record = candidate.record
-            report(Problem(record.origin or record.path, f"cannot read image {record.path}: {error}"))
-            _drop(plan, record, f"cannot read image: {error}", "unreadable", key=candidate.key)
+def _hex(array: np.ndarray) -> list[str]:
+    """The hex digits of each fixed-width bytes value (trailing zero bytes included)."""
+    raw, width = array.tobytes(), array.itemsize
+    return [raw[i:i + width].hex() for i in range(0, len(raw), width)]
+
+
+def _resolve(sources: Sequence[Source], plan: Plan, report: _Reporter, spill: Path, *, val_fraction: float,
+             seed: int) -> _Columns:
+    """Pass 2: aligned taxa; records without one, and ids repeated within a source, are dropped."""
+    pass2 = _Pass2(plan, report, spill, val_fraction=val_fraction, seed=seed)
+    for source in sources:
+        pass2.source(source)
+    return pass2.finish(spill)
+
+
+def _spill_rows(columns: _Columns, names: Sequence[str], wanted: np.ndarray | None = None
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(candidate index, {name: value}) of the spill's rows, in order; only the `wanted` ones if given."""
+    start = 0
+    for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH, columns=list(names)):
+        stop = start + batch.num_rows
+        if wanted is None:
+            picked = range(start, stop)
         else:
-            hashes[candidate.key] = digest
-    return hashes
+            picked = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, stop)]
+        if len(picked):
+            values = batch.take(pa.array(np.asarray(picked) - start)).to_pydict()
+            for i, index in enumerate(picked):
+                yield int(index), {name: values[name][i] for name in names}
+        start = stop
 
 
-def _hash_stream(candidates: list[_Candidate], threads: int) -> Iterator[tuple[str, str]]:
-    """(sha256, error) per candidate, in order, hashing `_HASH_BATCH` files at a time on `threads` threads."""
+_DROP_FIELDS = ("key", "source", "source_id", "path", "origin")
+
+
+def _hash_all(columns: _Columns, plan: Plan, report: _Reporter, threads: int) -> None:
+    """Fill `columns.digest` with the sha256 of each candidate's source bytes; unreadable images are
+    reported and dropped."""
+    digests = np.zeros(len(columns.key), _DIGEST)
+    rows = _spill_rows(columns, (*_DROP_FIELDS, "sha256"))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for start in range(0, len(candidates), _HASH_BATCH):
-            yield from pool.map(_try_hash, (c.record for c in candidates[start:start + _HASH_BATCH]))
+        while batch := list(islice(rows, _HASH_BATCH)):
+            for (index, row), (digest, error) in zip(batch, pool.map(_try_hash, (row for _, row in batch))):
+                if error:
+                    report(Problem(row["origin"] or row["path"], f"cannot read image {row['path']}: {error}"))
+                    _drop(plan, row, f"cannot read image: {error}", "unreadable", key=row["key"])
+                    columns.alive[index] = False
+                else:
+                    digests[index] = bytes.fromhex(digest)
+    columns.digest = digests
 
 
-def _try_hash(record: Record) -> tuple[str, str]:
+def _try_hash(row: dict[str, Any]) -> tuple[str, str]:
     try:
-        return _hash_one(record), ""
+        return row["sha256"] or sha256_file(row["path"]), ""
     except OSError as exc:
         return "", exc.strerror or str(exc)
 
 
-def _exclude(candidates: Iterable[_Candidate], hashes: dict[str, str], exclusions: Exclusions,
-             plan: Plan) -> list[_Candidate]:
+def _exclude(columns: _Columns, exclusions: Exclusions, plan: Plan) -> None:
     """Drop excluded records and every copy of their bytes."""
-    readable = [c for c in candidates if c.key in hashes]
     if not exclusions:
-        return readable
-    reasons = {c.key: reason for c in readable  # only the matches: memory grows with the excluded images
-               if (reason := exclusions.match(stable=c.stable, path=c.record.path, taxon=c.taxon,
-                                              sha256=hashes[c.key]))}
-    tainted = {hashes[key]: reason for key, reason in reasons.items()}
-    kept = []
-    for candidate in readable:
-        reason = reasons.get(candidate.key) or tainted.get(hashes[candidate.key], "")
-        if reason:
-            if candidate.key not in reasons:
-                reason = f"same bytes as an excluded image: {reason}"
-            _drop(plan, candidate.record, reason, "excluded", key=candidate.key)
-        else:
-            kept.append(candidate)
-    return kept
+        return
+    alive = np.flatnonzero(columns.alive)
+    reasons = {index: reason for index, row in _spill_rows(columns, ("stable", "path"), alive)  # only the matches
+               if (reason := exclusions.match(stable=row["stable"], path=row["path"],
+                                              taxon=columns.taxa[columns.taxon[index]],
+                                              sha256=_hex(columns.digest[index:index + 1])[0]))}
+    matched = np.array(sorted(reasons, reverse=True), np.int64)  # a copy takes the last match's reason
+    tainted_digests, last = np.unique(columns.digest[matched], return_index=True)
+    tainted = alive[_in_sorted(columns.digest[alive], [tainted_digests])]
+    for index, row in _spill_rows(columns, _DROP_FIELDS, tainted):
+        reason = reasons.get(index)
+        if reason is None:
+            at = np.searchsorted(tainted_digests, columns.digest[index])
+            reason = f"same bytes as an excluded image: {reasons[int(matched[last[at]])]}"
+        _drop(plan, row, reason, "excluded", key=row["key"])
+    columns.alive[tainted] = False
 
 
-def _dedup(candidates: Iterable[_Candidate], hashes: dict[str, str], plan: Plan) -> list[_Candidate]:
+def _dedup(columns: _Columns, plan: Plan) -> None:
     """Keep the first record (in source order) of each distinct sha256."""
-    first: dict[str, str] = {}
-    kept = []
-    for candidate in sorted(candidates, key=lambda c: c.order):
-        digest = hashes[candidate.key]
-        if digest in first:
-            _drop(plan, candidate.record, f"exact duplicate of {first[digest]}", "duplicates", key=candidate.key,
-                  kept_id=first[digest])
-        else:
-            first[digest] = candidate.key
-            kept.append(candidate)
-    return kept
+    alive = np.flatnonzero(columns.alive)
+    _, first, group = np.unique(columns.digest[alive], return_index=True, return_inverse=True)
+    kept_of = alive[first[group.ravel()]]  # per alive candidate: the candidate kept for its bytes
+    duplicates = alive[kept_of != alive]
+    kept_by_index = dict(zip(duplicates.tolist(), kept_of[kept_of != alive].tolist()))
+    for index, row in _spill_rows(columns, _DROP_FIELDS, duplicates):
+        kept = columns.key_hex(kept_by_index[index])
+        _drop(plan, row, f"exact duplicate of {kept}", "duplicates", key=row["key"], kept_id=kept)
+    columns.alive[duplicates] = False
 
 
-def _shard_jobs(kept: list[_Candidate], hashes: dict[str, str], *, out: str, shard_size: int, val_fraction: float,
-                seed: int, image_size: int, resize_mode: str, quality: int) -> list[ShardJob]:
-    by_split: dict[str, list[_Candidate]] = {split: [] for split in SPLITS}
-    for candidate in kept:
-        by_split[assign_split(candidate.stable, val_fraction=val_fraction, seed=seed)].append(candidate)
-    jobs = []
-    for split, members in by_split.items():
-        members.sort(key=lambda c: (shard_order(c.stable, seed=seed), c.key))
+def _shard_jobs(columns: _Columns, *, out: str, shard_size: int, image_size: int, resize_mode: str,
+                quality: int) -> list[ShardJob]:
+    """Cut each split, in shard order, into jobs of `shard_size` and write their items files."""
+    position = np.full(len(columns.key), -1, np.int64)  # each kept candidate's place in the jobs' sequence
+    jobs, starts, placed = [], [], 0
+    for split in SPLITS:
+        members = np.flatnonzero(columns.alive & (columns.val == (split == VAL)))
+        members = members[np.lexsort((columns.key[members], columns.order[members]))]
+        position[members] = placed + np.arange(len(members))
         for index, start in enumerate(range(0, len(members), shard_size)):
-            items = tuple(_work_item(c, hashes[c.key]) for c in members[start:start + shard_size])
-            jobs.append(ShardJob(out=out, split=split, index=index, items=items, image_size=image_size,
-                                 resize_mode=resize_mode, quality=quality))
+            count = min(shard_size, len(members) - start)
+            jobs.append(ShardJob(out=out, split=split, index=index, items_file=str(items_path(out, split, index)),
+                                 count=count, image_size=image_size, resize_mode=resize_mode, quality=quality))
+            starts.append(placed + start)
+        placed += len(members)
+    _write_items(columns, position, jobs, np.array(starts, np.int64))
     return jobs
 
 
-def _work_item(candidate: _Candidate, digest: str) -> WorkItem:
-    record = candidate.record
-    return WorkItem(key=candidate.key, source=record.source, source_id=record.source_id, path=record.path,
-                    taxon=candidate.taxon, sha256=digest, origin=record.origin, license=record.license,
-                    owner=record.owner, member=record.member)
+def _write_items(columns: _Columns, position: np.ndarray, jobs: list[ShardJob], starts: np.ndarray) -> None:
+    """Write every job's items file: the spill's kept rows are first spread into buckets of whole jobs
+    (`_BUCKET_ROWS` rows each), then each bucket is sorted by position and cut into its jobs."""
+    if not jobs:
+        return
+    bucket_of_job = starts // _BUCKET_ROWS
+    folder = Path(jobs[0].items_file).parent
+    writers: dict[int, pq.ParquetWriter] = {}
+    schema = _SPILL_SCHEMA.append(pa.field("position", pa.int64()))
+    try:
+        start = 0
+        for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH):
+            where = position[start:start + batch.num_rows]
+            rows = np.flatnonzero(where >= 0)
+            table = pa.Table.from_batches([batch]).take(pa.array(rows)).append_column(
+                "position", pa.array(where[rows]))
+            digests = pa.array(_hex(columns.digest[start + rows]), pa.string())  # the hash taken, not the given one
+            table = table.set_column(table.schema.get_field_index("sha256"), "sha256", digests)
+            start += batch.num_rows
+            job = np.searchsorted(starts, where[rows], side="right") - 1
+            buckets = bucket_of_job[job]
+            for bucket in np.unique(buckets):
+                if bucket not in writers:
+                    writers[bucket] = pq.ParquetWriter(folder / f"bucket-{bucket}.parquet", schema)
+                writers[bucket].write_table(table.take(pa.array(np.flatnonzero(buckets == bucket))))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for bucket in sorted(writers):
+        _cut_bucket(columns, folder / f"bucket-{bucket}.parquet", jobs, starts)
+
+
+def _cut_bucket(columns: _Columns, path: Path, jobs: list[ShardJob], starts: np.ndarray) -> None:
+    table = pq.read_table(path).sort_by("position")
+    path.unlink()
+    taxa = pa.table({**{rank: [t.lineage[i] for t in columns.taxa] for i, rank in enumerate(RANK_NAMES)},
+                     "common": [t.common for t in columns.taxa]}, schema=pa.schema(
+                         [(name, pa.string()) for name in (*RANK_NAMES, "common")])).take(table.column("taxon"))
+    for name in taxa.column_names:
+        table = table.append_column(name, taxa.column(name))
+    positions = table.column("position").to_numpy()
+    first_job, last_job = np.searchsorted(starts, positions[[0, -1]], side="right") - 1
+    for job_index in range(int(first_job), int(last_job) + 1):
+        job = jobs[job_index]
+        offset = int(starts[job_index] - positions[0])
+        pq.write_table(table.slice(offset, job.count).select(list(ITEM_COLUMNS)), job.items_file)

@@ -7,6 +7,10 @@ complete. Tar members (ustar format) carry fixed metadata (mtime 0, uid/gid 0, m
 order (``KEY.jpg``, the text files of `treeclip.taxonomy.shard_texts` sorted by name, ``KEY.taxon.json``),
 so the same inputs give byte-identical shards.
 
+A job names its images by a small Parquet file (``.build/plan/{split}-NNNNNN.parquet``, one row per
+`WorkItem`, written by `treeclip.data.plan`), so a job is a few bytes to send to a worker process or a Ray
+task, and the `WorkItem`s of one shard exist only while that shard is written or checked.
+
 Each finished shard has a journal entry (``.build/journal/{split}-NNNNNN.json``), written *before* the tar
 is moved into place, that holds the job's fingerprint, its catalog rows and the images it had to skip.
 A resumed build keeps a shard only when its tar lists exactly the journal's samples and the journal's
@@ -32,6 +36,10 @@ from treeclip.formats.shards import TAXON_JSON, read_member, shard_name, taxon_j
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
 JOURNAL_DIR = ".build/journal"
+PLAN_DIR = ".build/plan"
+# the columns of a job's items file: one row per WorkItem (taxon as its seven ranks and common name)
+ITEM_COLUMNS = ("key", "source", "source_id", "path", "origin", "license", "owner", "sha256", "member_tar",
+                "member_offset", "member_size", *RANK_NAMES, "common")
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -56,12 +64,13 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One shard to write: its place, its images and the image parameters."""
+    """One shard to write: its place, the file listing its `count` images, and the image parameters."""
 
     out: str
     split: str
     index: int
-    items: tuple[WorkItem, ...]
+    items_file: str  # Parquet, `ITEM_COLUMNS`, in shard order (see `items_path`)
+    count: int
     image_size: int
     resize_mode: str
     quality: int
@@ -71,12 +80,38 @@ class ShardJob:
         """The shard path relative to the output root, e.g. ``train/shard-000003.tar``."""
         return shard_name(self.split, self.index)
 
-    def fingerprint(self) -> str:
-        """A hash of everything that determines the shard's bytes."""
+    def load_items(self) -> tuple[WorkItem, ...]:
+        """The job's work items, read from its items file."""
+        return read_items(self.items_file)
+
+    def fingerprint(self, items: tuple[WorkItem, ...] | None = None) -> str:
+        """A hash of everything that determines the shard's bytes (`items`: the loaded items, if at hand)."""
         digest = hashlib.sha256(f"{__version__}|{self.image_size}|{self.resize_mode}|{self.quality}".encode())
-        for item in self.items:
+        for item in self.load_items() if items is None else items:
             digest.update(("\n" + "\t".join(item.fingerprint_parts())).encode("utf-8"))
         return digest.hexdigest()
+
+
+def items_path(out: str | Path, split: str, index: int) -> Path:
+    """Where the plan writes the items file of shard `index` of `split`."""
+    return Path(out) / PLAN_DIR / f"{split}-{index:06d}.parquet"
+
+
+def read_items(path: str | Path) -> tuple[WorkItem, ...]:
+    """The `WorkItem`s of an items file (see `ITEM_COLUMNS`), in order."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    columns = pq.read_table(path, columns=list(ITEM_COLUMNS)).to_pydict()
+    rows = zip(*(columns[name] for name in ITEM_COLUMNS), strict=True)
+    return tuple(_work_item(dict(zip(ITEM_COLUMNS, row, strict=True))) for row in rows)
+
+
+def _work_item(row: dict[str, Any]) -> WorkItem:
+    member = (row["member_tar"], row["member_offset"], row["member_size"]) if row["member_tar"] is not None else None
+    taxon = Taxon(tuple(row[rank] for rank in RANK_NAMES), row["common"])
+    return WorkItem(key=row["key"], source=row["source"], source_id=row["source_id"], path=row["path"], taxon=taxon,
+                    sha256=row["sha256"], origin=row["origin"], license=row["license"], owner=row["owner"],
+                    member=member)
 
 
 @dataclass
@@ -159,9 +194,10 @@ def write_shard(job: ShardJob) -> ShardResult:
     """Write one shard atomically (journal first, then the tar); bad images are skipped and listed."""
     result = ShardResult(job.split, job.index)
     target = Path(job.out) / job.name
+    items = job.load_items()
     with atomic_path(target) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for item in job.items:
+            for item in items:
                 try:
                     jpeg, width, height = encode_item(
                         item, image_size=job.image_size, resize_mode=job.resize_mode, quality=job.quality
@@ -172,12 +208,13 @@ def write_shard(job: ShardJob) -> ShardResult:
                 for name, data in sample_members(item.key, item.taxon, jpeg):
                     _add_member(tar, name, data)
                 result.rows.append(catalog_row(item, job.split, width, height))
-        _write_journal(job, result)
+        _write_journal(job, result, items)
     return result
 
 
-def _write_journal(job: ShardJob, result: ShardResult) -> None:
-    entry = {"shard": job.name, "fingerprint": job.fingerprint(), "rows": result.rows, "skipped": result.skipped}
+def _write_journal(job: ShardJob, result: ShardResult, items: tuple[WorkItem, ...]) -> None:
+    entry = {"shard": job.name, "fingerprint": job.fingerprint(items), "rows": result.rows,
+             "skipped": result.skipped}
     atomic_write(journal_path(job.out, job.split, job.index), json.dumps(entry, ensure_ascii=False))
 
 
