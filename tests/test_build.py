@@ -427,3 +427,49 @@ def test_synth_world_builds_without_its_unseen_species(tmp_path: Path) -> None:
     assert unseen and not unseen & built
     assert result.counts["held_out"] == summary.images["unseen"] > 0
     assert result.counts["samples"] == summary.images["train"] + summary.images["val"]
+
+
+def test_plan_batches_and_buckets_do_not_change_the_output(inputs: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The columnar plan works in batches (pass 2, hashing, spill reads) and writes items files through
+    buckets: repeated ids, copies and duplicates that straddle batch or bucket edges must resolve as in one batch."""
+    from treeclip.data import plan
+
+    again = str(inputs["csv"].parent / "images/img2.jpg")
+    repeated = write_csv(tmp_path / "repeated.csv", [row(again, GANNET, "")] * 3)
+    images = inputs["csv"].parent / "images"
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text(f"sha256\n{hashlib.sha256((images / 'img3.jpg').read_bytes()).hexdigest()}\n")
+    common = dict(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}", f"csv:{repeated}"],
+                  image_size=16, shard_size=2, val_fraction=0.3, exclude=[exclude], allow_absolute_paths=True)
+    whole = build_dataset(out=tmp_path / "whole", **common)
+    for name, value in (("_BATCH", 1), ("_HASH_BATCH", 2), ("_BUCKET_ROWS", 3)):
+        monkeypatch.setattr(plan, name, value)
+    small = build_dataset(out=tmp_path / "small", **common)
+    assert whole.counts["repeated_id"] == 2 and whole.counts["excluded"] >= 1 and whole.counts["duplicates"] >= 1
+    assert len(shard_bytes(tmp_path / "whole")) >= 3
+    assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "small")
+    for name in ("manifest.json", "catalog.parquet", "dropped.csv"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "small" / name).read_bytes(), name
+    assert not (tmp_path / "small/.build/plan").exists()  # the items files go once the build is complete
+
+
+def test_rows_with_a_gap_are_filled_from_the_backbone_or_kept_and_counted(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A row with its family empty under a known order is mended to its deepest unbroken run (genus, species):
+    filled back from a backbone when one knows the genus, else kept at genus/species; either way counted."""
+    gapped = ("Animalia", "Chordata", "Aves", "Passeriformes", "", "Ptilotula", "penicillata")
+    write_jpeg(tmp_path / "src/a.jpg", seed=1)
+    write_jpeg(tmp_path / "src/b.jpg", seed=2)
+    source = write_csv(tmp_path / "src/rows.csv", [row("a.jpg", gapped, ""), row("b.jpg", GANNET, "")])
+    kept = build_dataset(sources=[f"csv:{source}"], out=tmp_path / "kept", image_size=16)
+    assert kept.counts["gap_kept"] == 1 and "gap_filled" not in kept.counts and kept.counts["samples"] == 2
+    rows = {r["source_id"]: r for r in pq.read_table(tmp_path / "kept/catalog.parquet").to_pylist()}
+    assert (rows["a.jpg"]["order"], rows["a.jpg"]["genus"], rows["a.jpg"]["species"]) == ("", "Ptilotula", "penicillata")
+    backbone = write_csv(tmp_path / "backbone.csv", [row("", HONEYEATER, "")])
+    filled = build_dataset(sources=[f"csv:{source}"], out=tmp_path / "filled", image_size=16, backbone=backbone)
+    assert filled.counts["gap_filled"] == 1 and "gap_kept" not in filled.counts
+    rows = {r["source_id"]: r for r in pq.read_table(tmp_path / "filled/catalog.parquet").to_pylist()}
+    assert tuple(rows["a.jpg"][rank] for rank in RANKS) == HONEYEATER
+    assert main(["build", "--source", f"csv:{source}", "--out", str(tmp_path / "cli"), "--image-size", "16"]) == 0
+    assert "1 rows had a gap in their ranks (e.g. family empty under a known order): 0 filled" in capsys.readouterr().out

@@ -111,4 +111,15 @@ def _summary(out: object, manifest: dict[str, Any]) -> str:
                                                      "bad_images", "repeated_id") if counts.get(k))
     partial = (f"; {counts['no_kingdom']} kept without a kingdom (species-only labels: --backbone fills their "
                "higher ranks)") if counts.get("no_kingdom") else ""
-    return f"{out}: {counts['records']} records → {shards}" + (f"; left out: {dropped}" if dropped else "") + partial
+    return (f"{out}: {counts['records']} records → {shards}" + (f"; left out: {dropped}" if dropped else "")
+            + partial + _gaps(counts))
+
+
+def _gaps(counts: dict[str, int]) -> str:
+    """The rows whose lineage had a gap (a rank empty between two given ones), filled or cut back."""
+    filled, kept = counts.get("gap_filled", 0), counts.get("gap_kept", 0)
+    if not filled + kept:
+        return ""
+    return (f"; {filled + kept} rows had a gap in their ranks (e.g. family empty under a known order): {filled} "
+            f"filled by the alignment, {kept} kept from their deepest unbroken run of ranks down"
+            + (" (--backbone fills them)" if kept else ""))

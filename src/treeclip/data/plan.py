@@ -3,7 +3,9 @@
 1. Pass 1 streams every source into the `Aligner` (and reports the sources' bad rows and files).
 2. Pass 2 streams the sources again and resolves each record's taxon; records the alignment drops, records
    their source marks as held out (``split=unseen``, as `treeclip synth` marks its unseen species), and
-   source ids repeated within a source (reported), are left out.
+   source ids repeated within a source (reported), are left out. Rows whose source mended a gap in their
+   lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks back (from
+   the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest unbroken run.
 3. The sha256 of every remaining image's source bytes is taken (threads; hashing and file reads release
    the GIL). Unreadable files are reported and left out.
 4. Exclusions: every record matching an `--exclude` entry (name, hash, path or id) is left out, and so is
@@ -253,6 +255,8 @@ class _Pass2:
             _drop(plan, record, "repeated source id", "repeated_id", key=key)
         else:
             plan.counts["no_kingdom"] += not taxon.kingdom
+            if record.gap:
+                _count_gap(plan, record, taxon)
             member = record.member or (None, None, None)
             return {"key": key, "stable": stable, "source": record.source, "source_id": record.source_id,
                     "path": record.path, "origin": record.origin, "license": record.license, "owner": record.owner,
@@ -275,6 +279,15 @@ class _Pass2:
         columns = _Columns(spill=spill, taxa=self.taxa, **parts)
         columns.alive = np.ones(len(columns.key), bool)
         return columns
+
+
+def _count_gap(plan: Plan, record: Record, taxon: Taxon) -> None:
+    """Count a row whose lineage had a gap: ``gap_filled`` when the alignment (the backbone, or other records
+    of its taxon) gave back the ranks its source emptied, else ``gap_kept`` (kept from its deepest unbroken run)."""
+    emptied = [RANK_NAMES.index(rank.strip()) for rank in record.gap.split(",")]
+    filled = all(taxon.lineage[rank] for rank in emptied)
+    plan.counts["gap_filled" if filled else "gap_kept"] += 1
+    log.debug("%s: lineage gap, %s emptied; %s", record.origin, record.gap, "filled" if filled else "kept as is")
 
 
 def _keys(stables: Sequence[str]) -> np.ndarray:

@@ -22,5 +22,6 @@ class Record:
     origin: str = ""  # "file:line" for error messages
     member: tuple[str, int, int] | None = None  # (tar, offset, size) of an image inside a shard (wds)
     sha256: str = ""  # the image bytes' sha256 when the source already read them (wds)
+    gap: str = ""  # given ranks emptied to mend a gap in the row's lineage (`treeclip.formats.lineage_gap`)
 
 __all__ = ["Problem", "Record"]

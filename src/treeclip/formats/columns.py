@@ -148,6 +148,17 @@ def _cached_taxon(items: tuple[str, ...], strict: bool) -> Taxon | str:
     return without_repeated_common(taxon)
 
 
+def lineage_gap(values: Mapping[str, str]) -> str:
+    """The given ranks that `taxon_of(values, ..., strict=False)` empties to mend a gap in the row's lineage
+    (``"kingdom, phylum, class, order"`` for a row with its family empty), or "" when nothing is emptied."""
+    items = tuple(values.get(role, "") for role in TAXON_ROLES)
+    strict = _cached_taxon(items, True)
+    loose = _cached_taxon(items, False)
+    if not isinstance(strict, str) or "gap" not in strict or isinstance(loose, str):
+        return ""
+    return ", ".join(role for role, given, kept in zip(RANK_ROLES, items, loose.lineage) if given and not kept)
+
+
 def without_repeated_common(taxon: Taxon) -> Taxon:
     """The taxon without a common name that only repeats its scientific or taxonomic name (the fallback
     TreeOfLife-10M writes), so that the fallback is applied once, downstream."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from treeclip.formats import Table, has_ranks, resolve, taxon_of
-from treeclip.formats.columns import TAXON_ROLES
+from treeclip.formats.columns import TAXON_ROLES, lineage_gap
 
 from ..records import Problem, Record
 from .base import Source, contained_path, table_rows
@@ -71,4 +71,4 @@ class CsvSource(Source):
             return taxon
         return Record(source=self.kind, source_id=row.get("id") or value.replace("\\", "/"), path=image,
                       taxon=taxon, split_hint=row.get("split", ""), license=row.get("license", ""),
-                      owner=row.get("owner", ""), origin=where)
+                      owner=row.get("owner", ""), origin=where, gap=lineage_gap(row))

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from treeclip.formats import Table, resolve, taxon_of
-from treeclip.formats.columns import TAXON_ROLES
+from treeclip.formats.columns import TAXON_ROLES, lineage_gap
 
 from ..records import Problem, Record
 from .base import Source, first_existing, int_text, table_rows
@@ -69,7 +69,8 @@ class Tol10mSource(Source):
         taxon = taxon_of(row, where, strict=False)
         if isinstance(taxon, Problem):
             return taxon
-        return Record(self.kind, tol_id, str(image), taxon, split_hint=row.get("split", ""), origin=where)
+        return Record(self.kind, tol_id, str(image), taxon, split_hint=row.get("split", ""), origin=where,
+                      gap=lineage_gap(row))
 
     def _candidates(self, row: dict[str, str], tol_id: str) -> Iterator[Path]:
         root = self.image_root
