@@ -224,3 +224,15 @@ def test_onnx_model_pickles_for_ray_workers(world: dict[str, Path]) -> None:
     pixels = preprocess(_photo(1, np.random.default_rng(0)))[None]
     assert copy.precision == "int8" and torch.equal(copy.encode_image(pixels), model.encode_image(pixels))
     assert math.isclose(float(copy.logit_scale), float(model.logit_scale))
+
+
+def test_int8_bank_with_the_onnx_int8_tower_keeps_the_answers(world: dict[str, Path], tmp_path: Path) -> None:
+    """The most compact CPU setup (int8 tower, int8 bank) still names the trained model's species."""
+    assert main(["bank", "prune", str(world["bank"]), "--out", str(tmp_path / "int8"), "--dtype", "int8"]) == 0
+    fp32_out, int8_out = tmp_path / "fp32.csv", tmp_path / "int8.csv"
+    assert _predict(world, fp32_out, "--model", str(world["model"]), "--k", "1") == 0
+    assert main(["predict", str(world["images"]), "--bank", str(tmp_path / "int8"), "--output", str(int8_out),
+                 "--model", str(world["onnx"]), "--precision", "int8", "--k", "1"]) == 0
+    expected, got = _rows(fp32_out, "csv"), _rows(int8_out, "csv")
+    same = [a["species"] == b["species"] for a, b in zip(got, expected, strict=True)]
+    assert len(same) == 24 and sum(same) / len(same) >= 0.9
