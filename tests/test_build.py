@@ -364,8 +364,8 @@ def test_load_exclusions_formats(tmp_path: Path) -> None:
     sci.write_text("sciName\tfile_name\nLoxodonta africana\tpics/a.jpg\n")
     found = load_exclusions([names, rare, sci])
     assert set(found.names) == {"morus alba", "ptilotula penicillata", "sula nebouxii", "loxodonta africana"}
-    assert set(found.hashes) == {"abc123"}
-    assert set(found.paths) == {str((tmp_path / "pics/a.jpg").resolve())}
+    assert len(found.hashes) == 1 and found.hashes.get("abc123") == "metadata.csv" and "abc12" not in found.hashes
+    assert len(found.paths) == 1 and found.paths.get(str((tmp_path / "pics/a.jpg").resolve())) == "sci.tsv"
     gannet = Taxon(GANNET)
     assert found.match(stable="csv:x", path="", taxon=Taxon(MULBERRY), sha256="0").startswith("excluded species")
     assert found.match(stable="csv:x", path="", taxon=gannet, sha256="abc123").startswith("excluded image sha256")
@@ -473,3 +473,18 @@ def test_rows_with_a_gap_are_filled_from_the_backbone_or_kept_and_counted(tmp_pa
     assert tuple(rows["a.jpg"][rank] for rank in RANKS) == HONEYEATER
     assert main(["build", "--source", f"csv:{source}", "--out", str(tmp_path / "cli"), "--image-size", "16"]) == 0
     assert "1 rows had a gap in their ranks (e.g. family empty under a known order): 0 filled" in capsys.readouterr().out
+
+
+def test_exclusion_key_sets_keep_the_first_file_and_match_exactly() -> None:
+    """`KeySet` stores digests, not strings: a repeated entry keeps its first file, entries added after a
+    lookup are still found, and a string differing by one character (or a prefix) does not match."""
+    from treeclip.data.exclude import KeySet
+
+    keys = KeySet()
+    for i in range(3 * KeySet._CHUNK // 2):  # spans a chunk edge
+        keys.add(f"csv:img{i}.jpg", "a.csv")
+    keys.add("csv:img7.jpg", "b.csv")
+    assert keys.get("csv:img7.jpg") == "a.csv" and len(keys) == 3 * KeySet._CHUNK // 2
+    keys.add("csv:late.jpg", "b.csv")
+    assert keys.get("csv:late.jpg") == "b.csv" and "csv:img7.jp" not in keys and "csv:img7.jpG" not in keys
+    assert KeySet().get("anything") == ""

@@ -14,13 +14,20 @@ A file is read by its form (all through `treeclip.formats`):
 
 A name excludes the taxon whose scientific name ("Genus epithet", or "Genus" for a genus-level record) is
 exactly that name after cleaning (authorities, years and case ignored). A file that yields nothing is an error.
+
+Image hashes, paths and ids can number millions (a TreeOfLife-10M catalog as an exclusion table), so they are
+kept as `KeySet`s: sorted 16-byte digests with the index of the file each came from, ~18 bytes an entry,
+never a Python string per row. Species names (tens of thousands at most) stay a dict.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from treeclip.errors import UsageError
 from treeclip.formats import Table, compact_key, open_table, resolve
@@ -45,14 +52,73 @@ def normalize_name(text: str, genus: str = "") -> str:
     return taxon.scientific.lower()
 
 
+class KeySet:
+    """A set of strings, each with the name of the file it came from (the first file, for a repeated one),
+    stored as sorted 16-byte BLAKE2b digests of the strings and a file index (a 128-bit digest makes a
+    false match as likely as two random sha256 prefixes agreeing on 32 hex digits)."""
+
+    _CHUNK = 65_536
+
+    def __init__(self) -> None:
+        self._files: list[str] = []
+        self._pending: list[bytes] = []
+        self._pending_file: list[int] = []
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._digests = np.empty(0, "S16")
+        self._file = np.empty(0, np.uint16)
+
+    @staticmethod
+    def _digest(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+    def add(self, text: str, file: str) -> None:
+        if not self._files or self._files[-1] != file:
+            self._files.append(file)
+        self._pending.append(self._digest(text))
+        self._pending_file.append(len(self._files) - 1)
+        if len(self._pending) >= self._CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._chunks.append((np.array(self._pending, "S16"), np.array(self._pending_file, np.uint16)))
+            self._pending, self._pending_file = [], []
+
+    def _settle(self) -> None:
+        """Merge added entries into the sorted arrays; the earliest entry of a repeated string wins."""
+        self._flush()
+        if self._chunks:
+            digests = np.concatenate([self._digests, *(d for d, _ in self._chunks)])
+            files = np.concatenate([self._file, *(f for _, f in self._chunks)])
+            self._chunks = []
+            self._digests, first = np.unique(digests, return_index=True)
+            self._file = files[first]
+
+    def get(self, text: str) -> str:
+        """The file `text` came from, or "" when it is not in the set."""
+        self._settle()
+        if not len(self._digests):
+            return ""
+        digest = np.array([self._digest(text)], "S16")
+        at = min(int(np.searchsorted(self._digests, digest)[0]), len(self._digests) - 1)
+        return self._files[self._file[at]] if self._digests[at] == digest[0] else ""
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and bool(self.get(text))
+
+    def __len__(self) -> int:
+        self._settle()
+        return len(self._digests)
+
+
 @dataclass
 class Exclusions:
     """What to keep out, with the file each entry came from (for the drop reason)."""
 
     names: dict[str, str] = field(default_factory=dict)
-    hashes: dict[str, str] = field(default_factory=dict)
-    paths: dict[str, str] = field(default_factory=dict)
-    ids: dict[str, str] = field(default_factory=dict)  # stable ids "source:source_id"
+    hashes: KeySet = field(default_factory=KeySet)
+    paths: KeySet = field(default_factory=KeySet)
+    ids: KeySet = field(default_factory=KeySet)  # stable ids "source:source_id"
 
     def __bool__(self) -> bool:
         return bool(self.names or self.hashes or self.paths or self.ids)
@@ -65,13 +131,12 @@ class Exclusions:
         name = taxon.scientific.lower()
         if name and name in self.names:
             return f"excluded species {taxon.scientific!r} ({self.names[name]})"
-        if sha256 in self.hashes:
-            return f"excluded image sha256 ({self.hashes[sha256]})"
-        resolved = _resolved(path) if path and self.paths else ""
-        if resolved in self.paths:
-            return f"excluded image path ({self.paths[resolved]})"
-        if stable in self.ids:
-            return f"excluded image id ({self.ids[stable]})"
+        if file := self.hashes.get(sha256):
+            return f"excluded image sha256 ({file})"
+        if path and self.paths and (file := self.paths.get(_resolved(path))):
+            return f"excluded image path ({file})"
+        if file := self.ids.get(stable):
+            return f"excluded image id ({file})"
         return ""
 
 
@@ -126,7 +191,7 @@ def _add_json(exclusions: Exclusions, path: Path) -> None:
             exclusions.names.setdefault(name, path.name)
         for image in images:
             if content := eol_content_id(image):
-                exclusions.ids.setdefault(f"eol:{content}", path.name)
+                exclusions.ids.add(f"eol:{content}", path.name)
 
 
 def _add_table(exclusions: Exclusions, table: Table) -> None:
@@ -149,15 +214,15 @@ def _add_row(exclusions: Exclusions, row: dict[str, str], folder: Path, origin: 
     if name := _row_name(row):
         exclusions.names.setdefault(name, origin)
     if row["sha256"]:
-        exclusions.hashes.setdefault(row["sha256"].lower(), origin)
+        exclusions.hashes.add(row["sha256"].lower(), origin)
     if row["path"]:
-        exclusions.paths.setdefault(_resolved(folder / row["path"]), origin)
+        exclusions.paths.add(_resolved(folder / row["path"]), origin)
         if content := eol_content_id(row["path"]):
-            exclusions.ids.setdefault(f"eol:{content}", origin)
+            exclusions.ids.add(f"eol:{content}", origin)
     if row["source"] and row["source_id"]:
-        exclusions.ids.setdefault(f"{row['source']}:{row['source_id']}", origin)
+        exclusions.ids.add(f"{row['source']}:{row['source_id']}", origin)
     if row["eol_content_id"]:
-        exclusions.ids.setdefault(f"eol:{row['eol_content_id']}", origin)
+        exclusions.ids.add(f"eol:{row['eol_content_id']}", origin)
 
 
 def _row_name(row: dict[str, str]) -> str:

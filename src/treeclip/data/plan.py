@@ -186,6 +186,10 @@ def _in_sorted(values: np.ndarray, sorted_arrays: Sequence[np.ndarray]) -> np.nd
     return found
 
 
+def _chunks(array: np.ndarray, size: int = 1 << 20) -> Iterator[np.ndarray]:
+    return (array[start:start + size] for start in range(0, len(array), size))
+
+
 def _merge_sorted(array: np.ndarray, values: np.ndarray) -> np.ndarray:
     values = np.sort(values)
     return np.insert(array, np.searchsorted(array, values), values)
@@ -364,7 +368,8 @@ def _exclude(columns: _Columns, exclusions: Exclusions, plan: Plan) -> None:
                                               sha256=_hex(columns.digest[index:index + 1])[0]))}
     matched = np.array(sorted(reasons, reverse=True), np.int64)  # a copy takes the last match's reason
     tainted_digests, last = np.unique(columns.digest[matched], return_index=True)
-    tainted = alive[_in_sorted(columns.digest[alive], [tainted_digests])]
+    tainted = np.concatenate([np.empty(0, np.int64)] + [  # in chunks: no whole-column copy of the digests
+        chunk[_in_sorted(columns.digest[chunk], [tainted_digests])] for chunk in _chunks(alive)])
     for index, row in _spill_rows(columns, _DROP_FIELDS, tainted):
         reason = reasons.get(index)
         if reason is None:
@@ -375,12 +380,26 @@ def _exclude(columns: _Columns, exclusions: Exclusions, plan: Plan) -> None:
 
 
 def _dedup(columns: _Columns, plan: Plan) -> None:
-    """Keep the first record (in source order) of each distinct sha256."""
+    """Keep the first record (in source order) of each distinct sha256.
+
+    Memory: candidates are first grouped by an 8-byte prefix of their sha256 (a sort of 8-byte integers);
+    only those sharing a prefix with another (the duplicates, and rare prefix collisions) are grouped by
+    their whole sha256."""
     alive = np.flatnonzero(columns.alive)
-    _, first, group = np.unique(columns.digest[alive], return_index=True, return_inverse=True)
-    kept_of = alive[first[group.ravel()]]  # per alive candidate: the candidate kept for its bytes
-    duplicates = alive[kept_of != alive]
-    kept_by_index = dict(zip(duplicates.tolist(), kept_of[kept_of != alive].tolist()))
+    prefix = columns.digest.view(np.uint64)[::4][alive]  # the first 8 bytes of each sha256
+    order = np.argsort(prefix, kind="stable")
+    ordered = prefix[order]
+    del prefix
+    same = ordered[1:] == ordered[:-1]
+    shared = np.zeros(len(alive), bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    suspects = np.sort(alive[order[shared]])  # in source order
+    del order, ordered, same, shared
+    _, first, group = np.unique(columns.digest[suspects], return_index=True, return_inverse=True)
+    kept_of = suspects[first[group.ravel()]]  # per suspect: the candidate kept for its bytes
+    duplicates = suspects[kept_of != suspects]
+    kept_by_index = dict(zip(duplicates.tolist(), kept_of[kept_of != suspects].tolist()))
     for index, row in _spill_rows(columns, _DROP_FIELDS, duplicates):
         kept = columns.key_hex(kept_by_index[index])
         _drop(plan, row, f"exact duplicate of {kept}", "duplicates", key=row["key"], kept_id=kept)
