@@ -236,3 +236,14 @@ def test_int8_bank_with_the_onnx_int8_tower_keeps_the_answers(world: dict[str, P
     expected, got = _rows(fp32_out, "csv"), _rows(int8_out, "csv")
     same = [a["species"] == b["species"] for a, b in zip(got, expected, strict=True)]
     assert len(same) == 24 and sum(same) / len(same) >= 0.9
+
+
+def test_bank_info_measures_agreement_on_your_images(world: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bank", "prune", str(world["bank"]), "--out", str(tmp_path / "fp16"), "--dtype", "fp16"]) == 0
+    capsys.readouterr()
+    assert main(["bank", "info", str(tmp_path / "fp16"), "--reference", str(world["bank"]), "--images",
+                 str(world["images"]), "--model", str(world["onnx"]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["queries"] == "24 images" and info["dtype"] == "float16"
+    assert info["top1_species"] == 1.0 and info["score_cosine"] > 0.9999
