@@ -45,6 +45,7 @@ import tarfile
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,22 +137,28 @@ def check(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- kill, resume, compare
 
 
-def killed_then_resumed(first: list[str], resume: list[str], *, kills: int, rng: random.Random,
-                        window: tuple[float, float]) -> int:
-    """Start `first`, SIGKILL it after a random delay in `window`; repeat with `resume` `kills` times, then
-    run `resume` to the end. Returns the number of kills that landed while the job was running."""
-    landed, command = 0, first
-    for _ in range(kills):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+Job = Callable[[int], tuple[list[str], list[str], Path]]  # cycle -> (first command, resume command, output)
+Compare = Callable[[Path], tuple[int, int, int]]  # output -> (lost, duplicated, corrupt)
+
+
+def kill_cycles(name: str, job: Job, compare: Compare, *, kills: int, rng: random.Random,
+                window: tuple[float, float]) -> Row:
+    """`kills` cycles on fresh outputs: start the job, SIGKILL it after a random delay in `window`, run the
+    resume command to the end and compare. `tried` counts the kills that landed while the job ran."""
+    row = Row(name)
+    for cycle in range(kills):
+        first, resume, out = job(cycle)
+        process = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         try:
             process.wait(timeout=rng.uniform(*window))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            landed += 1
-        command = resume
-    check(run(resume))
-    return landed
+            row.tried += 1
+        check(run(resume))
+        lost, duplicated, corrupt = compare(out)
+        row.lost, row.duplicated, row.corrupt = row.lost + lost, row.duplicated + duplicated, row.corrupt + corrupt
+    return row
 
 
 def file_digests(folder: Path, patterns: tuple[str, ...]) -> dict[str, str]:
@@ -184,12 +191,17 @@ def chaos_build(world: dict[str, Path], root: Path, kills: int, rng: random.Rand
 
     reference = root / "build-ref"
     window = timed(command(reference))
-    out = root / "build-chaos"
-    landed = killed_then_resumed(command(out), command(out, "--resume"), kills=kills, rng=rng, window=window)
-    lost, duplicated = loss_and_duplicates(shard_keys(reference), shard_keys(out))
     patterns = ("train/*.tar", "val/*.tar", "catalog.parquet")
-    corrupt = compare_files(file_digests(reference, patterns), file_digests(out, patterns))
-    return Row("build (SIGKILL + --resume)", landed, lost, duplicated, corrupt)
+
+    def compare(out: Path) -> tuple[int, int, int]:
+        lost, duplicated = loss_and_duplicates(shard_keys(reference), shard_keys(out))
+        return lost, duplicated, compare_files(file_digests(reference, patterns), file_digests(out, patterns))
+
+    def job(cycle: int) -> tuple[list[str], list[str], Path]:
+        out = root / f"build-chaos-{cycle}"
+        return command(out), command(out, "--resume"), out
+
+    return kill_cycles("build (SIGKILL + --resume)", job, compare, kills=kills, rng=rng, window=window)
 
 
 def chaos_bank(world: dict[str, Path], root: Path, kills: int, rng: random.Random) -> Row:
@@ -199,13 +211,18 @@ def chaos_bank(world: dict[str, Path], root: Path, kills: int, rng: random.Rando
 
     reference = root / "bank-ref"
     window = timed(command(reference))
-    out = root / "bank-chaos"
-    landed = killed_then_resumed(command(out), command(out, "--resume"), kills=kills, rng=rng, window=window)
-    names_ref = Counter(map(json.dumps, json.loads((reference / "txt_emb_species.json").read_text())))
-    names_got = Counter(map(json.dumps, json.loads((out / "txt_emb_species.json").read_text())))
-    lost, duplicated = loss_and_duplicates(names_ref, names_got)
-    corrupt = compare_files(file_digests(reference, ("*.npy",)), file_digests(out, ("*.npy",)))
-    return Row("bank build (SIGKILL + --resume)", landed, lost, duplicated, corrupt)
+    names = Counter(map(json.dumps, json.loads((reference / "txt_emb_species.json").read_text())))
+
+    def compare(out: Path) -> tuple[int, int, int]:
+        got = Counter(map(json.dumps, json.loads((out / "txt_emb_species.json").read_text())))
+        lost, duplicated = loss_and_duplicates(names, got)
+        return lost, duplicated, compare_files(file_digests(reference, ("*.npy",)), file_digests(out, ("*.npy",)))
+
+    def job(cycle: int) -> tuple[list[str], list[str], Path]:
+        out = root / f"bank-chaos-{cycle}"
+        return command(out), command(out, "--resume"), out
+
+    return kill_cycles("bank build (SIGKILL + --resume)", job, compare, kills=kills, rng=rng, window=window)
 
 
 def chaos_train(world: dict[str, Path], root: Path, kills: int, rng: random.Random) -> Row:
@@ -220,24 +237,30 @@ def chaos_train(world: dict[str, Path], root: Path, kills: int, rng: random.Rand
         return treeclip("train", "--preset", "tiny", "--data", shards, "--out", out, "--no-progress", *extra,
                         *overrides)
 
-    reference = root / "train-ref"
-    window = timed(command(reference))
-    out = root / "train-chaos"
-    landed = killed_then_resumed(command(out), command(out, "--resume", "latest"), kills=kills, rng=rng,
-                                 window=window)
-
     def final(run_dir: Path) -> dict:
         newest = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
         return torch.load(newest, map_location="cpu", weights_only=True)
 
-    want, got = final(reference), final(out)
-    corrupt = int(want["step"] != got["step"]) + sum(
-        not torch.equal(tensor, got["model"][name]) for name, tensor in want["model"].items())
-    steps = Counter(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines())
-    ref_steps = Counter(json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines())
-    lost, duplicated = loss_and_duplicates(ref_steps, steps)
-    return Row("train (SIGKILL + --resume latest)", landed, lost, duplicated, corrupt,
-               note="metrics.jsonl steps; final weights compared bit for bit")
+    def steps(run_dir: Path) -> Counter:
+        return Counter(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+    reference = root / "train-ref"
+    window = timed(command(reference))
+    want = final(reference)
+
+    def compare(out: Path) -> tuple[int, int, int]:
+        got = final(out)
+        corrupt = int(want["step"] != got["step"]) + sum(
+            not torch.equal(tensor, got["model"][name]) for name, tensor in want["model"].items())
+        return (*loss_and_duplicates(steps(reference), steps(out)), corrupt)
+
+    def job(cycle: int) -> tuple[list[str], list[str], Path]:
+        out = root / f"train-chaos-{cycle}"
+        return command(out), command(out, "--resume", "latest"), out
+
+    row = kill_cycles("train (SIGKILL + --resume latest)", job, compare, kills=kills, rng=rng, window=window)
+    row.note = "lost/duplicated: metrics.jsonl steps; corrupt: final weights compared bit for bit"
+    return row
 
 
 def predict_command(world: dict[str, Path], out: Path, fmt: str) -> list[str]:
@@ -266,51 +289,86 @@ def compare_outputs(reference: Path, got: Path, fmt: str) -> tuple[int, int, int
 def chaos_predict(world: dict[str, Path], root: Path, kills: int, rng: random.Random) -> list[Row]:
     rows = []
     for fmt in FORMATS:
-        reference, out = root / f"ref.{fmt}", root / f"chaos.{fmt}"
+        reference = root / f"ref.{fmt}"
         window = timed(predict_command(world, reference, fmt))
-        command = predict_command(world, out, fmt)
-        landed = killed_then_resumed(command, command, kills=kills, rng=rng, window=window)
-        rows.append(Row(f"predict --format {fmt} (SIGKILL + rerun)", landed, *compare_outputs(reference, out, fmt)))
+
+        def job(cycle: int, fmt: str = fmt) -> tuple[list[str], list[str], Path]:
+            out = root / f"chaos-{cycle}.{fmt}"
+            return predict_command(world, out, fmt), predict_command(world, out, fmt), out
+
+        rows.append(kill_cycles(f"predict --format {fmt} (SIGKILL + rerun)", job,
+                                lambda out, ref=reference, fmt=fmt: compare_outputs(ref, out, fmt),
+                                kills=kills, rng=rng, window=window))
     return rows
 
 
-def chaos_embed_index(world: dict[str, Path], root: Path, kills: int, rng: random.Random) -> Row:
+def chaos_embed_index(world: dict[str, Path], root: Path, kills: int, rng: random.Random) -> list[Row]:
     def embed(out: Path) -> list[str]:
         return treeclip("embed", world["images"], "--model", world["model"], "--output", out, "--batch-size", 2,
                         "--workers", 1)
 
-    reference, out = root / "emb-ref.parquet", root / "emb-chaos.parquet"
+    reference = root / "emb-ref.parquet"
     window = timed(embed(reference))
-    landed = killed_then_resumed(embed(out), embed(out), kills=kills, rng=rng, window=window)
-    lost, duplicated, corrupt = compare_outputs(reference, out, "parquet")
-    index_ref, index_out = root / "index-ref", root / "index-chaos"
-    if run(treeclip("index", reference, "--out", index_ref)).returncode == 0:
-        window = timed(treeclip("index", reference, "--out", root / "index-timing"))
-        landed += killed_then_resumed(treeclip("index", out, "--out", index_out),
-                                      treeclip("index", out, "--out", index_out), kills=kills, rng=rng,
-                                      window=window)
-        corrupt += compare_files(file_digests(index_ref, ("*",)), file_digests(index_out, ("*",)))
-    return Row("embed + index (SIGKILL + rerun)", landed, lost, duplicated, corrupt)
+
+    def embed_job(cycle: int) -> tuple[list[str], list[str], Path]:
+        out = root / f"emb-chaos-{cycle}.parquet"
+        return embed(out), embed(out), out
+
+    rows = [kill_cycles("embed (SIGKILL + rerun)", embed_job, lambda out: compare_outputs(reference, out, "parquet"),
+                        kills=kills, rng=rng, window=window)]
+    index_ref = root / "index-ref"
+    if run(treeclip("index", reference, "--out", root / "index-probe")).returncode != 0:
+        return [*rows, Row("index (SIGKILL + rerun)", note="skipped: `treeclip index` needs faiss-cpu")]
+    window = timed(treeclip("index", reference, "--out", index_ref))
+
+    def index_job(cycle: int) -> tuple[list[str], list[str], Path]:
+        out = root / f"index-chaos-{cycle}"
+        return treeclip("index", reference, "--out", out), treeclip("index", reference, "--out", out), out
+
+    def compare(out: Path) -> tuple[int, int, int]:
+        return 0, 0, compare_files(file_digests(index_ref, ("*",)), file_digests(out, ("*",)))
+
+    return [*rows, kill_cycles("index (SIGKILL + rerun)", index_job, compare, kills=kills, rng=rng, window=window)]
 
 
 def two_writers(world: dict[str, Path], root: Path) -> Row:
+    """Two `predict` runs on one output, the second started while the first is writing (the first is paused
+    meanwhile, so the overlap does not depend on the machine's load): exactly one must be refused, and the
+    output must equal an uninterrupted run's."""
+    folder = root / "race-images"
+    for copy in range(2):
+        for image in world["images"].rglob("*.png"):
+            target = folder / f"{copy}-{image.parent.name}-{image.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(image.read_bytes())
+    race_world = {**world, "images": folder}
     row = Row("two predict runs on one --output")
     for fmt in FORMATS:
-        reference, out = root / f"ref.{fmt}", root / f"race.{fmt}"
-        first = subprocess.Popen(predict_command(world, out, fmt), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, env=ENV)
-        time.sleep(3)
-        second = run(predict_command(world, out, fmt))
-        first.wait(timeout=900)
+        reference, out = root / f"race-ref.{fmt}", root / f"race.{fmt}"
+        check(run(predict_command(race_world, reference, fmt)))
+        first = subprocess.Popen(predict_command(race_world, out, fmt), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, env=ENV)
+        _wait_for_rows(out, first)
+        first.send_signal(signal.SIGSTOP)  # a slow writer: still holding the output when the second arrives
+        second = run(predict_command(race_world, out, fmt))
+        first.send_signal(signal.SIGCONT)
+        errors = first.communicate(timeout=900)[1] + second.stderr
+        exits = sorted([first.returncode, second.returncode])
         row.tried += 1
-        refused = sorted([second.returncode, first.returncode]) != [0, 2] or (
-            second.returncode == 2 and "another process" not in second.stderr)
-        if refused:
+        if exits != [0, 2] or "another process" not in errors:
             row.corrupt += 1
-            row.note = f"not exactly one writer refused ({fmt}: {first.returncode}, {second.returncode})"
+            row.note = f"not exactly one writer refused ({fmt}: exits {exits})"
         lost, duplicated, corrupt = compare_outputs(reference, out, fmt)
         row.lost, row.duplicated, row.corrupt = row.lost + lost, row.duplicated + duplicated, row.corrupt + corrupt
     return row
+
+
+def _wait_for_rows(out: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.is_file() and out.stat().st_size > 0 or out.with_name(out.name + ".parts").is_dir():
+            return
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- hostile inputs
@@ -628,7 +686,7 @@ def main() -> None:
             ("bank", lambda: [chaos_bank(world, root, args.kills, rng)]),
             ("train", lambda: [chaos_train(world, root, args.kills, rng)]),
             ("predict", lambda: chaos_predict(world, root, args.kills, rng)),
-            ("embed", lambda: [chaos_embed_index(world, root, args.kills, rng)]),
+            ("embed", lambda: chaos_embed_index(world, root, args.kills, rng)),
             ("writers", lambda: [two_writers(world, root)]),
             ("images", lambda: [chaos_hostile_images(world, root)]),
             ("code", lambda: [chaos_hostile_code(world, root)]),
