@@ -327,7 +327,7 @@ def _eval_model(label: str, checkpoint: Path | None, layout: Layout, seed: int, 
         return EvalModel(label, model_fingerprint(str(checkpoint), model), model, preprocess, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, _, preprocess, tokenizer = create_model(layout.arch, device=device)
+        model, _, preprocess, tokenizer = create_model(layout.arch, device=device, config_only_ok=True)
     model.eval()
     return EvalModel(label, model_fingerprint(f"untrained:{layout.arch}:{seed}", model), model, preprocess,
                      tokenizer)
