@@ -9,8 +9,9 @@ memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
 - ``read``: the catalog streamed through `treeclip.formats` (the floor every stage pays);
 - ``make-benchmark``: `treeclip.eval.heldout.make_benchmark` over the whole catalog, 5 listed species;
 - ``plan``: `treeclip.data.plan.plan_build` over the whole catalog as a ``csv:`` source with an exclusion
-  file (the 5 benchmark species); image hashing is replaced by a hash of the path (the images do not exist),
-  so the figure is the plan's own memory; images "exist" for every row;
+  file (the 5 benchmark species): both passes, hashes, exclusion, dedup, splits, and the jobs' items files
+  written under the stage's ``out/.build/plan/``; image hashing is replaced by a hash of the path (the images
+  do not exist), so the figure is the plan's own memory; images "exist" for every row;
 - ``baseline``: what the old readers did, the whole catalog as Python dicts (``csv.DictReader`` into a list).
 
     python -m benchmarks.catalog_memory [--rows N] [--stages read,make-benchmark,plan,baseline]

@@ -30,6 +30,7 @@ distributed dataframe engine (Ray Data) can run as is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections import Counter
@@ -57,9 +58,9 @@ log = logging.getLogger(__name__)
 ProblemHandler = Callable[[Problem], None]
 HELD_OUT_SPLIT = "unseen"  # a source split that must never reach training (evaluation-only taxa)
 SPILL_FILE = ".build/candidates.parquet"
-_BATCH = 65_536  # records per pass-2 batch and rows per spill read
+_BATCH = 16_384  # records per pass-2 batch and rows per spill read
 _HASH_BATCH = 4096  # files in flight at once: bounds the futures held in memory
-_BUCKET_ROWS = 262_144  # rows per bucket of the external sort that writes the items files
+_BUCKET_ROWS = 65_536  # rows per bucket (an Arrow IPC stream file) of the external sort that writes the items files
 _KEY = "S12"  # a sample key (24 hex digits) as raw bytes
 _DIGEST = "S32"  # a sha256 as raw bytes
 _SPILL_SCHEMA = pa.schema([
@@ -432,33 +433,35 @@ def _write_items(columns: _Columns, position: np.ndarray, jobs: list[ShardJob], 
         return
     bucket_of_job = starts // _BUCKET_ROWS
     folder = Path(jobs[0].items_file).parent
-    writers: dict[int, pq.ParquetWriter] = {}
     schema = _SPILL_SCHEMA.append(pa.field("position", pa.int64()))
-    try:
-        start = 0
-        for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH):
-            where = position[start:start + batch.num_rows]
-            rows = np.flatnonzero(where >= 0)
-            table = pa.Table.from_batches([batch]).take(pa.array(rows)).append_column(
-                "position", pa.array(where[rows]))
-            digests = pa.array(_hex(columns.digest[start + rows]), pa.string())  # the hash taken, not the given one
-            table = table.set_column(table.schema.get_field_index("sha256"), "sha256", digests)
-            start += batch.num_rows
-            job = np.searchsorted(starts, where[rows], side="right") - 1
-            buckets = bucket_of_job[job]
-            for bucket in np.unique(buckets):
+    with contextlib.ExitStack() as stack:
+        writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+        for table in _kept_rows(columns, position):
+            buckets = bucket_of_job[np.searchsorted(starts, table.column("position").to_numpy(), side="right") - 1]
+            for bucket in np.unique(buckets).tolist():
                 if bucket not in writers:
-                    writers[bucket] = pq.ParquetWriter(folder / f"bucket-{bucket}.parquet", schema)
+                    sink = stack.enter_context(pa.OSFile(str(folder / f"bucket-{bucket}.arrow"), "wb"))
+                    writers[bucket] = stack.enter_context(pa.ipc.new_stream(sink, schema))
                 writers[bucket].write_table(table.take(pa.array(np.flatnonzero(buckets == bucket))))
-    finally:
-        for writer in writers.values():
-            writer.close()
     for bucket in sorted(writers):
-        _cut_bucket(columns, folder / f"bucket-{bucket}.parquet", jobs, starts)
+        _cut_bucket(columns, folder / f"bucket-{bucket}.arrow", jobs, starts)
+
+
+def _kept_rows(columns: _Columns, position: np.ndarray) -> Iterator[pa.Table]:
+    """The spill's kept rows, batch by batch, with their position and the sha256 taken (not the given one)."""
+    start = 0
+    for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH):
+        where = position[start:start + batch.num_rows]
+        rows = np.flatnonzero(where >= 0)
+        table = pa.Table.from_batches([batch]).take(pa.array(rows)).append_column("position", pa.array(where[rows]))
+        digests = pa.array(_hex(columns.digest[start + rows]), pa.string())
+        start += batch.num_rows
+        yield table.set_column(table.schema.get_field_index("sha256"), "sha256", digests)
 
 
 def _cut_bucket(columns: _Columns, path: Path, jobs: list[ShardJob], starts: np.ndarray) -> None:
-    table = pq.read_table(path).sort_by("position")
+    with pa.OSFile(str(path), "rb") as source:
+        table = pa.ipc.open_stream(source).read_all().sort_by("position")
     path.unlink()
     taxa = pa.table({**{rank: [t.lineage[i] for t in columns.taxa] for i, rank in enumerate(RANK_NAMES)},
                      "common": [t.common for t in columns.taxa]}, schema=pa.schema(
