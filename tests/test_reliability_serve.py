@@ -229,3 +229,14 @@ def test_schema_refuses_what_the_server_refuses(client: TestClient) -> None:
     rollup = bodies["Body_predict_v1_predict_post"]["properties"]["rollup"]
     assert rollup["type"] == "number" and "anyOf" not in rollup
     assert client.post("/v1/predict", files=[("files", ("e.png", b"", "image/png"))]).status_code == 400
+
+
+def test_serve_options_reach_the_limits() -> None:
+    from treeclip.cli import build_parser  # noqa: PLC0415
+    from treeclip.cli.serve import _limits  # noqa: PLC0415
+
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--allow-host", "lab.example.org",
+                                      "--max-connections", "50"])
+    limits = _limits(args)
+    assert limits.max_connections == 50 and limits.allowed_hosts == ("0.0.0.0", "lab.example.org")
+    assert host_allowed("lab.example.org:8000", limits.allowed_hosts) and not host_allowed("evil.test", ())
