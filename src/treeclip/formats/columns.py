@@ -152,11 +152,12 @@ def lineage_gap(values: Mapping[str, str]) -> str:
     """The given ranks that `taxon_of(values, ..., strict=False)` empties to mend a gap in the row's lineage
     (``"kingdom, phylum, class, order"`` for a row with its family empty), or "" when nothing is emptied."""
     items = tuple(values.get(role, "") for role in TAXON_ROLES)
-    strict = _cached_taxon(items, True)
-    loose = _cached_taxon(items, False)
-    if not isinstance(strict, str) or "gap" not in strict or isinstance(loose, str):
+    loose = _cached_taxon(items, False)  # the cached result `taxon_of` just used
+    if isinstance(loose, str):
         return ""
-    return ", ".join(role for role, given, kept in zip(RANK_ROLES, items, loose.lineage) if given and not kept)
+    emptied = [role for role, given, kept in zip(RANK_ROLES, items, loose.lineage) if given and not kept]
+    strict = _cached_taxon(items, True) if emptied else ""  # only then: a gap, or names cleaned away?
+    return ", ".join(emptied) if isinstance(strict, str) and "gap" in strict else ""
 
 
 def without_repeated_common(taxon: Taxon) -> Taxon:
