@@ -36,7 +36,8 @@ from treeclip.formats.shards import manifest_text, shard_entry
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
 from treeclip.data.records import Problem
-from treeclip.data.shards import JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path, write_shard
+from treeclip.data.shards import (JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path,
+                                  write_shard)
 from treeclip.data.sources import open_source
 from treeclip.data.splits import SPLITS
 from treeclip.errors import UsageError
