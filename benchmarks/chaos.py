@@ -29,7 +29,6 @@ Usage: ``python benchmarks/chaos.py [--kills 3] [--clients 32] [--seconds 10] [-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import gzip
 import hashlib
@@ -46,8 +45,8 @@ import tarfile
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -640,8 +639,9 @@ def chaos_http(world: dict[str, Path], *, clients: int, seconds: float) -> list[
         tried, unexpected, notes = hostile_http(port)
         hostile_growth = rss_mb(pid, "VmHWM") - before if pid else None
         fuzz = schemathesis_row(url)
+        before_load = rss_mb(pid) if pid else None
         load = run_load(url, known, clients=clients, seconds=seconds)
-        after = rss_mb(pid) if pid else None
+        load_growth = rss_mb(pid) - before_load if pid else None
     errors = sum(n for code, n in load.statuses.items() if code >= 500 and code != 503)
     s = load.summary()
     return [
@@ -651,7 +651,7 @@ def chaos_http(world: dict[str, Path], *, clients: int, seconds: float) -> list[
         fuzz,
         Row(f"{clients} clients x {seconds:g} s (queue 8)", int(s["requests"]), 0, 0,
             len(load.wrong) + len(load.failures), 0, errors,
-            None if before is None else after - before,
+            load_growth,
             f"{s['ok']} x 200, {s['busy_503']} x 503 with Retry-After; corrupt = wrong answers + connection errors"),
     ]
 

@@ -287,8 +287,9 @@ class Guard:
                 if isinstance(body, tuple):
                     await _answer(send, *body)
                     return
-                body = _plain_filenames(body, headers.get(b"content-type", b""))
-                await self.app(scope, _replay(body, receive), send)
+                replay = _replay(_plain_filenames(body, headers.get(b"content-type", b"")), receive)
+                del body  # the replay holds the only reference, dropped once the app has read it
+                await self.app(scope, replay, send)
         except Busy as exc:
             if admitted:
                 raise
@@ -385,14 +386,14 @@ async def _answer(send: Callable, status: int, detail: str, headers: dict[str, s
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:
-    """A `receive` that gives the buffered body once, then defers to the client's channel."""
-    sent = False
+    """A `receive` that gives the buffered body once (keeping no reference to it), then defers to the client's
+    channel."""
+    held: list[bytes] = [body]
+    del body
 
     async def replayed() -> dict:
-        nonlocal sent
-        if sent:
+        if not held:
             return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": held.pop(), "more_body": False}
 
     return replayed
