@@ -489,3 +489,26 @@ def test_exclusion_key_sets_keep_the_first_file_and_match_exactly() -> None:
     keys.add("csv:late.jpg", "b.csv")
     assert keys.get("csv:late.jpg") == "b.csv" and "csv:img7.jp" not in keys and "csv:img7.jpG" not in keys
     assert KeySet().get("anything") == ""
+
+
+def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
+    """Dedup groups by an 8-byte prefix first: two images whose sha256 share that prefix are distinct, a true
+    copy is dropped with the kept key, and keys ending in zero bytes keep all their hex digits."""
+    import pyarrow as pa
+
+    from treeclip.data import plan as plan_module
+
+    rows = [{"key": f"{i:024x}", "source": "csv", "source_id": str(i), "path": f"/x/{i}.jpg", "origin": f"f:{i}"}
+            for i in (0, 1, 2, 3)]
+    spill = tmp_path / "spill.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), spill)
+    twins = [b"\x01" * 8 + bytes([n]) * 24 for n in (1, 2)]  # same first 8 bytes, different sha256
+    columns = plan_module._Columns(
+        spill=spill, taxa=[], key=np.array([bytes.fromhex(r["key"]) for r in rows], "S12"),
+        taxon=np.zeros(4, np.int32), val=np.zeros(4, bool), order=np.zeros(4),
+        digest=np.array([twins[0], twins[1], twins[0], b"\x02" * 32], "S32"), alive=np.ones(4, bool))
+    plan = plan_module.Plan(jobs=[], alignment=None)  # type: ignore[arg-type]
+    plan_module._dedup(columns, plan)
+    assert columns.alive.tolist() == [True, True, False, True]
+    assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped] == [(rows[2]["key"], "0" * 24, "f:2")]
+    assert plan.counts["duplicates"] == 1
