@@ -284,9 +284,13 @@ def test_sigterm_exits_cleanly_and_the_output_resumes(world: dict[str, Path], tm
 
 def test_two_processes_on_one_output_never_interleave(world: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "pred.jsonl"
+    import signal  # noqa: PLC0415
+
     first = subprocess.Popen(_predict(world, out, "jsonl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _started(first, out)
+    first.send_signal(signal.SIGSTOP)  # a slow writer: the overlap must not depend on the machine's load
     second = subprocess.run(_predict(world, out, "jsonl"), capture_output=True, text=True, timeout=300)
+    first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0
     assert second.returncode == 2 and "being written by another process" in second.stderr
     names = [row["file_name"] for row in _read(out, "jsonl")]
