@@ -113,7 +113,6 @@ def test_prune_by_rank_clade_and_checklist_to_int8(fp32_bank: Path, tmp_path: Pa
 
 
 def test_prune_to_a_prior_keeps_recorded_taxa(fp32_bank: Path, tmp_path: Path) -> None:
-    pytest.importorskip("h3")
     from treeclip.predict.prior import LocationPrior, Occurrence  # noqa: PLC0415
 
     reference = load_bank(fp32_bank)

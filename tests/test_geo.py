@@ -22,7 +22,6 @@ from treeclip.predict.classifier import NOT_AN_ORGANISM, NOT_IN_BANK, TreeOfLife
 from treeclip.predict.location import Location
 from treeclip.taxonomy import Rank
 
-pytest.importorskip("h3")
 SETTINGS = demo_settings(quick=True, species=24, images_per_species=12, epochs=4, train_seeds=(0,))
 
 

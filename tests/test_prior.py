@@ -12,7 +12,7 @@ from treeclip.errors import UsageError
 from treeclip.predict.location import Location, make_locator, month_of, read_exif_location, read_location_table
 from treeclip.predict.prior import (GENUS_SHARE, LocationPrior, OccurrenceReader, apply_prior, season_of)
 
-h3 = pytest.importorskip("h3")
+import h3
 
 # GBIF "simple CSV" download layout (tab-separated, .csv name), cut to its first 32 columns.
 GBIF_HEADER = ("gbifID\tdatasetKey\toccurrenceID\tkingdom\tphylum\tclass\torder\tfamily\tgenus\tspecies\t"

@@ -9,8 +9,7 @@ from typing import Any
 from treeclip.cli._options import RAY_ENGINE, Requirement, add_engine_arguments
 
 ONNX_RUNTIME = Requirement("onnx", ("onnxruntime",), when=lambda args: getattr(args, "runtime", None) == "onnx")
-GEO_PRIOR = Requirement("geo", ("h3",), when=lambda args: bool(getattr(args, "prior", None)))
-REQUIRES = (RAY_ENGINE, ONNX_RUNTIME, GEO_PRIOR)
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2

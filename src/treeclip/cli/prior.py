@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from treeclip.cli._options import Requirement
-
-REQUIRES = (Requirement("geo", ("h3",)),)
 HELP = "build a location prior (per-cell occurrence counts) from GBIF/Darwin Core or lat,lon,taxon tables"
 
 

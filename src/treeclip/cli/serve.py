@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from treeclip.cli._options import Requirement
-from treeclip.cli.predict import GEO_PRIOR, ONNX_RUNTIME, add_runtime_argument, check_runtime
+from treeclip.cli.predict import ONNX_RUNTIME, add_runtime_argument, check_runtime
 
-REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME, GEO_PRIOR)
+REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME)
 HELP = "serve the HTTP API (predict, embed, info) and the web page for identifying photos"
 DEMO_MODEL, DEMO_BANK = Path("treeclip-demo/model"), Path("treeclip-demo/bank")
 

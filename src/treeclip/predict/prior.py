@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import h3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -158,14 +159,6 @@ class PriorInfo:
     sources: list[str] = field(default_factory=list)
 
 
-def _h3():  # noqa: ANN202 - the h3 module
-    try:
-        import h3  # noqa: PLC0415 - optional dependency
-    except ImportError as exc:
-        raise UsageError("the location prior needs h3: pip install 'treeclip[geo]'") from exc
-    return h3
-
-
 class LocationPrior:
     """Occurrence counts per (season, cell, rank, name); see the module docstring."""
 
@@ -178,7 +171,6 @@ class LocationPrior:
               by_season: bool = False, skipped: dict[str, int] | None = None,
               sources: Sequence[str] = ()) -> LocationPrior:
         """Count `occurrences` per cell (and season); `skipped` are the reader's dropped-record counts."""
-        h3 = _h3()
         if not 0 <= resolution <= 15:
             raise UsageError(f"--resolution must be an H3 resolution 0..15, got {resolution}")
         counts: dict[tuple[int, int], Counter] = defaultdict(Counter)
@@ -241,7 +233,6 @@ class LocationPrior:
     # ------------------------------------------------------------------ querying
     def densities(self, location: Location) -> Counter:
         """(rank, name) -> neighbour-weighted record count around `location` (season counted twice)."""
-        h3 = _h3()
         origin = h3.latlng_to_cell(location.lat, location.lon, self.info.resolution)
         seasons = [ALL_YEAR]
         if self.info.by_season and location.month:
@@ -278,7 +269,6 @@ class BoundPrior:
 
     def factors(self, location: Location) -> np.ndarray:
         """``g`` for every bank column at `location` (float32, in [floor, 1))."""
-        h3 = _h3()
         season = season_of(location.month) if self.prior.info.by_season and location.month else ALL_YEAR
         key = (h3.latlng_to_cell(location.lat, location.lon, self.prior.info.resolution), season)
         if key not in self._cache:
