@@ -82,6 +82,7 @@ class Results:
     train: list[TrainFigures] = field(default_factory=list)
     inference_images_per_s: float = 0.0
     predict_images_per_s: float = 0.0
+    failed: list[str] = field(default_factory=list)  # training variants that raised, with the error
     torch: str = torch.__version__
     python: str = platform.python_version()
 
@@ -202,14 +203,23 @@ def run(setup: Setup, work: Path) -> Results:
                       loader_samples_per_s_per_core=loader_rate_per_core(
                           shards, model=setup.model, batch=loader_batch, batches=loader_batches))
     print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
-    for index, (compile_model, patch_dropout) in enumerate(setup.variants):
-        figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
-                            patch_dropout=patch_dropout)
-        shutil.rmtree(work / f"run{index}", ignore_errors=True)  # a ViT-B-16 checkpoint with AdamW state is ~2 GB
-        print(f"train: {asdict(figures)}", flush=True)  # partial results survive a time-out
-        results.train.append(figures)
+    # inference first: short, and its figures survive a time-out during the (compiling) training variants
     results.inference_images_per_s = inference_rate(setup)
     results.predict_images_per_s = predict_rate(setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
+    print(f"inference: tower {results.inference_images_per_s:,.1f} images/s, "
+          f"predict from JPEGs {results.predict_images_per_s:,.1f} images/s", flush=True)
+    for index, (compile_model, patch_dropout) in enumerate(setup.variants):
+        try:
+            figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
+                                patch_dropout=patch_dropout)
+        except Exception as exc:  # noqa: BLE001 - one failing variant (say, compile) must not lose the others
+            print(f"train: compile={compile_model} patch_dropout={patch_dropout} failed: {exc!r}", flush=True)
+            results.failed.append(f"compile={compile_model} patch_dropout={patch_dropout}: {exc!r}")
+            continue
+        finally:
+            shutil.rmtree(work / f"run{index}", ignore_errors=True)  # a ViT-B-16 checkpoint with AdamW is ~2 GB
+        print(f"train: {asdict(figures)}", flush=True)  # partial results survive a time-out
+        results.train.append(figures)
     return results
 
 
@@ -228,6 +238,7 @@ def table(results: Results) -> str:
         mfu = f"{figures.mfu:.1%}" if figures.mfu is not None else "n/a (no known peak)"
         lines.append(f"| {label} | {figures.samples_per_s_per_gpu:,.1f} | {figures.step_ms:,.1f} | "
                      f"{figures.tflops_per_gpu:,.2f} | {mfu} |")
+    lines += [f"| FAILED: {failure} | | | | |" for failure in results.failed]
     return "\n".join(lines)
 
 
