@@ -82,6 +82,7 @@ class Results:
     train: list[TrainFigures] = field(default_factory=list)
     inference_images_per_s: float = 0.0
     predict_images_per_s: float = 0.0
+    decode_images_per_s: float = 0.0  # predict's decode + preprocessing threads alone, same images and threads
     failed: list[str] = field(default_factory=list)  # training variants that raised, with the error
     torch: str = torch.__version__
     python: str = platform.python_version()
@@ -157,13 +158,15 @@ def inference_rate(setup: Setup) -> float:
     return setup.batch / timed_calls(encode, calls=setup.steps, warmup=setup.warmup, device=device)
 
 
-def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> float:
-    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (4 batches, after one warm-up batch)."""
+def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> tuple[float, float]:
+    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (4 batches, after one warm-up batch),
+    and of its decode + preprocessing threads alone on the same files (what bounds it on a fast device)."""
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
     from treeclip.model.bank import LabelBank  # noqa: PLC0415
     from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
+    from treeclip.predict.runner import decoded_batches  # noqa: PLC0415
 
     model, _, preprocess, _ = create_model(setup.model, device=setup.device)
     rng = np.random.default_rng(0)
@@ -185,7 +188,12 @@ def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> float:
     start = time.perf_counter()
     classifier.predict(paths[setup.batch :], batch_size=setup.batch, workers=workers)
     synchronize(device)
-    return (len(paths) - setup.batch) / (time.perf_counter() - start)
+    end_to_end = (len(paths) - setup.batch) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in decoded_batches(paths[setup.batch :], paths[setup.batch :], preprocess=preprocess,
+                             batch_size=setup.batch, workers=workers, draft_size=classifier.draft_size):
+        pass
+    return end_to_end, (len(paths) - setup.batch) / (time.perf_counter() - start)
 
 
 def run(setup: Setup, work: Path) -> Results:
@@ -205,9 +213,11 @@ def run(setup: Setup, work: Path) -> Results:
     print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
     # inference first: short, and its figures survive a time-out during the (compiling) training variants
     results.inference_images_per_s = inference_rate(setup)
-    results.predict_images_per_s = predict_rate(setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
-    print(f"inference: tower {results.inference_images_per_s:,.1f} images/s, "
-          f"predict from JPEGs {results.predict_images_per_s:,.1f} images/s", flush=True)
+    results.predict_images_per_s, results.decode_images_per_s = predict_rate(
+        setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
+    print(f"inference: tower {results.inference_images_per_s:,.1f} images/s, predict from JPEGs "
+          f"{results.predict_images_per_s:,.1f} images/s, decoding alone {results.decode_images_per_s:,.1f}",
+          flush=True)
     for index, (compile_model, patch_dropout) in enumerate(setup.variants):
         try:
             figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
@@ -230,7 +240,8 @@ def table(results: Results) -> str:
             ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}"),
             ("predict images/s (JPEG files to top-5, bank on the device)",
              f"{results.predict_images_per_s:,.1f} ({results.predict_images_per_s / results.inference_images_per_s:.2f}x "
-             "the tower alone)")]
+             "the tower alone)"),
+            ("predict's decode + preprocess threads alone (same files)", f"{results.decode_images_per_s:,.1f}")]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU |", "|---|---|---|---|---|"]
     for figures in results.train:

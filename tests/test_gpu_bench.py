@@ -19,7 +19,7 @@ def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["model"] == "treeclip-test" and figures["batch"] == 8
     assert figures["loader_samples_per_s_per_core"] > 0 and figures["inference_images_per_s"] > 0
-    assert figures["failed"] == []
+    assert figures["failed"] == [] and figures["decode_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
     plain, dropped = figures["train"]
     assert (plain["patch_dropout"], dropped["patch_dropout"]) == (0.0, 0.5)
     assert plain["samples_per_s_per_gpu"] > 0 and plain["tflops_per_gpu"] > 0

@@ -273,7 +273,7 @@ class TreeOfLifeClassifier(_ImageClassifier):
         name to its Location (or None); `raw`, the features before normalisation, lets abstention use the
         calibration's image-density check."""
         locations = [locate(name) for name in names] if locate is not None and self.prior is not None else None
-        probs = self.probabilities(features, locations).cpu()
+        probs = self.probabilities(features, locations)  # stays on the device: only top-k values cross to the host
         if rollup is not None:
             abstained = self.abstentions(features, raw) if abstain else [None] * len(names)
             rows = self._rollup_rows(probs, names, rollup, abstained)

@@ -45,29 +45,34 @@ class RankIndex:
             groups = _rank_groups(lineages, rank, parent_of_column)
             self.groups.append(groups)
             parent_of_column = groups.of_column
-        self._tensors: dict[int, torch.Tensor] = {}
+        self._tensors: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    def _index(self, rank: Rank, what: str) -> torch.Tensor:
-        key = rank * 2 + (what == "parent")
+    def _index(self, rank: Rank, what: str, device: torch.device) -> torch.Tensor:
+        """Group ids of the columns (or parent ids of the groups) of `rank`, cached per device."""
+        key = (rank * 2 + (what == "parent"), device)
         if key not in self._tensors:
             groups = self.groups[rank]
-            self._tensors[key] = torch.from_numpy(groups.parent if what == "parent" else groups.of_column)
+            ids = torch.from_numpy(groups.parent if what == "parent" else groups.of_column)
+            self._tensors[key] = ids.to(device)
         return self._tensors[key]
 
     def aggregate(self, probs: torch.Tensor, rank: Rank) -> torch.Tensor:
         """``[B, n_groups(rank)]`` group probabilities from ``[B, n_taxa]`` species probabilities."""
         if rank == Rank.SPECIES:
             return probs
-        summed = _scatter_sum(probs, self._index(Rank.GENUS, "column"), len(self.groups[Rank.GENUS]))
+        device = probs.device
+        summed = _scatter_sum(probs, self._index(Rank.GENUS, "column", device), len(self.groups[Rank.GENUS]))
         for level in range(Rank.GENUS, rank, -1):
-            summed = _scatter_sum(summed, self._index(Rank(level), "parent"), len(self.groups[level - 1]))
+            summed = _scatter_sum(summed, self._index(Rank(level), "parent", device), len(self.groups[level - 1]))
         return summed
 
     def aggregate_all(self, probs: torch.Tensor) -> list[torch.Tensor]:
         """Group probabilities at every rank, kingdom first, from one pass up the tree."""
-        levels = [probs, _scatter_sum(probs, self._index(Rank.GENUS, "column"), len(self.groups[Rank.GENUS]))]
+        device = probs.device
+        levels = [probs, _scatter_sum(probs, self._index(Rank.GENUS, "column", device), len(self.groups[Rank.GENUS]))]
         for level in range(Rank.GENUS, Rank.KINGDOM, -1):
-            levels.append(_scatter_sum(levels[-1], self._index(Rank(level), "parent"), len(self.groups[level - 1])))
+            parents = self._index(Rank(level), "parent", device)
+            levels.append(_scatter_sum(levels[-1], parents, len(self.groups[level - 1])))
         return levels[::-1]
 
 

@@ -36,11 +36,11 @@ def rollup(levels: Sequence[torch.Tensor], named: Sequence[np.ndarray], threshol
         raise ValueError(f"roll-up threshold must be in (0, 1], got {threshold}")
     best, arg = [], []
     for probs, mask in zip(levels, named, strict=True):
-        masked = probs.masked_fill(~torch.from_numpy(mask), -1.0)
+        masked = probs.masked_fill(~torch.from_numpy(mask).to(probs.device), -1.0)
         value, index = masked.max(dim=1)
         best.append(value)
         arg.append(index)
-    best_t, arg_t = torch.stack(best), torch.stack(arg)  # [ranks, B]
+    best_t, arg_t = torch.stack(best).cpu(), torch.stack(arg).cpu()  # [ranks, B]: the only host copy
     depth = torch.arange(len(levels)).unsqueeze(1).expand_as(best_t)
     deepest = torch.where(best_t >= threshold, depth, torch.full_like(depth, -1)).max(dim=0).values
     answers = []
