@@ -17,11 +17,14 @@ RUNTIMES = ("torch", "onnx")
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """--batch-size, --workers, --precision, --runtime, --device, --engine and --ray-address (shared with
-    `treeclip embed`)."""
+    """--batch-size, --workers, --decode, --precision, --runtime, --device, --engine and --ray-address (shared
+    with `treeclip embed`)."""
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"image decoding threads, working ahead of the model (default {DEFAULT_WORKERS})")
+                        help=f"image decoding threads or processes, ahead of the model (default {DEFAULT_WORKERS})")
+    parser.add_argument("--decode", default="auto", choices=("auto", "threads", "processes"),
+                        help="decode in threads or worker processes; auto: processes on Linux when each worker gets "
+                        "at least 2 batches (measured in benchmarks/predict_decode.py)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     add_runtime_argument(parser)
@@ -257,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         with progress_bar(len(items), done) as bar:
             errors = run_to_writer(items, score=score, preprocess=model.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, draft_size=model.draft_size,
-                                   progress=bar.update, engine=args.engine, ray_address=args.ray_address)
+                                   progress=bar.update, engine=args.engine, ray_address=args.ray_address,
+                                   decoder=args.decode, pin_memory=model.device.type == "cuda")
     report_errors("predict", errors, len(items), args.output, rows_hold_errors=args.format != "dwc")
     return 0

@@ -133,17 +133,18 @@ class _ImageClassifier:
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         raise NotImplementedError
 
-    def features(self, images: Sequence[ImageItem], *, batch_size: int = 32, workers: int = 2, raw: bool = False
-                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    def features(self, images: Sequence[ImageItem], *, batch_size: int = 32, workers: int = 2, raw: bool = False,
+                 decoder: str = "auto") -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
         """(``[n, dim]`` unit image features of the readable images (their raw embeddings with `raw`), their names,
-        (name, reason) of the rest)."""
+        (name, reason) of the rest). `decoder`: threads, processes or auto (`treeclip.predict.runner`)."""
         encode = self.embed if raw else self.encode_images
 
         def score(pixels: torch.Tensor, names: list[str]) -> list[Row]:
             return [{FILE_NAME: name, EMBEDDING: vector} for name, vector in zip(names, encode(pixels), strict=True)]
 
         rows = [row for batch in run_batches(list(images), score=score, preprocess=self.preprocess,
-                                             batch_size=batch_size, workers=workers, draft_size=self.draft_size)
+                                             batch_size=batch_size, workers=workers, draft_size=self.draft_size,
+                                             decoder=decoder, pin_memory=self.device.type == "cuda")
                 for row in batch]
         good = [row for row in rows if EMBEDDING in row]
         vectors = torch.stack([row[EMBEDDING] for row in good]) if good else torch.empty(0, 0)
@@ -151,12 +152,13 @@ class _ImageClassifier:
                                                            if "error" in row]
 
     def _predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int, workers: int,
-                 **options: Any) -> list[Row]:
+                 decoder: str = "auto", **options: Any) -> list[Row]:
         """Rows for paths or PIL images (one image or a list); unreadable files give error rows."""
         items = [images] if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence) else images
         score = functools.partial(self.rows, **options)
         batches = run_batches(list(items), score=score, preprocess=self.preprocess, batch_size=batch_size,
-                              workers=workers, draft_size=self.draft_size)
+                              workers=workers, draft_size=self.draft_size, decoder=decoder,
+                              pin_memory=self.device.type == "cuda")
         return [row for rows in batches for row in rows]
 
 
@@ -252,13 +254,15 @@ class TreeOfLifeClassifier(_ImageClassifier):
     def predict(self, images: ImageItem | Sequence[ImageItem], *, rank: Rank | str = Rank.SPECIES, k: int = 5,
                 min_prob: float = 1e-9, rollup: float | None = None, abstain: bool = False,
                 location: Location | Mapping[str, Location] | str | None = None, batch_size: int = 32,
-                workers: int = 2) -> list[Row]:
+                workers: int = 2, decoder: str = "auto") -> list[Row]:
         """Rows for paths or PIL images: the top-k taxa at `rank` per image, or with `rollup` one row per
         image at the deepest rank whose probability reaches it (with `abstain`, or "not-an-organism" /
         "not-in-bank"). `location` (used with a prior): one `Location` for all images, a path → Location
-        table, or ``"auto"`` for each photo's EXIF GPS. Unreadable files give error rows."""
+        table, or ``"auto"`` for each photo's EXIF GPS. Unreadable files give error rows. `workers` decode
+        ahead of the model as threads or worker processes (`decoder`: threads, processes or auto, see
+        `treeclip.predict.runner.use_processes`)."""
         return self._predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup, abstain=abstain,
-                             locate=make_locator(location), batch_size=batch_size, workers=workers)
+                             locate=make_locator(location), batch_size=batch_size, workers=workers, decoder=decoder)
 
     def rows(self, pixels: torch.Tensor, names: list[str], **options: Any) -> list[Row]:
         """Rows for one preprocessed batch (options as `rows_from_features`)."""
@@ -383,9 +387,10 @@ class CustomLabelsClassifier(_ImageClassifier):
         return names, torch.tensor(index, dtype=torch.int64)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, k: int | None = None, min_prob: float = 0.0,
-                batch_size: int = 32, workers: int = 2) -> list[Row]:
+                batch_size: int = 32, workers: int = 2, decoder: str = "auto") -> list[Row]:
         """Rows for paths or PIL images: the top-k labels (or bins) per image, all when k is None."""
-        return self._predict(images, k=k, min_prob=min_prob, batch_size=batch_size, workers=workers)
+        return self._predict(images, k=k, min_prob=min_prob, batch_size=batch_size, workers=workers,
+                             decoder=decoder)
 
     @torch.inference_mode()
     def rows(self, pixels: torch.Tensor, names: list[str], *, k: int | None = None, min_prob: float = 0.0,
@@ -431,9 +436,9 @@ class ImageEmbedder(_ImageClassifier):
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int = 32,
-                workers: int = 2) -> list[Row]:
+                workers: int = 2, decoder: str = "auto") -> list[Row]:
         """One row per image: path, L2-normalised embedding, model id (or an error row)."""
-        return self._predict(images, batch_size=batch_size, workers=workers)
+        return self._predict(images, batch_size=batch_size, workers=workers, decoder=decoder)
 
     def rows(self, pixels: torch.Tensor, names: list[str], **_: Any) -> list[Row]:
         vectors = self.encode_images(pixels).cpu().numpy()

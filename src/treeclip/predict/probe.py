@@ -170,9 +170,10 @@ class ProbeClassifier(_ImageClassifier):
         net, preprocess, _ = _load(model, precision=precision, device=device)
         return cls(model=net, preprocess=preprocess, head=head, model_id=model, device=device)
 
-    def predict(self, images: Any, *, k: int | None = None, batch_size: int = 32, workers: int = 2) -> list[Row]:
+    def predict(self, images: Any, *, k: int | None = None, batch_size: int = 32, workers: int = 2,
+                decoder: str = "auto") -> list[Row]:
         """Rows for paths or PIL images: the top-k classes per image (all when k is None)."""
-        return self._predict(images, k=k, batch_size=batch_size, workers=workers)
+        return self._predict(images, k=k, batch_size=batch_size, workers=workers, decoder=decoder)
 
     @torch.inference_mode()
     def rows(self, pixels: torch.Tensor, names: list[str], *, k: int | None = None, **_: Any) -> list[Row]:

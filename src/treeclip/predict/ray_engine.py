@@ -7,7 +7,8 @@ label bank and the options) are put into the object store once; each Ray worker 
 first chunk and keeps them for the run's later chunks, so nodes need no copy of the model files and pooled
 workers pay the model load once. The driver writes the chunks' rows in input order, so the output file, and
 resuming it, is the same as with the local engine. Image paths must be readable at the same path on every
-node (a shared filesystem). Each task reserves one CPU and decodes with `workers` threads.
+node (a shared filesystem). Each task reserves one CPU and decodes with `workers` threads (never forked
+processes: a Ray worker runs threads of its own).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def ray_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callab
     chunks = [list(items[start : start + chunk_size]) for start in range(0, len(items), chunk_size)]
     with ray_session(ray_address) as ray:
         job = ray.put({"score": score, "preprocess": preprocess, "batch_size": batch_size, "workers": workers,
-                       "name_key": name_key, "draft_size": draft_size})
+                       "name_key": name_key, "draft_size": draft_size, "decoder": "threads"})
         task = ray.remote(num_cpus=1)(score_chunk)
         limit = IN_FLIGHT_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
         pending: deque[Any] = deque()

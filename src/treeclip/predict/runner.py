@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from treeclip.data.engines import check_engine
 from treeclip.data.images import ImageError, check_geometry, decode_image
@@ -28,6 +31,8 @@ from treeclip.errors import UsageError
 ImageItem = str | os.PathLike[str] | Image.Image
 Row = dict[str, Any]
 Scorer = Callable[[torch.Tensor, list[str]], list[Row]]
+DECODERS = ("auto", "threads", "processes")
+PROCESS_MIN_BATCHES = 2  # auto: processes when each worker has at least this many batches to decode
 
 
 def expand_inputs(specs: Sequence[str]) -> list[str]:
@@ -92,17 +97,54 @@ def _load(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
         return f"cannot preprocess: {error}"
 
 
+Decoded = tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]
+
+
+def _gather(results: list[torch.Tensor | str]) -> Decoded:
+    """(offsets of the decoded images, their pixels stacked, (offset, reason) of the rest) of one batch.
+    torch's `default_collate` is `torch.stack`, straight into shared memory inside a loader worker (one copy
+    fewer on the way to the main process)."""
+    good = [offset for offset, result in enumerate(results) if not isinstance(result, str)]
+    errors = [(offset, result) for offset, result in enumerate(results) if isinstance(result, str)]
+    pixels = default_collate([results[offset] for offset in good]) if good else None
+    return good, pixels, errors
+
+
+def _batch(decoded: Decoded, names: Sequence[str]) -> Batch:
+    good, pixels, errors = decoded
+    return Batch([names[offset] for offset in good], pixels, [(names[offset], reason) for offset, reason in errors])
+
+
+def use_processes(decoder: str, *, images: int, batch_size: int, workers: int) -> bool:
+    """Whether `decoded_batches` decodes in worker processes: ``threads``/``processes`` as asked; ``auto``:
+    processes on Linux (forked: ~0.05 s to start) when every worker gets at least `PROCESS_MIN_BATCHES`
+    whole batches, threads otherwise (see `benchmarks/predict_decode.py` for the measured crossover)."""
+    if decoder not in DECODERS:
+        raise UsageError(f"--decode must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder != "auto":
+        return decoder == "processes"
+    batches = -(-images // batch_size)
+    return sys.platform.startswith("linux") and workers >= 2 and batches >= PROCESS_MIN_BATCHES * workers
+
+
 def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
                     preprocess: Callable[[Image.Image], torch.Tensor], batch_size: int, workers: int,
-                    draft_size: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
-    """Batches in input order, decoded by `workers` threads up to `prefetch` batches ahead (JPEGs at a
-    reduced scale no smaller than `draft_size`, when given)."""
+                    draft_size: int | None = None, prefetch: int = 2, decoder: str = "auto",
+                    pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches in input order, decoded up to `prefetch` batches ahead (per worker, with processes) by
+    `workers` threads or worker processes (`decoder`: threads, processes or auto, see `use_processes`); JPEGs
+    at a reduced scale no smaller than `draft_size`, when given. With processes, each worker decodes whole
+    batches and the pixels arrive in pinned memory when `pin_memory`; the outputs equal the threads'."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    starts = range(0, len(items), batch_size)
+    if use_processes(decoder, images=len(items), batch_size=batch_size, workers=workers):
+        yield from _process_batches(items, names, preprocess=preprocess, batch_size=batch_size,
+                                    workers=max(1, workers), draft_size=draft_size, prefetch=prefetch,
+                                    pin_memory=pin_memory)
+        return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque[tuple[int, list[Future]]] = deque()
-        for start in starts:
+        for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             pending.append((start, [pool.submit(_load, item, preprocess, draft_size) for item in chunk]))
             if len(pending) > prefetch:
@@ -112,24 +154,60 @@ def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
 
 
 def _collect(start: int, futures: list[Future], names: Sequence[str]) -> Batch:
-    good_names, tensors, errors = [], [], []
-    for offset, future in enumerate(futures):
-        result, name = future.result(), names[start + offset]
-        if isinstance(result, str):
-            errors.append((name, result))
-        else:
-            good_names.append(name)
-            tensors.append(result)
-    return Batch(good_names, torch.stack(tensors) if tensors else None, errors)
+    return _batch(_gather([future.result() for future in futures]), names[start : start + len(futures)])
+
+
+class _Decoding(torch.utils.data.Dataset):
+    """Item `index` → its preprocessed pixels or the reason it cannot be used (called in the workers)."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocess: Callable[[Image.Image], torch.Tensor],
+                 draft_size: int | None) -> None:
+        self.items, self.preprocess, self.draft_size = items, preprocess, draft_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        return _load(self.items[index], self.preprocess, self.draft_size)
+
+
+def _process_batches(items: Sequence[ImageItem], names: Sequence[str], *,
+                     preprocess: Callable[[Image.Image], torch.Tensor], batch_size: int, workers: int,
+                     draft_size: int | None, prefetch: int, pin_memory: bool) -> Iterator[Batch]:
+    """`decoded_batches` on a torch DataLoader: forked workers on Linux (the items and the transform are
+    inherited, nothing is pickled), spawned elsewhere (both must pickle; the caller's script needs the
+    ``if __name__ == "__main__":`` guard). The workers are shut down and reaped when the iteration ends,
+    fails or is abandoned (Ctrl-C, SIGTERM through the CLI, a closed generator)."""
+    if not items:
+        return
+    context = "fork" if sys.platform.startswith("linux") else "spawn"
+    loader = torch.utils.data.DataLoader(
+        _Decoding(items, preprocess, draft_size), batch_size=batch_size, shuffle=False,
+        num_workers=min(workers, -(-len(items) // batch_size)), collate_fn=_gather, pin_memory=pin_memory,
+        prefetch_factor=max(1, prefetch), multiprocessing_context=context, worker_init_fn=_stop_like_ctrl_c)
+    batches = iter(loader)
+    try:
+        for index, decoded in enumerate(batches):
+            yield _batch(decoded, names[index * batch_size : (index + 1) * batch_size])
+    finally:
+        del batches  # the last reference: torch's iterator stops and joins its workers now
+
+
+def _stop_like_ctrl_c(_: int) -> None:
+    """Worker set-up: SIGTERM stops a worker as Ctrl-C does (torch's worker loop exits quietly), so a signal
+    sent to the whole process group is reported once, by the main process, not also as a crashed worker."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def run_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callable[[Image.Image], torch.Tensor],
                 batch_size: int = 32, workers: int = 2, name_key: str = "file_name", draft_size: int | None = None,
-                progress: Callable[[int], Any] | None = None) -> Iterator[list[Row]]:
-    """Rows per batch (scored rows in input order, then the batch's error rows)."""
+                progress: Callable[[int], Any] | None = None, decoder: str = "auto",
+                pin_memory: bool = False) -> Iterator[list[Row]]:
+    """Rows per batch (scored rows in input order, then the batch's error rows); `decoder` and `pin_memory`
+    as in `decoded_batches`."""
     names = [item_name(item, i) for i, item in enumerate(items)]
     for batch in decoded_batches(items, names, preprocess=preprocess, batch_size=batch_size, workers=workers,
-                                 draft_size=draft_size):
+                                 draft_size=draft_size, decoder=decoder, pin_memory=pin_memory):
         rows = score(batch.pixels, batch.names) if batch.pixels is not None else []
         rows.extend({name_key: name, "error": reason} for name, reason in batch.errors)
         if progress is not None:
@@ -140,10 +218,12 @@ def run_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callab
 def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[Image.Image], torch.Tensor],
                   writer: Any, batch_size: int = 32, workers: int = 2, name_key: str = "file_name",
                   draft_size: int | None = None, progress: Callable[[int], Any] | None = None,
-                  engine: str = "local", ray_address: str | None = None) -> list[tuple[str, str]]:
+                  engine: str = "local", ray_address: str | None = None, decoder: str = "auto",
+                  pin_memory: bool = False) -> list[tuple[str, str]]:
     """Score the `items` not yet in ``writer.done``, writing each batch as it completes; returns the
     (name, reason) of every image that could not be read. ``engine="ray"`` scores the same batches on Ray
-    actors (`treeclip.predict.ray_engine`; a cluster at `ray_address`, else a local runtime)."""
+    actors (`treeclip.predict.ray_engine`; a cluster at `ray_address`, else a local runtime), each decoding
+    with threads; the local engine decodes as `decoder` says, into pinned memory with `pin_memory`."""
     check_engine(engine, ray_address)
     todo = [item for item in items if item not in writer.done]
     options = {"score": score, "preprocess": preprocess, "batch_size": batch_size, "workers": workers,
@@ -153,7 +233,7 @@ def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[
 
         batches = ray_batches(todo, **options, ray_address=ray_address)
     else:
-        batches = run_batches(todo, **options)
+        batches = run_batches(todo, **options, decoder=decoder, pin_memory=pin_memory)
     errors: list[tuple[str, str]] = []
     for rows in batches:
         writer.write(rows)

@@ -1,0 +1,228 @@
+"""Predict's decoding in worker processes: the same batches as the threads, bit for bit, and no workers left."""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
+
+from treeclip.errors import UsageError
+from treeclip.model import create_model
+from treeclip.model.preprocess import reference_squash
+from treeclip.predict.runner import PROCESS_MIN_BATCHES, decoded_batches, use_processes
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux")
+
+
+class PidRecorder:
+    """The wrapped transform, leaving a file named after each process it runs in."""
+
+    def __init__(self, transform, folder: Path) -> None:
+        self.transform, self.folder = transform, folder
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        (self.folder / str(os.getpid())).touch()
+        return self.transform(image)
+
+
+def _photo(seed: int, size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    grain = rng.integers(-8, 8, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(np.asarray(small, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
+
+
+def _items(folder: Path) -> list:
+    """Readable JPEGs (some large enough for draft mode), a PNG and in-memory images, with broken files between
+    them, one batch of 3 (at batch size 3) holding only broken ones."""
+    folder.mkdir()
+    items: list = []
+    for index in range(13):
+        path = folder / f"photo{index:02d}.jpg"
+        _photo(index, (400, 300) if index % 3 == 0 else (48, 36)).save(path, quality=90)
+        items.append(str(path))
+    _photo(50, (40, 40)).save(folder / "plain.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image\n")
+    data = (folder / "photo00.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 4])
+    broken = [str(folder / name) for name in ("empty.jpg", "notes.jpg", "truncated.jpg")]
+    return [*items[:3], *broken, str(folder / "plain.png"), _photo(60, (50, 30)), *items[3:8], broken[0],
+            _photo(61, (30, 50)).convert("L"), *items[8:]]
+
+
+def _decode(items: list, preprocess, decoder: str, *, workers: int = 2, draft_size: int | None = 64) -> list:
+    names = [f"n{index}" for index in range(len(items))]
+    return list(decoded_batches(items, names, preprocess=preprocess, batch_size=3, workers=workers,
+                                draft_size=draft_size, decoder=decoder))
+
+
+@pytest.fixture(scope="module")
+def open_clip_preprocess():
+    return create_model("treeclip-test")[2]
+
+
+def _assert_same(threads: list, processes: list) -> None:
+    assert len(threads) == len(processes)
+    for left, right in zip(threads, processes, strict=True):
+        assert left.names == right.names and left.errors == right.errors
+        if left.pixels is None:
+            assert right.pixels is None
+        else:
+            assert right.pixels.dtype == left.pixels.dtype and torch.equal(left.pixels, right.pixels)
+
+
+@pytest.mark.parametrize("family", ["open_clip", "bioclip"])
+def test_processes_give_the_threads_batches_bit_for_bit(family: str, open_clip_preprocess, tmp_path: Path) -> None:
+    """Catches batches out of order, names shifted against pixels, error rows lost or moved, the draft size or
+    the transform not reaching the workers, and a silent fall-back to threads."""
+    items = _items(tmp_path / "images")
+    if family == "open_clip":
+        transform, draft = open_clip_preprocess, 64
+    else:
+        transform, draft = reference_squash((32, 32), {"mean": (0.48, 0.46, 0.41), "std": (0.27, 0.26, 0.28)}), None
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    threads = _decode(items, transform, "threads", draft_size=draft)
+    processes = _decode(items, PidRecorder(transform, pids), "processes", draft_size=draft)
+    _assert_same(threads, processes)
+    workers = {int(path.name) for path in pids.iterdir()}
+    assert len(workers) == 2 and os.getpid() not in workers
+    errors = [error for batch in processes for error in batch.errors]
+    assert [name for name, _ in errors] == ["n3", "n4", "n5", "n13"]
+    assert "empty" in errors[0][1] and "not an image" in errors[1][1] and "truncated" in errors[2][1]
+    assert processes[0].pixels is not None and processes[1].pixels is None  # a batch of broken files only
+    assert sum(len(batch.names) for batch in processes) == len(items) - 4
+
+
+def test_draft_mode_changes_pixels(open_clip_preprocess, tmp_path: Path) -> None:
+    """The equality above means something only if the draft size matters: large JPEGs decode differently."""
+    items = _items(tmp_path / "images")
+    full = _decode(items, open_clip_preprocess, "processes", draft_size=None)
+    draft = _decode(items, open_clip_preprocess, "processes", draft_size=64)
+    assert not torch.equal(full[0].pixels, draft[0].pixels)
+
+
+def test_auto_chooses_processes_only_for_enough_batches() -> None:
+    """Catches forking for a single image (start-up dwarfs it) and an unknown decoder accepted silently."""
+    batch = 32
+    assert not use_processes("auto", images=1, batch_size=batch, workers=2)
+    enough = PROCESS_MIN_BATCHES * 2 * batch
+    assert not use_processes("auto", images=enough - batch, batch_size=batch, workers=2)
+    assert use_processes("auto", images=enough, batch_size=batch, workers=2)
+    assert not use_processes("auto", images=10_000, batch_size=batch, workers=1)
+    assert use_processes("processes", images=1, batch_size=batch, workers=1)
+    assert not use_processes("threads", images=10_000, batch_size=batch, workers=8)
+    with pytest.raises(UsageError, match="--decode"):
+        use_processes("fork", images=1, batch_size=batch, workers=1)
+
+
+def test_empty_input_starts_no_workers(open_clip_preprocess) -> None:
+    assert list(decoded_batches([], [], preprocess=open_clip_preprocess, batch_size=4, workers=2,
+                                decoder="processes")) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_abandoned_iteration_reaps_its_workers(open_clip_preprocess, tmp_path: Path) -> None:
+    """A consumer that stops early (Ctrl-C in its loop, an exception, a break) must not leave workers running
+    or unreaped."""
+    items = _items(tmp_path / "images") * 8
+    batches = decoded_batches(items, [str(i) for i in range(len(items))], preprocess=open_clip_preprocess,
+                              batch_size=3, workers=2, decoder="processes")
+    next(batches)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    batches.close()
+    assert multiprocessing.active_children() == []
+    assert all(worker.exitcode is not None for worker in workers)
+    for worker in workers:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(worker.pid, os.WNOHANG)  # already reaped: no zombie left
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decode_cli")
+    model_dir = export_tiny_model(root / "model")
+    tiny_bank(model_dir, random_taxa(20), root / "bank")
+    folder = root / "images"
+    folder.mkdir()
+    for index in range(400):
+        _photo(index, (64, 48)).save(folder / f"img{index:03d}.jpg", quality=90)
+    (folder / "zz_broken.jpg").write_text("not an image\n")
+    return {"model": model_dir, "bank": root / "bank", "images": folder}
+
+
+def _predict_command(setup: dict, out: Path, decode: str, batch: int = 4) -> list[str]:
+    return [sys.executable, "-m", "treeclip", "predict", str(setup["images"]), "--model", str(setup["model"]),
+            "--bank", str(setup["bank"]), "--k", "2", "--batch-size", str(batch), "--workers", "2",
+            "--decode", decode, "--output", str(out)]
+
+
+def test_cli_rows_equal_across_decoders(cli_setup: dict, tmp_path: Path) -> None:
+    """The command's output is the same file with either decoder, the broken image's row included."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = []
+    for decode in ("threads", "processes"):
+        out = tmp_path / f"{decode}.csv"
+        done = subprocess.run(_predict_command(cli_setup, out, decode, batch=32), capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 1, done.stderr  # one unreadable image
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
+    rows = list(csv.DictReader(io.StringIO(outputs[1])))
+    assert sum(row["file_name"].endswith("zz_broken.jpg") for row in rows) == 1
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie or a vanished pid is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "terminated"),
+                                                      (signal.SIGINT, 130, "interrupted")])
+def test_signal_to_the_process_group_leaves_no_workers(cli_setup: dict, tmp_path: Path, signum: int, code: int,
+                                                       line: str) -> None:
+    """SIGTERM (a service manager) or Ctrl-C (the terminal signals the whole group, workers included): the
+    command exits with its usual line and code, no traceback from a worker, and no worker outlives it."""
+    out = tmp_path / "pred.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(_predict_command(cli_setup, out, "processes", batch=1), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline, workers = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and process.poll() is None:
+        workers |= _children(process.pid)
+        if len(workers) >= 2 and out.is_file() and out.read_text().count("\n") > 5:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read()
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert line in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert len(workers) >= 2 and not any(_alive(pid) for pid in workers)
