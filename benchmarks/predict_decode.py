@@ -10,8 +10,8 @@ whatever its size. This script measures, on this machine:
 2. images/s (wall) and images per CPU-second (this process plus its reaped workers) of the decoding alone, for
    threads and processes at 1, 2 and all cores' workers, with the time to the first batch (start-up) and the
    pixels of every configuration compared bit for bit with one thread's;
-3. the crossover: wall time of 1, 2, 4 and 8 batches with threads and with processes, the same worker count;
-4. end-to-end `TreeOfLifeClassifier.predict` on the CPU (a small model, so decoding matters) with each decoder.
+3. end-to-end `TreeOfLifeClassifier.predict` on the CPU (a small model, so decoding matters) with each decoder
+   for 1, 2, 4, 8, 16 and 32 batches and all the images: the crossover where worker processes pay for themselves.
 
 Usage: ``python benchmarks/predict_decode.py [--images 512] [--size 640x480] [--batch 32] [--model ViT-B-16]``
 Prints markdown tables; the figures are kept in benchmarks/RESULTS.md (section "Predict decoding").
@@ -87,7 +87,7 @@ class Run:
     wall_s: float
     cpu_s: float
     first_batch_s: float
-    pixels: torch.Tensor
+    output: torch.Tensor  # what the run produced (pixels, or the predicted scores), compared across decoders
 
     @property
     def images_per_s(self) -> float:
@@ -127,22 +127,10 @@ def side_by_side(paths: list[str], preprocess: Transform, *, batch: int, draft_s
     return runs
 
 
-def crossover(paths: list[str], preprocess: Transform, *, batch: int, draft_size: int | None, workers: int,
-              repeats: int) -> list[tuple[int, float, float]]:
-    """(images, threads wall s, processes wall s) for 1, 2, 4 and 8 batches."""
-    rows = []
-    for batches in (1, 2, 4, 8):
-        subset = paths[: batches * batch]
-        walls = [best_of(repeats, lambda d=decoder: decode_run(subset, preprocess, decoder=d, workers=workers,
-                                                               batch=batch, draft_size=draft_size)).wall_s
-                 for decoder in ("threads", "processes")]
-        rows.append((len(subset), walls[0], walls[1]))
-    return rows
-
-
-def predict_end_to_end(paths: list[str], *, model_name: str, batch: int, workers: int,
-                       repeats: int) -> list[tuple[str, float, float]]:
-    """(decoder, images/s, images per CPU-second) of `TreeOfLifeClassifier.predict` on the CPU, 1,000 taxa."""
+def predict_side_by_side(paths: list[str], *, model_name: str, batch: int, workers: int, repeats: int
+                         ) -> list[tuple[int, Run, Run]]:
+    """(images, threads run, processes run) of `TreeOfLifeClassifier.predict` on the CPU (1,000 taxa) for
+    1, 2, 4, 8, 16 and 32 batches and all the images: where worker processes start to pay for themselves."""
     from treeclip.model.bank import LabelBank  # noqa: PLC0415
     from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
 
@@ -153,17 +141,17 @@ def predict_end_to_end(paths: list[str], *, model_name: str, batch: int, workers
                      [("K", "P", "C", "O", "F", f"G{i // 8}", f"s{i}") for i in range(1000)], [""] * 1000)
     classifier = TreeOfLifeClassifier(model=model.eval(), preprocess=preprocess, bank=bank)
     classifier.predict(paths[:batch], batch_size=batch, workers=workers, decoder="threads")  # warm-up
-    rows = []
-    for decoder in ("threads", "processes"):
-        best = None
-        for _ in range(repeats):
-            cpu, start = cpu_seconds(), time.perf_counter()
-            classifier.predict(paths, batch_size=batch, workers=workers, decoder=decoder)
-            wall, used = time.perf_counter() - start, cpu_seconds() - cpu
-            if best is None or wall < best[0]:
-                best = (wall, used)
-        rows.append((decoder, len(paths) / best[0], len(paths) / best[1]))
-    return rows
+
+    def timed(subset: list[str], decoder: str) -> Run:
+        cpu, start = cpu_seconds(), time.perf_counter()
+        rows = classifier.predict(subset, batch_size=batch, workers=workers, decoder=decoder)
+        wall = time.perf_counter() - start
+        return Run(decoder, workers, len(subset), wall, cpu_seconds() - cpu, 0.0,
+                   torch.tensor([row["score"] for row in rows]))
+
+    counts = sorted({min(len(paths), n * batch) for n in (1, 2, 4, 8, 16, 32)} | {len(paths)})
+    return [(count, best_of(repeats, lambda c=count: timed(paths[:c], "threads")),
+             best_of(repeats, lambda c=count: timed(paths[:c], "processes"))) for count in counts]
 
 
 def load() -> str:
@@ -189,10 +177,9 @@ def main() -> None:
                    draft_size=draft)  # warm the page cache and the imports
         costs = stage_costs(paths[:64], preprocess, draft)
         runs = side_by_side(paths, preprocess, batch=args.batch, draft_size=draft, repeats=args.repeats)
-        cross = crossover(paths, preprocess, batch=args.batch, draft_size=draft, workers=2, repeats=args.repeats)
-        e2e = predict_end_to_end(paths, model_name=args.e2e_model, batch=args.batch, workers=2,
-                                 repeats=args.repeats)
-    reference = runs[0].pixels
+        predicted = predict_side_by_side(paths, model_name=args.e2e_model, batch=args.batch, workers=2,
+                                         repeats=args.repeats)
+    reference = runs[0].output
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
           f"torch: {torch.__version__}, load at start: {start_load}, load at end: {load()}, photos: {args.images} "
           f"JPEGs {size[0]}x{size[1]}, {args.model} preprocessing ({preprocess.describe()}, draft >= {draft} px), "
@@ -207,15 +194,14 @@ def main() -> None:
     for run in runs:
         print(f"| {run.decoder} | {run.workers} | {run.images_per_s:,.1f} | "
               f"{run.images_per_s / threads_rate[run.workers]:.2f}x | {run.images_per_cpu_s:,.1f} | "
-              f"{run.first_batch_s:.3f} | {torch.equal(run.pixels, reference)} |")
-    print("\n| images (2 workers) | threads wall s | processes wall s | processes / threads time |\n"
-          "|---:|---:|---:|---:|")
-    for images, threads_wall, processes_wall in cross:
-        print(f"| {images} | {threads_wall:.3f} | {processes_wall:.3f} | {processes_wall / threads_wall:.2f}x |")
-    print(f"\n| {args.e2e_model} predict on the CPU (1,000 taxa, 2 workers) | images/s | images per CPU-s |\n"
-          "|---|---:|---:|")
-    for decoder, rate, per_cpu in e2e:
-        print(f"| {decoder} | {rate:,.1f} | {per_cpu:,.1f} |")
+              f"{run.first_batch_s:.3f} | {torch.equal(run.output, reference)} |")
+    print(f"\n| {args.e2e_model} predict, CPU, 1,000 taxa, 2 workers: images | threads images/s | processes "
+          "images/s | processes / threads | threads images per CPU-s | processes images per CPU-s | same scores |\n"
+          "|---:|---:|---:|---:|---:|---:|---|")
+    for count, threads, processes in predicted:
+        print(f"| {count} | {threads.images_per_s:,.1f} | {processes.images_per_s:,.1f} | "
+              f"{processes.images_per_s / threads.images_per_s:.2f}x | {threads.images_per_cpu_s:,.1f} | "
+              f"{processes.images_per_cpu_s:,.1f} | {torch.equal(threads.output, processes.output)} |")
 
 
 if __name__ == "__main__":

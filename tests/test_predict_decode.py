@@ -21,7 +21,7 @@ from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 from treeclip.errors import UsageError
 from treeclip.model import create_model
 from treeclip.model.preprocess import reference_squash
-from treeclip.predict.runner import PROCESS_MIN_BATCHES, decoded_batches, use_processes
+from treeclip.predict.runner import PROCESS_MIN_BATCHES, THREADS_SCALE_TO, decoded_batches, use_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux")
 
@@ -116,13 +116,15 @@ def test_draft_mode_changes_pixels(open_clip_preprocess, tmp_path: Path) -> None
 
 
 def test_auto_chooses_processes_only_for_enough_batches() -> None:
-    """Catches forking for a single image (start-up dwarfs it) and an unknown decoder accepted silently."""
+    """Catches forking for a short run (start-up dwarfs it) or for few workers (threads are cheaper there), and
+    an unknown decoder accepted silently."""
     batch = 32
     assert not use_processes("auto", images=1, batch_size=batch, workers=2)
-    enough = PROCESS_MIN_BATCHES * 2 * batch
-    assert not use_processes("auto", images=enough - batch, batch_size=batch, workers=2)
-    assert use_processes("auto", images=enough, batch_size=batch, workers=2)
-    assert not use_processes("auto", images=10_000, batch_size=batch, workers=1)
+    enough = (PROCESS_MIN_BATCHES - 1) * batch + 1
+    assert not use_processes("auto", images=enough - 1, batch_size=batch, workers=16)
+    assert use_processes("auto", images=enough, batch_size=batch, workers=16)
+    assert use_processes("auto", images=enough, batch_size=batch, workers=THREADS_SCALE_TO + 1)
+    assert not use_processes("auto", images=10_000, batch_size=batch, workers=THREADS_SCALE_TO)
     assert use_processes("processes", images=1, batch_size=batch, workers=1)
     assert not use_processes("threads", images=10_000, batch_size=batch, workers=8)
     with pytest.raises(UsageError, match="--decode"):

@@ -23,8 +23,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"image decoding threads or processes, ahead of the model (default {DEFAULT_WORKERS})")
     parser.add_argument("--decode", default="auto", choices=("auto", "threads", "processes"),
-                        help="decode in threads or worker processes; auto: processes on Linux when each worker gets "
-                        "at least 2 batches (measured in benchmarks/predict_decode.py)")
+                        help="decode in threads or worker processes; auto: processes on Linux for --workers above 2 "
+                        "and at least 4 batches, as threads stop scaling at ~2 cores (benchmarks/RESULTS.md)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     add_runtime_argument(parser)

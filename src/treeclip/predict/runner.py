@@ -1,9 +1,11 @@
 """The batch runner: expand inputs, decode in parallel ahead of the model, score, hand rows to a writer.
 
-Decoding (`treeclip.data.images.decode_image` + the model's preprocessing) runs in a thread pool that keeps
-up to `prefetch` batches in flight while the model computes the current one; Pillow and torch release the
-GIL in their heavy parts, so decoding hides behind compute. An unreadable image becomes an error row
-(``{name_key: name, "error": reason}``) and the rest of its batch still runs.
+Decoding (`treeclip.data.images.decode_image` + the model's preprocessing) runs ahead of the model, up to
+`prefetch` batches in flight while it computes the current one, in a thread pool or in worker processes
+(`use_processes` picks by measurement: threads scale to ~2 cores, as part of each image's work holds the GIL;
+forked DataLoader workers scale with the cores, each decoding whole batches that arrive through shared
+memory, pinned for a CUDA device). Both give the same batches bit for bit. An unreadable image becomes an
+error row (``{name_key: name, "error": reason}``) and the rest of its batch still runs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ ImageItem = str | os.PathLike[str] | Image.Image
 Row = dict[str, Any]
 Scorer = Callable[[torch.Tensor, list[str]], list[Row]]
 DECODERS = ("auto", "threads", "processes")
-PROCESS_MIN_BATCHES = 2  # auto: processes when each worker has at least this many batches to decode
+PROCESS_MIN_BATCHES = 4  # auto: processes for runs of at least this many batches...
+THREADS_SCALE_TO = 2  # ...and more workers than decoding threads scale to (see `use_processes`)
 
 
 def expand_inputs(specs: Sequence[str]) -> list[str]:
@@ -117,14 +120,18 @@ def _batch(decoded: Decoded, names: Sequence[str]) -> Batch:
 
 def use_processes(decoder: str, *, images: int, batch_size: int, workers: int) -> bool:
     """Whether `decoded_batches` decodes in worker processes: ``threads``/``processes`` as asked; ``auto``:
-    processes on Linux (forked: ~0.05 s to start) when every worker gets at least `PROCESS_MIN_BATCHES`
-    whole batches, threads otherwise (see `benchmarks/predict_decode.py` for the measured crossover)."""
+    processes on Linux for more than 2 workers and at least `PROCESS_MIN_BATCHES` batches, else threads.
+
+    Measured (`benchmarks/predict_decode.py`, benchmarks/RESULTS.md): threads stop scaling at ~2 cores (12-16
+    threads decoded 410 images/s on a 16-core host, ~2 cores' worth), while 2 threads on 2 cores ran 1.2x
+    2 processes; processes cost ~0.2 s more to the first batch (fork, and one worker decodes a whole batch)
+    and ~10% more CPU per image (the pixels cross through shared memory)."""
     if decoder not in DECODERS:
         raise UsageError(f"--decode must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if decoder != "auto":
         return decoder == "processes"
     batches = -(-images // batch_size)
-    return sys.platform.startswith("linux") and workers >= 2 and batches >= PROCESS_MIN_BATCHES * workers
+    return sys.platform.startswith("linux") and workers > THREADS_SCALE_TO and batches >= PROCESS_MIN_BATCHES
 
 
 def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
