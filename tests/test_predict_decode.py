@@ -21,19 +21,23 @@ from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 from treeclip.errors import UsageError
 from treeclip.model import create_model
 from treeclip.model.preprocess import reference_squash
+from treeclip.predict import runner
 from treeclip.predict.runner import PROCESS_MIN_BATCHES, THREADS_SCALE_TO, decoded_batches, use_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux")
 
 
+IMPORTED_AS = "imported"  # set otherwise by a test: a forked worker inherits the change, a spawned one imports
+
+
 class PidRecorder:
-    """The wrapped transform, leaving a file named after each process it runs in."""
+    """The wrapped transform, leaving a file named after each process it runs in (and `IMPORTED_AS` there)."""
 
     def __init__(self, transform, folder: Path) -> None:
         self.transform, self.folder = transform, folder
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        (self.folder / str(os.getpid())).touch()
+        (self.folder / f"{os.getpid()}-{IMPORTED_AS}").touch()
         return self.transform(image)
 
 
@@ -98,13 +102,27 @@ def test_processes_give_the_threads_batches_bit_for_bit(family: str, open_clip_p
     threads = _decode(items, transform, "threads", draft_size=draft)
     processes = _decode(items, PidRecorder(transform, pids), "processes", draft_size=draft)
     _assert_same(threads, processes)
-    workers = {int(path.name) for path in pids.iterdir()}
+    workers = {int(path.name.split("-")[0]) for path in pids.iterdir()}
     assert len(workers) == 2 and os.getpid() not in workers
     errors = [error for batch in processes for error in batch.errors]
     assert [name for name, _ in errors] == ["n3", "n4", "n5", "n13"]
     assert "empty" in errors[0][1] and "not an image" in errors[1][1] and "truncated" in errors[2][1]
     assert processes[0].pixels is not None and processes[1].pixels is None  # a batch of broken files only
     assert sum(len(batch.names) for batch in processes) == len(items) - 4
+
+
+def test_spawned_workers_get_pickled_items_and_transform(open_clip_preprocess, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off Linux the workers are spawned: the paths, the in-memory PIL images and the transform travel
+    pickled, and the batches still equal the threads'. Catches an unpicklable dataset or worker set-up."""
+    monkeypatch.setattr(runner, "START_METHOD", "spawn")
+    monkeypatch.setattr(sys.modules[__name__], "IMPORTED_AS", "inherited")
+    items, pids = _items(tmp_path / "images"), tmp_path / "pids"
+    pids.mkdir()
+    _assert_same(_decode(items, open_clip_preprocess, "threads", workers=1),
+                 _decode(items, PidRecorder(open_clip_preprocess, pids), "processes", workers=1))
+    (marker,) = [path.name for path in pids.iterdir()]
+    assert marker.endswith("-imported") and int(marker.split("-")[0]) != os.getpid()
 
 
 def test_draft_mode_changes_pixels(open_clip_preprocess, tmp_path: Path) -> None:
@@ -204,11 +222,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "terminated"),
-                                                      (signal.SIGINT, 130, "interrupted")])
-def test_signal_to_the_process_group_leaves_no_workers(cli_setup: dict, tmp_path: Path, signum: int, code: int,
-                                                       line: str) -> None:
+                                                      (signal.SIGINT, 130, "interrupted"), (signal.SIGKILL, -9, "")])
+def test_signals_leave_no_workers(cli_setup: dict, tmp_path: Path, signum: int, code: int, line: str) -> None:
     """SIGTERM (a service manager) or Ctrl-C (the terminal signals the whole group, workers included): the
-    command exits with its usual line and code, no traceback from a worker, and no worker outlives it."""
+    command exits with its usual line and code, no traceback from a worker, and no worker outlives it. SIGKILL
+    to the main process alone: the orphaned workers notice and exit (torch's watchdog, within ~5 s)."""
     out = tmp_path / "pred.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(_predict_command(cli_setup, out, "processes", batch=1), stdout=subprocess.DEVNULL,
@@ -220,11 +238,14 @@ def test_signal_to_the_process_group_leaves_no_workers(cli_setup: dict, tmp_path
             break
         time.sleep(0.02)
     assert process.poll() is None, process.stderr.read()
-    os.killpg(process.pid, signum)
+    if signum == signal.SIGKILL:
+        process.kill()
+    else:
+        os.killpg(process.pid, signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert line in stderr and "Traceback" not in stderr
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.1)
     assert len(workers) >= 2 and not any(_alive(pid) for pid in workers)

@@ -36,6 +36,7 @@ Scorer = Callable[[torch.Tensor, list[str]], list[Row]]
 DECODERS = ("auto", "threads", "processes")
 PROCESS_MIN_BATCHES = 4  # auto: processes for runs of at least this many batches...
 THREADS_SCALE_TO = 2  # ...and more workers than decoding threads scale to (see `use_processes`)
+START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"  # of the decoding worker processes
 
 
 def expand_inputs(specs: Sequence[str]) -> list[str]:
@@ -187,11 +188,10 @@ def _process_batches(items: Sequence[ImageItem], names: Sequence[str], *,
     fails or is abandoned (Ctrl-C, SIGTERM through the CLI, a closed generator)."""
     if not items:
         return
-    context = "fork" if sys.platform.startswith("linux") else "spawn"
     loader = torch.utils.data.DataLoader(
         _Decoding(items, preprocess, draft_size), batch_size=batch_size, shuffle=False,
         num_workers=min(workers, -(-len(items) // batch_size)), collate_fn=_gather, pin_memory=pin_memory,
-        prefetch_factor=max(1, prefetch), multiprocessing_context=context, worker_init_fn=_stop_like_ctrl_c)
+        prefetch_factor=max(1, prefetch), multiprocessing_context=START_METHOD, worker_init_fn=_stop_like_ctrl_c)
     batches = iter(loader)
     try:
         for index, decoded in enumerate(batches):
