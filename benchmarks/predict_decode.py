@@ -63,6 +63,7 @@ def cpu_seconds() -> float:
 
 def stage_costs(paths: list[str], preprocess: Transform, draft_size: int | None) -> list[tuple[str, float]]:
     """CPU ms per image of decoding and of each transform step, on one thread."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     totals: dict[str, float] = {}
     for path in paths:
@@ -74,7 +75,7 @@ def stage_costs(paths: list[str], preprocess: Transform, draft_size: int | None)
             value = step(value)
             name = getattr(step, "__name__", type(step).__name__)
             totals[name] = totals.get(name, 0.0) + time.process_time() - start
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     rows = [(name, 1000 * total / len(paths)) for name, total in totals.items()]
     return [*rows, ("total", sum(ms for _, ms in rows))]
 
@@ -181,7 +182,7 @@ def main() -> None:
                                          repeats=args.repeats)
     reference = runs[0].output
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
-          f"torch: {torch.__version__}, load at start: {start_load}, load at end: {load()}, photos: {args.images} "
+          f"torch: {torch.__version__}, torch threads: {torch.get_num_threads()}, load at start: {start_load}, load at end: {load()}, photos: {args.images} "
           f"JPEGs {size[0]}x{size[1]}, {args.model} preprocessing ({preprocess.describe()}, draft >= {draft} px), "
           f"batch {args.batch}, best of {args.repeats}\n")
     print("| stage (1 thread) | CPU ms per image |\n|---|---:|")

@@ -249,3 +249,17 @@ def test_signals_leave_no_workers(cli_setup: dict, tmp_path: Path, signum: int, 
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.1)
     assert len(workers) >= 2 and not any(_alive(pid) for pid in workers)
+
+
+def test_benchmark_runs_and_compares_the_decoders(tmp_path: Path) -> None:
+    """benchmarks/predict_decode.py still runs against the runner's API, and every configuration's pixels and
+    predict's scores agree across decoders (a 'False' there is a decoder bug the benchmark would publish)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "predict_decode.py"
+    done = subprocess.run([sys.executable, str(script), "--images", "48", "--batch", "16", "--repeats", "1",
+                           "--model", "treeclip-test", "--e2e-model", "treeclip-test"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| threads |", "| processes |"))]
+    assert len(rows) == 4 and all(row.endswith("| True |") for row in rows)
+    predicted = [line for line in done.stdout.splitlines() if line.startswith(("| 16 |", "| 32 |", "| 48 |"))]
+    assert len(predicted) == 3 and all(row.endswith("| True |") for row in predicted)
