@@ -11,7 +11,9 @@ error row (``{name_key: name, "error": reason}``) and the rest of its batch stil
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import shutil
 import signal
 import sys
 from collections import deque
@@ -34,6 +36,7 @@ ImageItem = str | os.PathLike[str] | Image.Image
 Row = dict[str, Any]
 Scorer = Callable[[torch.Tensor, list[str]], list[Row]]
 DECODERS = ("auto", "threads", "processes")
+log = logging.getLogger(__name__)
 PROCESS_MIN_BATCHES = 4  # auto: processes for runs of at least this many batches...
 THREADS_SCALE_TO = 2  # ...and more workers than decoding threads scale to (see `use_processes`)
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"  # of the decoding worker processes
@@ -119,9 +122,12 @@ def _batch(decoded: Decoded, names: Sequence[str]) -> Batch:
     return Batch([names[offset] for offset in good], pixels, [(names[offset], reason) for offset, reason in errors])
 
 
-def use_processes(decoder: str, *, images: int, batch_size: int, workers: int) -> bool:
+def use_processes(decoder: str, *, images: int, batch_size: int, workers: int, prefetch: int = 2,
+                  image_bytes: int = 3 * 224 * 224 * 4) -> bool:
     """Whether `decoded_batches` decodes in worker processes: ``threads``/``processes`` as asked; ``auto``:
-    processes on Linux for more than 2 workers and at least `PROCESS_MIN_BATCHES` batches, else threads.
+    processes on Linux for more than 2 workers and at least `PROCESS_MIN_BATCHES` batches, else threads, and
+    threads (with a warning) when /dev/shm cannot hold the batches in flight (a container's default is 64 MB;
+    a worker there would die of a bus error), `image_bytes` being one preprocessed image.
 
     Measured (`benchmarks/predict_decode.py`, benchmarks/RESULTS.md): threads stop scaling at ~2 cores (12-16
     threads decoded 410 images/s on a 16-core host, ~2 cores' worth), while 2 threads on 2 cores ran 1.2x
@@ -132,7 +138,30 @@ def use_processes(decoder: str, *, images: int, batch_size: int, workers: int) -
     if decoder != "auto":
         return decoder == "processes"
     batches = -(-images // batch_size)
-    return sys.platform.startswith("linux") and workers > THREADS_SCALE_TO and batches >= PROCESS_MIN_BATCHES
+    if not (sys.platform.startswith("linux") and workers > THREADS_SCALE_TO and batches >= PROCESS_MIN_BATCHES):
+        return False
+    needed, free = min(workers, batches) * max(1, prefetch) * batch_size * image_bytes, _shared_memory_free()
+    if free is not None and free < needed:
+        log.warning("decoding in threads: /dev/shm has %d MB free and worker processes would keep about %d MB of "
+                    "batches there; give it more (docker --shm-size) or fewer --workers / a smaller --batch-size",
+                    free >> 20, needed >> 20)
+        return False
+    return True
+
+
+def _shared_memory_free() -> int | None:
+    """Free bytes of /dev/shm, where torch puts the tensors worker processes send (None where it is absent)."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+def _image_bytes(preprocess: Callable[[Image.Image], torch.Tensor]) -> int:
+    """Bytes of one preprocessed float32 image: the model's input size when `preprocess` names it, else 224."""
+    size = getattr(preprocess, "size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    return 3 * height * width * 4
 
 
 def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
@@ -145,7 +174,8 @@ def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
     batches and the pixels arrive in pinned memory when `pin_memory`; the outputs equal the threads'."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if use_processes(decoder, images=len(items), batch_size=batch_size, workers=workers):
+    if use_processes(decoder, images=len(items), batch_size=batch_size, workers=workers, prefetch=prefetch,
+                     image_bytes=_image_bytes(preprocess)):
         yield from _process_batches(items, names, preprocess=preprocess, batch_size=batch_size,
                                     workers=max(1, workers), draft_size=draft_size, prefetch=prefetch,
                                     pin_memory=pin_memory)
