@@ -182,7 +182,8 @@ def main() -> None:
                                          repeats=args.repeats)
     reference = runs[0].output
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
-          f"torch: {torch.__version__}, torch threads: {torch.get_num_threads()}, load at start: {start_load}, load at end: {load()}, photos: {args.images} "
+          f"torch: {torch.__version__}, torch threads: {torch.get_num_threads()}, load at start: {start_load}, "
+          f"load at end: {load()}, photos: {args.images} "
           f"JPEGs {size[0]}x{size[1]}, {args.model} preprocessing ({preprocess.describe()}, draft >= {draft} px), "
           f"batch {args.batch}, best of {args.repeats}\n")
     print("| stage (1 thread) | CPU ms per image |\n|---|---:|")
