@@ -13,6 +13,7 @@ tol10m     ``tol10m:CATALOG_CSV,IMAGE_ROOT``                               ``ima
 csv        ``csv:FILE``                                                    none
 folder     ``folder:ROOT[,TAXONOMY_CSV]``                                  ``taxonomy``
 wds        ``wds:GLOB``  (a shard file, a glob, or a folder of ``.tar``)  none
+download   ``download:DIR`` (the output of ``treeclip download``)         none
 =========  =============================================================  ===============================
 
 Each module's docstring describes its layout. Every reader streams (memory grows with the number of taxa,
@@ -29,6 +30,7 @@ from treeclip.errors import UsageError
 from .base import Source
 from .bioscan import BioscanSource
 from .csvfile import CsvSource
+from .download import DownloadSource
 from .eol import EolSource
 from .folder import FolderSource
 from .inat21 import INat21Source
@@ -36,7 +38,8 @@ from .tol10m import Tol10mSource
 from .wds import WdsSource
 
 SOURCES: dict[str, type[Source]] = {
-    cls.kind: cls for cls in (INat21Source, BioscanSource, EolSource, Tol10mSource, CsvSource, FolderSource, WdsSource)
+    cls.kind: cls for cls in (INat21Source, BioscanSource, EolSource, Tol10mSource, CsvSource, FolderSource, WdsSource,
+                              DownloadSource)
 }
 KINDS: tuple[str, ...] = tuple(SOURCES)
 

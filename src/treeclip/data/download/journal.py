@@ -1,0 +1,78 @@
+"""``status.csv``: the download's status table and its resume journal, one file.
+
+One row per URL tried, appended as soon as the URL is settled (the image is already in place), flushed and
+synced: ``key, url, outcome (ok|error), reason, http_status, bytes, sha256, content_type, path, source,
+source_id, license, owner, kingdom ... species, common, origin, attempts``. Values never hold line breaks
+(they are replaced by spaces), so one row is one line and a kill can only leave a torn last line, which the
+next run cuts off (`open_journal`) before appending. `path` is relative to the download folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TextIO
+
+from treeclip.taxonomy import RANK_NAMES
+
+STATUS_FILE = "status.csv"
+STATUS_COLUMNS = ("key", "url", "outcome", "reason", "http_status", "bytes", "sha256", "content_type", "path",
+                  "source", "source_id", "license", "owner", *RANK_NAMES, "common", "origin", "attempts")
+OK, ERROR = "ok", "error"
+
+
+def _line(values: Mapping[str, object]) -> str:
+    buffer = io.StringIO()
+    row = [" ".join(str(values.get(name, "")).splitlines()) for name in STATUS_COLUMNS]
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue()
+
+
+def repair(path: Path) -> int:
+    """Cut a torn last line (no line end) left by a kill; the number of bytes removed."""
+    size = path.stat().st_size
+    with open(path, "rb+") as handle:
+        handle.seek(max(0, size - (1 << 16)))
+        tail = handle.read()
+        if not tail or tail.endswith(b"\n"):
+            return 0
+        keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        handle.truncate(keep)
+        return size - keep
+
+
+def read_journal(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a status table, as dicts (a missing file has none)."""
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        yield from csv.DictReader(handle)
+
+
+class Journal:
+    """The status table open for appending, after repairing it; `done` holds the URL keys already settled."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / STATUS_FILE
+        self.torn_bytes = repair(self.path) if self.path.is_file() else 0
+        self.done: dict[str, str] = {row["key"]: row["outcome"] for row in read_journal(self.path)}
+        fresh = not self.path.is_file() or self.path.stat().st_size == 0
+        self._handle: TextIO = open(self.path, "a", encoding="utf-8", newline="")
+        if fresh:
+            self._append(",".join(STATUS_COLUMNS) + "\n")
+
+    def record(self, values: Mapping[str, object]) -> None:
+        """Append one settled URL durably."""
+        self._append(_line(values))
+        self.done[str(values["key"])] = str(values["outcome"])
+
+    def _append(self, text: str) -> None:
+        self._handle.write(text)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()

@@ -1,0 +1,74 @@
+"""``download:DIR`` — the output folder of ``treeclip download``: its ``status.csv`` and ``images/``.
+
+Each ``ok`` row of the status table is a Record with the image under DIR, the taxon (the ``kingdom ...
+species, common`` columns), licence and owner; its source id is ``SOURCE:SOURCE_ID`` of the catalog
+(``gbif:1234/0``, ``eol:5678``, ``table:<uuid>``). A URL that failed is a Problem ("not downloaded: why")
+unless a later row of the table (``--retry-failed``) got it; a missing image file is a Problem too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from treeclip.formats import Table, resolve, taxon_of
+from treeclip.formats.columns import TAXON_ROLES
+
+from ..records import Problem, Record
+from .base import Source, contained_path, table_rows
+
+STATUS_FILE = "status.csv"  # the name `treeclip.data.download.journal` writes
+COLUMNS = ("key", "outcome", "reason", "path", "source", "source_id", "license", "owner", "url")
+
+
+class DownloadSource(Source):
+    """Images fetched by ``treeclip download``, with the taxa, licences and owners of their catalogs."""
+
+    kind = "download"
+    usage = "download:DIR"
+
+    def locate(self, path: str) -> Path:
+        folder = self.existing(path, "download", directory=True)
+        self.status = folder / STATUS_FILE
+        self.existing(str(self.status), "status table (run treeclip download first)", directory=False)
+        return folder
+
+    def records(self) -> Iterator[Record | Problem]:
+        self._folder = str(self.path)
+        last = self._last_rows()
+        for item in table_rows(self.status, "download: status table", self._columns):
+            if isinstance(item, Problem):
+                yield item
+                continue
+            table, line, row = item
+            if last.get(row["key"]) == line:
+                yield self._record(table, line, row)
+
+    def _last_rows(self) -> dict[str, int]:
+        """The line of each URL key's final row (a retried URL has several)."""
+        rows: dict[str, int] = {}
+        for item in table_rows(self.status, "download: status table", lambda table: {"key": table.find("key")}):
+            if not isinstance(item, Problem):
+                rows[item[2]["key"]] = item[1]
+        return rows
+
+    def _columns(self, table: Table) -> dict[str, str | None] | Problem:
+        found = {name: table.find(name) for name in COLUMNS}
+        missing = [name for name in ("key", "outcome", "path") if found[name] is None]
+        if missing:
+            return Problem(table.where(1), f"not a treeclip download status table (no {', '.join(missing)} column)")
+        return {**resolve(table.header, TAXON_ROLES, where=str(table.path)), **found}
+
+    def _record(self, table: Table, line: int, row: dict[str, str]) -> Record | Problem:
+        where = table.where(line)
+        if row["outcome"] != "ok":
+            return Problem(where, f"not downloaded: {row['reason'] or row['outcome']} ({row['url']})")
+        image, refused = contained_path(self._folder, row["path"], allow_absolute=False)
+        if refused or not os.path.isfile(image):
+            return Problem(where, refused or f"downloaded image missing: {image}")
+        taxon = taxon_of(row, where, strict=False)
+        if isinstance(taxon, Problem):
+            return taxon
+        return Record(source=self.kind, source_id=f"{row['source']}:{row['source_id']}", path=image, taxon=taxon,
+                      license=row["license"], owner=row["owner"], origin=where)
