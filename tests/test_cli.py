@@ -77,6 +77,7 @@ REQUIREMENT_ARGVS: dict[str, list[str]] = {
     "predict": ["predict", "x.jpg", "--model", "m", "--engine", "ray"],
     "embed": ["embed", "x.jpg", "--model", "m", "-o", "e.parquet", "--engine", "ray"],
     "export": ["export", "run", "--out", "model", "--format", "onnx"],
+    "download": ["download", "urls.csv", "--out", "dl"],
 }
 
 
