@@ -50,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
     """Behaviour by the first path segment; `hits` counts requests per path."""
 
     hits: Counter[str] = Counter()
+    times: list[float] = []
     lock = threading.Lock()
 
     def log_message(self, *args: object) -> None:  # quiet
@@ -68,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         with self.lock:
             self.hits[self.path] += 1
+            self.times.append(time.monotonic())
             count = self.hits[self.path]
         kind = self.path.split("/")[1]
         image = jpeg(self.path)
@@ -118,7 +120,7 @@ class QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    Handler.hits = Counter()
+    Handler.hits, Handler.times = Counter(), []
     httpd = QuietServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -183,6 +185,16 @@ def test_retry_after_is_honoured(server: str, tmp_path: Path) -> None:
     started = time.monotonic()
     assert main(["download", str(catalog), "--out", str(tmp_path / "dl"), *FAST]) == 0
     assert time.monotonic() - started >= 0.9  # waited the server's Retry-After: 1, not the 0.01 s backoff
+
+
+def test_per_host_rate_limit(server: str, tmp_path: Path) -> None:
+    catalog = url_table(tmp_path / "urls.csv", server, [f"/img/{i}.jpg" for i in range(12)])
+    fast = [arg for arg in FAST if arg not in ("--rate", "0")]
+    assert main(["download", str(catalog), "--out", str(tmp_path / "dl"), "--workers", "6", "--rate", "5", *fast]) == 0
+    times = sorted(Handler.times)
+    assert len(times) == 12
+    # at most 5 requests to the host in any one-second window, whatever the number of workers
+    assert min(later - earlier for earlier, later in zip(times, times[5:])) >= 0.9
 
 
 def test_catalog_problems_counted_and_rerun_fetches_nothing(server: str, tmp_path: Path) -> None:
@@ -254,7 +266,7 @@ def eol_and_gbif(tmp_path: Path, server: str) -> tuple[Path, Path, Path]:
     return manifest, taxonomy, gbif
 
 
-@pytest.mark.parametrize("engine", ["local"])
+@pytest.mark.parametrize("engine", ["local", "ray"])
 def test_eol_and_gbif_catalogs_build_end_to_end(server: str, tmp_path: Path, engine: str) -> None:
     import pyarrow.parquet as pq
 
