@@ -10,7 +10,9 @@ whatever its size. This script measures, on this machine:
 2. images/s (wall) and images per CPU-second (this process plus its reaped workers) of the decoding alone, for
    threads and processes at 1, 2 and all cores' workers, with the time to the first batch (start-up) and the
    pixels of every configuration compared bit for bit with one thread's;
-3. end-to-end `TreeOfLifeClassifier.predict` on the CPU (a small model, so decoding matters) with each decoder
+3. decoding beside a thread busy with pure Python (what the main thread is while it drives a GPU): threads
+   against one worker process (the GIL);
+4. end-to-end `TreeOfLifeClassifier.predict` on the CPU (a small model, so decoding matters) with each decoder
    for 1, 2, 4, 8, 16 and 32 batches and all the images: the crossover where worker processes pay for themselves.
 
 Usage: ``python benchmarks/predict_decode.py [--images 512] [--size 640x480] [--batch 32] [--model ViT-B-16]``
@@ -24,6 +26,7 @@ import os
 import platform
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +131,34 @@ def side_by_side(paths: list[str], preprocess: Transform, *, batch: int, draft_s
     return runs
 
 
+def beside_busy_python(paths: list[str], preprocess: Transform, *, batch: int, draft_size: int | None
+                       ) -> list[tuple[str, float, float]]:
+    """(decoder, images/s alone, images/s while another thread of this process runs pure Python), 1 worker.
+
+    On a GPU the main thread is such a thread much of the time (launching kernels, building rows): each time a
+    decoding thread gives the GIL back (around every PIL and torch call), it waits up to the switch interval
+    (5 ms) to get it again. A worker process has its own GIL."""
+    rows = []
+    for decoder in ("threads", "processes"):
+        alone = decode_run(paths, preprocess, decoder=decoder, workers=1, batch=batch, draft_size=draft_size)
+        stop = threading.Event()
+        spinner = threading.Thread(target=_spin, args=(stop,))
+        spinner.start()
+        try:
+            busy = decode_run(paths, preprocess, decoder=decoder, workers=1, batch=batch, draft_size=draft_size)
+        finally:
+            stop.set()
+            spinner.join()
+        rows.append((decoder, alone.images_per_s, busy.images_per_s))
+    return rows
+
+
+def _spin(stop: threading.Event) -> None:
+    count = 0
+    while not stop.is_set():
+        count += 1
+
+
 def predict_side_by_side(paths: list[str], *, model_name: str, batch: int, workers: int, repeats: int
                          ) -> list[tuple[int, Run, Run]]:
     """(images, threads run, processes run) of `TreeOfLifeClassifier.predict` on the CPU (1,000 taxa) for
@@ -178,6 +209,7 @@ def main() -> None:
                    draft_size=draft)  # warm the page cache and the imports
         costs = stage_costs(paths[:64], preprocess, draft)
         runs = side_by_side(paths, preprocess, batch=args.batch, draft_size=draft, repeats=args.repeats)
+        contention = beside_busy_python(paths[: 3 * args.batch], preprocess, batch=args.batch, draft_size=draft)
         predicted = predict_side_by_side(paths, model_name=args.e2e_model, batch=args.batch, workers=2,
                                          repeats=args.repeats)
     reference = runs[0].output
@@ -197,6 +229,10 @@ def main() -> None:
         print(f"| {run.decoder} | {run.workers} | {run.images_per_s:,.1f} | "
               f"{run.images_per_s / threads_rate[run.workers]:.2f}x | {run.images_per_cpu_s:,.1f} | "
               f"{run.first_batch_s:.3f} | {torch.equal(run.output, reference)} |")
+    print(f"\n| 1 decoding worker, {3 * args.batch} images | images/s alone | images/s beside a busy Python thread | "
+          "ratio |\n|---|---:|---:|---:|")
+    for decoder, alone, busy in contention:
+        print(f"| {decoder} | {alone:,.1f} | {busy:,.1f} | {busy / alone:.2f}x |")
     print(f"\n| {args.e2e_model} predict, CPU, 1,000 taxa, 2 workers: images | threads images/s | processes "
           "images/s | processes / threads | threads images per CPU-s | processes images per CPU-s | same scores |\n"
           "|---:|---:|---:|---:|---:|---:|---|")

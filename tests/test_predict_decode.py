@@ -6,6 +6,7 @@ import csv
 import io
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,7 +275,9 @@ def test_benchmark_runs_and_compares_the_decoders(tmp_path: Path) -> None:
                            "--model", "treeclip-test", "--e2e-model", "treeclip-test"], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith(("| threads |", "| processes |"))]
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| (threads|processes) \| \d+ \|", line)]
     assert len(rows) == 4 and all(row.endswith("| True |") for row in rows)
+    assert sum(bool(re.match(r"\| (threads|processes) \| [\d.,]+ \| [\d.,]+ \| [\d.]+x \|$", line))
+               for line in done.stdout.splitlines()) == 2  # beside a busy Python thread
     predicted = [line for line in done.stdout.splitlines() if line.startswith(("| 16 |", "| 32 |", "| 48 |"))]
     assert len(predicted) == 3 and all(row.endswith("| True |") for row in predicted)

@@ -130,9 +130,10 @@ def use_processes(decoder: str, *, images: int, batch_size: int, workers: int, p
     a worker there would die of a bus error), `image_bytes` being one preprocessed image.
 
     Measured (`benchmarks/predict_decode.py`, benchmarks/RESULTS.md): threads stop scaling at ~2 cores (12-16
-    threads decoded 410 images/s on a 16-core host, ~2 cores' worth), while 2 threads on 2 cores ran 1.2x
-    2 processes; processes cost ~0.2 s more to the first batch (fork, and one worker decodes a whole batch)
-    and ~10% more CPU per image (the pixels cross through shared memory)."""
+    threads decoded 410 images/s on a 16-core host, ~2 cores' worth; a decoding thread beside a thread busy
+    with Python ran 0.04x its rate alone, a worker process 0.82x), while 2 threads on 2 cores ran 1.2-1.3x
+    2 processes; processes cost 0.2-0.4 s more to the first batch (fork, and one worker decodes a whole batch)
+    and 10-20% more CPU per image (the pixels cross through shared memory)."""
     if decoder not in DECODERS:
         raise UsageError(f"--decode must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if decoder != "auto":
