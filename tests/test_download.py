@@ -296,6 +296,27 @@ def test_eol_and_gbif_catalogs_build_end_to_end(server: str, tmp_path: Path, eng
     assert {row["sha256"] for row in catalog} == {row["sha256"] for row in rows.values()}
 
 
+def test_treeoflife_200m_parquet_catalog(server: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lineage = RARE[0][2].split(",")
+    catalog = tmp_path / "catalog.parquet"
+    pq.write_table(pa.table({
+        "uuid": ["aa563519-6d97-47c3-bcda-c72cdf19a1bf", "e3253a67-7114-41d5-ac55-1696d6c7f6f3"],
+        "data_source": ["gbif", "eol"],
+        "source_url": [f"{server}/img/tol-1.jpg", f"{server}/missing/tol-2.jpg"],
+        **{rank: [name, name] for rank, name in zip(RANKS.split(","), lineage)},
+        "common": [RARE[0][3], RARE[0][3]],
+    }), catalog)
+    out = tmp_path / "dl"
+    assert main(["download", str(catalog), "--out", str(out), *FAST]) == 1
+    rows = status(out)
+    assert (rows["img/tol-1.jpg"]["source"], rows["img/tol-1.jpg"]["source_id"]) == (
+        "gbif", "aa563519-6d97-47c3-bcda-c72cdf19a1bf")
+    assert rows["missing/tol-2.jpg"]["outcome"] == "error" and rows["missing/tol-2.jpg"]["source"] == "eol"
+
+
 def test_build_reports_failed_downloads(server: str, tmp_path: Path) -> None:
     catalog = url_table(tmp_path / "urls.csv", server, ["/img/a.jpg", "/missing/b.jpg"])
     out = tmp_path / "dl"

@@ -16,11 +16,14 @@ apart by their files and headers:
   Copy URL, License Name, Copyright Owner``. The full-size copy URL is fetched (the source URL when it is
   empty). EOL media carry only page ids, so ``--taxonomy FILE`` is required (the file the ``eol:`` source
   takes: a 7-rank table keyed by page id, or a parent-pointer ``taxon.tab``).
-- **URL table** (plain CSV/TSV/Parquet, and the TreeOfLife-200M catalog): a URL column (``url``,
+- **URL table** (plain CSV/TSV/Parquet, and the TreeOfLife-200M ``catalog.parquet``): a URL column (``url``,
   ``source_url``, ``image_url``, ``identifier``, ``photo_url``, ``media_url``, ``image``), rank columns or a
   ``scientific_name`` (the `treeclip.formats.columns` aliases), optional id (``uuid``, ``id``,
-  ``source_id``, ``gbif_id``), licence and owner columns (as for the ``csv:`` source, plus ``publisher``
-  as the owner when nothing better is given).
+  ``source_id``, ``gbif_id``), provider (``data_source``: gbif, eol, ... becomes the task's source),
+  licence and owner columns (as for the ``csv:`` source, plus ``publisher`` as the owner when nothing
+  better is given). Of the TreeOfLife-200M catalog, ``uuid``, ``source_url`` and ``data_source`` are
+  confirmed (Imageomics/distributed-downloader's ``tol200m_general`` initializer reads them); its rank,
+  licence and owner column names are assumed to follow the aliases (not checked against the file).
 
 A row without a usable URL (http/https only) or taxon is a `Problem`; the rest of the catalog is read.
 """
@@ -128,14 +131,14 @@ def _table_tasks(table: Table) -> Iterator[Task | Problem]:
         return
     owner = table.find(*OWNER_COLUMNS) or table.find("publisher")
     columns = {**ranks, "url": table.find(*URL_COLUMNS), "id": table.find(*ID_COLUMNS),
-               "license": table.find(*LICENSE_COLUMNS), "owner": owner}
+               "license": table.find(*LICENSE_COLUMNS), "owner": owner, "provider": table.find("data_source")}
     for item in table.rows(columns):
         if isinstance(item, Problem):
             yield item
             continue
         line, row = item
         where = table.where(line)
-        yield _task(row["url"], "table", row["id"], taxon_of(row, where, strict=False), row, where)
+        yield _task(row["url"], row["provider"] or "table", row["id"], taxon_of(row, where, strict=False), row, where)
 
 
 def _eol_tasks(table: Table, taxonomy: Path) -> Iterator[Task | Problem]:

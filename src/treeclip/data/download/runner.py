@@ -101,7 +101,8 @@ def _run(tasks: Iterator[Task], out: Path, journal: Journal, fetcher: Fetcher, s
          workers: int, retry_failed: bool, progress: Progress | None) -> None:
     """Fetch in a thread pool with a bounded number of tasks in flight; record results in this thread."""
     pending: dict[Future[Fetched], Task] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download")
+    try:
         for task in tasks:
             if _settled(task, out, journal, summary, retry_failed):
                 continue
@@ -110,6 +111,8 @@ def _run(tasks: Iterator[Task], out: Path, journal: Journal, fetcher: Fetcher, s
                 _collect(pending, out, journal, summary, progress)
         while pending:
             _collect(pending, out, journal, summary, progress)
+    finally:  # on SIGTERM/Ctrl-C: queued fetches are cancelled, not run unrecorded
+        pool.shutdown(wait=not pending, cancel_futures=True)
 
 
 def _settled(task: Task, out: Path, journal: Journal, summary: Summary, retry_failed: bool) -> bool:
