@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.results import write_section  # noqa: E402
 from treeclip.data.images import decode_image  # noqa: E402
 from treeclip.model import create_model, export_model  # noqa: E402
 from treeclip.model.bank import LabelBank, load_bank, save_bank  # noqa: E402
@@ -48,8 +48,6 @@ from treeclip.predict.quantize import bank_agreement, synthetic_queries  # noqa:
 from treeclip.predict.runner import expand_inputs  # noqa: E402
 from treeclip.predict.runtime import load_for_inference  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- runtimes.py: begin -->", "<!-- runtimes.py: end -->"
 DRAFT_NOTE = ("Draft mode scales a JPEG down by 1/2, 1/4 or 1/8 only while both sides stay >= the draft size, so a "
               "1024x768 photo (half: 512x384 < 448) decodes in full either way: its two rows measure the same work, "
               "and their gap is this shared machine's noise.")
@@ -212,7 +210,7 @@ def bench_decoding(root: Path) -> list[dict[str, Any]]:
 
 def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], decoding: list[dict],
              settings: dict[str, Any]) -> str:
-    lines = [BEGIN, "## Inference runtimes, compact banks, decoding (`python benchmarks/runtimes.py`)", "",
+    lines = ["## Inference runtimes, compact banks, decoding (`python benchmarks/runtimes.py`)", "",
              "One run, side by side on the same inputs. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
              "| model | runtime | precision | folder images/s | vs torch fp32 | tower alone images/s | vs torch fp32 |",
              "|---|---|---|---:|---:|---:|---:|"]
@@ -241,15 +239,7 @@ def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], dec
         draft = f"on (>= {row['draft']} px)" if row["draft"] else "off"
         lines.append(f"| {row['size']} | {draft} | {row['per_cpu_s']:.1f} |")
     lines += ["", DRAFT_NOTE]
-    return "\n".join(lines + ["", END]) + "\n"
-
-
-def write_section(text: str) -> None:
-    """Replace this script's section of RESULTS.md (appended the first time)."""
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    updated = pattern.sub(lambda _: text, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated, encoding="utf-8")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -282,7 +272,7 @@ def main() -> None:
                 "load at end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                 "photos": f"{args.jpegs} JPEGs 640x480, batch {args.batch}, 2 decoding threads, best of 2",
                 "bank": f"{args.taxa:,} taxa x 768, {args.queries} synthetic queries"}
-    write_section(markdown(runtimes, agreement, banks, decoding, settings))
+    write_section("runtimes.py", markdown(runtimes, agreement, banks, decoding, settings))
 
 
 if __name__ == "__main__":
