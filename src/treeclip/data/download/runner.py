@@ -106,7 +106,7 @@ def _run(tasks: Iterator[Task], out: Path, journal: Journal, fetcher: Fetcher, s
         for task in tasks:
             if _settled(task, out, journal, summary, retry_failed):
                 continue
-            pending[pool.submit(fetcher.fetch, task.url)] = task
+            pending[pool.submit(_fetch_to_disk, fetcher, out, task)] = task
             if len(pending) >= 2 * workers:
                 _collect(pending, out, journal, summary, progress)
         while pending:
@@ -144,7 +144,6 @@ def _collect(pending: dict[Future[Fetched], Task], out: Path, journal: Journal, 
         result = future.result()
         if result.ok:
             image = _image_path(out, task.key, result.extension)
-            atomic_write(image, result.data)
             journal.record(_row(task, out, image, result.data, result))
             summary.fetched += 1
             summary.bytes += len(result.data)
@@ -155,6 +154,15 @@ def _collect(pending: dict[Future[Fetched], Task], out: Path, journal: Journal, 
             log.info("%s: %s (%s)", task.origin, result.reason, task.url)
         if progress is not None:
             progress(summary)
+
+
+def _fetch_to_disk(fetcher: Fetcher, out: Path, task: Task) -> Fetched:
+    """Fetch a task's URL and, when it is an image, write it under its final name (in the worker thread, so
+    that a kill after the write lets the next run recover it instead of fetching it again)."""
+    result = fetcher.fetch(task.url)
+    if result.ok:
+        atomic_write(_image_path(out, task.key, result.extension), result.data)
+    return result
 
 
 def _reason_kind(reason: str) -> str:
