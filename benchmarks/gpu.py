@@ -159,8 +159,9 @@ def inference_rate(setup: Setup) -> float:
 
 
 def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> tuple[float, float]:
-    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (4 batches, after one warm-up batch),
-    and of its decode + preprocessing threads alone on the same files (what bounds it on a fast device)."""
+    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (two batches per decoding worker, after
+    one warm-up batch; enough for the default decoder to use worker processes), and of its decoding alone on the
+    same files (what bounds it on a fast device)."""
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
@@ -176,12 +177,12 @@ def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> tuple[floa
                                                                for i in range(taxa)], [""] * taxa)
     classifier = TreeOfLifeClassifier(model=model.eval(), preprocess=preprocess, bank=bank, device=setup.device)
     (work / "jpegs").mkdir(exist_ok=True)
+    workers = max(2, os.cpu_count() or 2)
     paths = []
-    for i in range(5 * setup.batch):
+    for i in range((1 + 2 * workers) * setup.batch):
         path = work / "jpegs" / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(path, quality=90)
         paths.append(str(path))
-    workers = max(2, os.cpu_count() or 2)
     classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers)
     device = torch.device(setup.device)
     synchronize(device)
