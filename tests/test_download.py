@@ -105,6 +105,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Location", self.path)
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif kind == "elsewhere":  # a redirect out of http(s): never followed
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif kind == "big":
             self._send(200, image + b"\0" * 300_000)
         else:
@@ -150,7 +155,7 @@ def status(out: Path) -> dict[str, dict[str, str]]:
 
 def test_status_table_records_each_outcome(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = ["/img/a.jpg", "/png/b", "/missing/c.jpg", "/flaky/d.jpg", "/busy/e.jpg", "/broken/f.jpg",
-             "/hang/g.jpg", "/truncated/h.jpg", "/html/i.jpg", "/loop/j.jpg", "/big/k.jpg", "/slowimg/l.jpg"]
+             "/hang/g.jpg", "/truncated/h.jpg", "/html/i.jpg", "/loop/j.jpg", "/big/k.jpg", "/slowimg/l.jpg", "/elsewhere/m.jpg"]
     catalog = url_table(tmp_path / "urls.csv", server, names)
     out = tmp_path / "dl"
     code = main(["download", str(catalog), "--out", str(out), "--workers", "4", *FAST])
@@ -172,11 +177,12 @@ def test_status_table_records_each_outcome(server: str, tmp_path: Path, capsys: 
     assert reasons["html/i.jpg"].startswith("not an image") and "DOCTYPE" in reasons["html/i.jpg"]
     assert reasons["loop/j.jpg"] == "too many redirects"
     assert reasons["big/k.jpg"].startswith("too large")
+    assert reasons["elsewhere/m.jpg"].startswith("unsupported URL scheme") and Handler.hits["/elsewhere/m.jpg"] == 1
     assert Handler.hits["/flaky/d.jpg"] == 2 and Handler.hits["/busy/e.jpg"] == 2 and Handler.hits["/broken/f.jpg"] == 3
     assert Handler.hits["/missing/c.jpg"] == 1 and Handler.hits["/html/i.jpg"] == 1  # never retried
     assert rows["busy/e.jpg"]["attempts"] == "2"
     printed = capsys.readouterr().out
-    assert "5 fetched" in printed and "7 failed" in printed and "HTTP 404" in printed
+    assert "5 fetched" in printed and "8 failed" in printed and "HTTP 404" in printed
     assert list(csv.reader(open(out / "status.csv")))[0] == list(STATUS_COLUMNS)
 
 

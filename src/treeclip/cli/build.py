@@ -10,9 +10,9 @@ from typing import Any
 from treeclip.cli._options import RAY_ENGINE, add_engine_arguments
 
 REQUIRES = (RAY_ENGINE,)
-HELP = "build WebDataset shards + catalog from image sources (inat21, bioscan, eol, tol10m, csv, folder, wds)"
+HELP = "build WebDataset shards + catalog from image sources (inat21, bioscan, eol, tol10m, csv, folder, wds, download)"
 SOURCE_KINDS = ("inat21:ROOT, bioscan:TSV[,IMAGE_ROOT], eol:MANIFEST_CSV[,IMAGE_ROOT],TAXONOMY_FILE, "
-                "tol10m:CATALOG_CSV,IMAGE_ROOT, csv:FILE, folder:ROOT[,TAXONOMY_CSV], wds:GLOB")
+                "tol10m:CATALOG_CSV,IMAGE_ROOT, csv:FILE, folder:ROOT[,TAXONOMY_CSV], wds:GLOB, download:DIR")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                        backoff=args.backoff, max_wait=args.max_wait, timeout=args.timeout,
                        max_bytes=int(args.max_mb * (1 << 20)), max_redirects=args.max_redirects)
     if summary.problems:
-        print(f"{len(summary.problems)} catalog rows skipped (all in {Path(args.out) / 'problems.csv'}):", file=sys.stderr)
+        print(f"{len(summary.problems)} catalog rows skipped (all in {Path(args.out) / 'problems.csv'}):",
+              file=sys.stderr)
         print("\n".join(summary_lines(summary.problems)), file=sys.stderr)
     print(_summary_text(summary, args.out))
     if summary.tried + summary.skipped == 0:

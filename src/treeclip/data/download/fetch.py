@@ -121,6 +121,8 @@ class Fetcher:
                 data = self._body(response)
         except httpx.TooManyRedirects:
             raise Refused("too many redirects") from None
+        except httpx.UnsupportedProtocol as exc:  # e.g. a redirect to file:// or ftp://
+            raise Refused(f"unsupported URL scheme: {' '.join(str(exc).split())}") from None
         except httpx.RemoteProtocolError as exc:  # h11's report of a body shorter than its Content-Length
             raise Transient(f"truncated or malformed response: {' '.join(str(exc).split())}") from None
         except httpx.TimeoutException as exc:
