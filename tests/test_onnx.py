@@ -24,7 +24,7 @@ pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'tre
 
 from treeclip.cli import main  # noqa: E402
 from treeclip.model import create_model, export_model, load_model  # noqa: E402
-from treeclip.model.bank import build_bank  # noqa: E402
+from treeclip.model.bank import build_bank, load_bank  # noqa: E402
 from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, load_onnx  # noqa: E402
 from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
 from treeclip.taxonomy import Taxon  # noqa: E402
@@ -236,6 +236,26 @@ def test_int8_bank_with_the_onnx_int8_tower_keeps_the_answers(world: dict[str, P
     expected, got = _rows(fp32_out, "csv"), _rows(int8_out, "csv")
     same = [a["species"] == b["species"] for a, b in zip(got, expected, strict=True)]
     assert len(same) == 24 and sum(same) / len(same) >= 0.9
+
+
+def test_bank_build_from_the_onnx_folder_equals_torch(world: dict[str, Path], tmp_path: Path) -> None:
+    """`treeclip bank build --model ONNX_DIR` encodes with the exported text tower on ONNX Runtime: the same
+    vectors as the torch bank (within 1e-4) and the same answers, and the bank records the ONNX folder."""
+    taxonomy = tmp_path / "taxa.csv"
+    rows = ["kingdom,phylum,class,order,family,genus,species,common_name"]
+    taxonomy.write_text("\n".join(rows + [",".join([*t.lineage, t.common]) for t in _taxa()]) + "\n", encoding="utf-8")
+    assert main(["bank", "build", "--taxonomy", str(taxonomy), "--model", str(world["onnx"]), "--out",
+                 str(tmp_path / "bank"), "--text-type", "sci", "--templates", "photo", "--batch-size", "4"]) == 0
+    meta = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    assert meta["model"] == str(world["onnx"])
+    reference, built = load_bank(world["bank"]), load_bank(tmp_path / "bank")
+    assert built.lineages == reference.lineages
+    assert (built.matrix() - reference.matrix()).abs().max() < 1e-4
+    out = tmp_path / "onnx-bank.csv"
+    assert main(["predict", str(world["images"]), "--bank", str(tmp_path / "bank"), "--output", str(out),
+                 "--model", str(world["onnx"]), "--k", "1"]) == 0
+    assert _predict(world, tmp_path / "torch.csv", "--model", str(world["model"]), "--k", "1") == 0
+    assert [r["species"] for r in _rows(out, "csv")] == [r["species"] for r in _rows(tmp_path / "torch.csv", "csv")]
 
 
 def test_bank_info_measures_agreement_on_your_images(world: dict[str, Path], tmp_path: Path,

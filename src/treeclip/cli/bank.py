@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "(txt_emb_species.npy/.json + bank.json).")
     build.add_argument("--taxonomy", required=True, metavar="FILE",
                        help="7-rank CSV/TSV, a treeclip catalog (.csv/.parquet) or a bank's txt_emb_species.json")
-    build.add_argument("--model", required=True, help="model id: hf-hub:ORG/NAME, a model folder or a checkpoint")
+    build.add_argument("--model", required=True, help="model id: hf-hub:ORG/NAME, a model folder or a checkpoint, "
+                       "or an ONNX folder from `treeclip export --format onnx` (its text tower runs on ONNX Runtime)")
     build.add_argument("--out", required=True, metavar="BANK", help="output bank folder")
     build.add_argument("--text-type", default="taxon_com", choices=TEXT_TYPES,
                        help="how each taxon is named in the prompts (default taxon_com, BioCLIP's best)")
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from treeclip.errors import UsageError  # noqa: PLC0415
-    from treeclip.model import load_model  # noqa: PLC0415
     from treeclip.model.bank import build_bank, measure_build_cost, taxon_texts  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
+    from treeclip.predict.runtime import load_for_inference  # noqa: PLC0415
     from treeclip.predict.taxa import read_taxa  # noqa: PLC0415
     from treeclip.taxonomy import get_templates  # noqa: PLC0415
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                      problems=problems)
     if not taxa:
         raise UsageError(f"--taxonomy {args.taxonomy}: no usable taxa to encode")
-    model, _, _, tokenizer = load_model(args.model, device=args.device)
+    model, _, tokenizer = load_for_inference(args.model, device=args.device)  # torch, or ONNX Runtime for a folder
     cost = measure_build_cost(model=model, tokenizer=tokenizer, texts=taxon_texts(taxa[:512], args.text_type),
                               templates=get_templates(args.templates), device=args.device,
                               batch_sizes=AUTO_BATCH_SIZES if args.batch_size == "auto" else (args.batch_size,))
