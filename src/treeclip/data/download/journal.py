@@ -1,10 +1,11 @@
 """``status.csv``: the download's status table and its resume journal, one file.
 
-One row per URL tried, appended as soon as the URL is settled (the image is already in place), flushed and
-synced: ``key, url, outcome (ok|error), reason, http_status, bytes, sha256, content_type, path, source,
-source_id, license, owner, kingdom ... species, common, origin, attempts``. Values never hold line breaks
-(they are replaced by spaces), so one row is one line and a kill can only leave a torn last line, which the
-next run cuts off (`open_journal`) before appending. `path` is relative to the download folder.
+One row per URL tried, appended as soon as the URL is settled (the image is already in place) and flushed
+(synced to disk at least once a second): ``key, url, outcome (ok|error), reason, http_status, bytes, sha256,
+content_type, path, source, source_id, license, owner, kingdom ... species, common, origin, attempts``.
+Values never hold line breaks (they are replaced by spaces), so one row is one line and a kill can only leave
+a torn last line, which the next run cuts off (`repair`) before appending. `path` is relative to the
+download folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -22,6 +24,7 @@ STATUS_FILE = "status.csv"
 STATUS_COLUMNS = ("key", "url", "outcome", "reason", "http_status", "bytes", "sha256", "content_type", "path",
                   "source", "source_id", "license", "owner", *RANK_NAMES, "common", "origin", "attempts")
 OK, ERROR = "ok", "error"
+SYNC_EVERY_S = 1.0
 
 
 def _line(values: Mapping[str, object]) -> str:
@@ -61,6 +64,7 @@ class Journal:
         self.done: dict[str, str] = {row["key"]: row["outcome"] for row in read_journal(self.path)}
         fresh = not self.path.is_file() or self.path.stat().st_size == 0
         self._handle: TextIO = open(self.path, "a", encoding="utf-8", newline="")
+        self._synced = 0.0
         if fresh:
             self._append(",".join(STATUS_COLUMNS) + "\n")
 
@@ -70,9 +74,16 @@ class Journal:
         self.done[str(values["key"])] = str(values["outcome"])
 
     def _append(self, text: str) -> None:
+        """Write and flush to the OS (a killed process loses nothing flushed); sync to disk at most every
+        `SYNC_EVERY_S` (a power cut loses at most that much, and those images are recovered from disk)."""
         self._handle.write(text)
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        now = time.monotonic()
+        if now - self._synced >= SYNC_EVERY_S:
+            os.fsync(self._handle.fileno())
+            self._synced = now
 
     def close(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
         self._handle.close()
