@@ -302,6 +302,25 @@ def test_eol_and_gbif_catalogs_build_end_to_end(server: str, tmp_path: Path, eng
     assert {row["sha256"] for row in catalog} == {row["sha256"] for row in rows.values()}
 
 
+def test_parts_share_a_catalog_and_build_together(server: str, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    names = [f"/img/{i}.jpg" for i in range(12)]
+    catalog = url_table(tmp_path / "urls.csv", server, names)
+    outs = [tmp_path / f"dl{i}" for i in range(3)]
+    for index, out in enumerate(outs):
+        assert main(["download", str(catalog), "--out", str(out), "--part", f"{index}/3", *FAST]) == 0
+    fetched = [set(status(out)) for out in outs]
+    assert all(fetched) and set().union(*fetched) == {n.lstrip("/") for n in names}
+    assert sum(map(len, fetched)) == len(names)  # each URL in exactly one part
+    assert Handler.hits == Counter(dict.fromkeys(names, 1))
+    shards = tmp_path / "shards"
+    sources = [arg for out in outs for arg in ("--source", f"download:{out}")]
+    assert main(["build", *sources, "--out", str(shards), "--image-size", "16"]) == 0
+    assert pq.read_metadata(shards / "catalog.parquet").num_rows == len(names)
+    assert main(["download", str(catalog), "--out", str(tmp_path / "x"), "--part", "3/3"]) == 2
+
+
 def test_treeoflife_200m_parquet_catalog(server: str, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

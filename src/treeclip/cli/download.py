@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
     parser.add_argument("--max-mb", type=float, default=50.0, metavar="MB", help="largest image accepted (default 50)")
     parser.add_argument("--max-redirects", type=int, default=5, metavar="N", help="redirects followed (default 5)")
+    parser.add_argument("--part", default="0/1", metavar="I/N",
+                        help="fetch only part I of N (by a hash of each URL): N machines or processes share the "
+                             "catalogs, each with its own --out; build with one --source download:DIR per part")
     parser.add_argument("--retry-failed", action="store_true",
                         help="on resume, try again the URLs an earlier run recorded as failed")
 
@@ -53,6 +56,9 @@ def _check(args: argparse.Namespace) -> None:
     for catalog in args.catalogs:
         if not Path(catalog).exists():
             raise UsageError(f"catalog {catalog}: no such file or folder")
+    index, slash, parts = args.part.partition("/")
+    if not (slash and index.isdigit() and parts.isdigit() and int(index) < int(parts)):
+        raise UsageError(f"--part {args.part}: expected I/N with 0 <= I < N, e.g. 0/4")
     if args.taxonomy and not Path(args.taxonomy).is_file():
         raise UsageError(f"--taxonomy {args.taxonomy}: no such file")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = _Progress()
     summary = download(args.catalogs, args.out, taxonomy=args.taxonomy, workers=args.workers,
-                       retry_failed=args.retry_failed, progress=progress, rate=args.rate, retries=args.retries,
+                       retry_failed=args.retry_failed, part=_part(args.part), progress=progress, rate=args.rate, retries=args.retries,
                        backoff=args.backoff, max_wait=args.max_wait, timeout=args.timeout,
                        max_bytes=int(args.max_mb * (1 << 20)), max_redirects=args.max_redirects)
     if summary.problems:
@@ -74,17 +80,24 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         print("\n".join(summary_lines(summary.problems)), file=sys.stderr)
     print(_summary_text(summary, args.out))
-    if summary.tried + summary.skipped == 0:
+    if summary.tried + summary.skipped + summary.other_parts == 0:
         print(f"treeclip download: nothing to fetch: the catalogs gave no usable rows "
               f"({len(summary.problems)} problems, see {Path(args.out) / 'problems.csv'})", file=sys.stderr)
         return 1
     return 1 if summary.failed or summary.problems else 0
 
 
+def _part(text: str) -> tuple[int, int]:
+    index, _, parts = text.partition("/")
+    return int(index), int(parts)
+
+
 def _summary_text(summary: Any, out: str) -> str:
     lines = [f"{out}: {summary.fetched} fetched ({summary.bytes / 1e6:.1f} MB), {summary.recovered} recovered, "
              f"{summary.skipped} already done, {summary.failed} failed, {len(summary.problems)} catalog problems"]
     lines += [f"{count:>8}  {reason}" for reason, count in summary.reasons.most_common()]
+    if summary.other_parts:
+        lines.append(f"{summary.other_parts} URLs left to the other --part runs")
     if summary.torn_bytes:
         lines.append(f"repaired a torn last line of status.csv ({summary.torn_bytes} bytes) left by a killed run")
     lines.append(f"status table: {Path(out) / 'status.csv'}; build with: treeclip build --source download:{out}")

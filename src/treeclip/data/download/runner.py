@@ -51,6 +51,7 @@ class Summary:
     reasons: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     torn_bytes: int = 0
+    other_parts: int = 0  # URLs left to the other parts of a `part` split
 
     @property
     def tried(self) -> int:
@@ -61,11 +62,12 @@ Progress = Callable[[Summary], None]
 
 
 def download(catalogs: Sequence[str | Path], out: str | Path, *, taxonomy: str | Path | None = None,
-             workers: int = 8, retry_failed: bool = False, progress: Progress | None = None,
-             **fetch_options: Any) -> Summary:
+             workers: int = 8, retry_failed: bool = False, part: tuple[int, int] = (0, 1),
+             progress: Progress | None = None, **fetch_options: Any) -> Summary:
     """Fetch the images of `catalogs` into `out` (see the module docstring); `fetch_options` go to `Fetcher`
-    (rate, retries, backoff, max_wait, timeout, max_bytes, max_redirects). UsageError for a catalog of no
-    known kind or a folder another download is writing."""
+    (rate, retries, backoff, max_wait, timeout, max_bytes, max_redirects). `part` = (i, n) fetches only the
+    URLs whose key falls in part i of n, so n machines (or processes) share the catalogs, each with its own
+    `out`. UsageError for a catalog of no known kind or a folder another download is writing."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [read_catalog(path, taxonomy=taxonomy) for path in catalogs]  # checks every catalog before fetching
@@ -74,7 +76,7 @@ def download(catalogs: Sequence[str | Path], out: str | Path, *, taxonomy: str |
         summary = Summary(torn_bytes=journal.torn_bytes)
         fetcher = Fetcher(**fetch_options)
         try:
-            _run(_unique(tasks, summary), out, journal, fetcher, summary, workers=workers,
+            _run(_unique(tasks, summary, part), out, journal, fetcher, summary, workers=workers,
                  retry_failed=retry_failed, progress=progress)
         finally:
             fetcher.close()
@@ -83,13 +85,19 @@ def download(catalogs: Sequence[str | Path], out: str | Path, *, taxonomy: str |
     return summary
 
 
-def _unique(catalogs: Iterable[Iterator[Task | Problem]], summary: Summary) -> Iterator[Task]:
-    """The tasks of all catalogs, each URL once; problems (and repeated URLs) go to the summary."""
+def _unique(catalogs: Iterable[Iterator[Task | Problem]], summary: Summary, part: tuple[int, int]
+            ) -> Iterator[Task]:
+    """The tasks of all catalogs in this part, each URL once; problems (and repeated URLs) go to the summary
+    (catalog problems are reported by part 0 only, so that n parts report each once)."""
     first_seen: dict[str, str] = {}
+    index, parts = part
     for catalog in catalogs:
         for item in catalog:
             if isinstance(item, Problem):
-                summary.problems.append(item)
+                if index == 0:
+                    summary.problems.append(item)
+            elif int(item.key[:8], 16) % parts != index:
+                summary.other_parts += 1
             elif item.key in first_seen:
                 summary.problems.append(Problem(item.origin, f"repeated URL (first at {first_seen[item.key]})"))
             else:
