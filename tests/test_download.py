@@ -383,6 +383,25 @@ def test_sigkill_then_resume_fetches_nothing_twice(server: str, tmp_path: Path) 
     assert len(keys) == len(set(keys)) == len(names)  # one row per URL: nothing duplicated, nothing lost
 
 
+def test_sigterm_stops_without_unrecorded_fetches(server: str, tmp_path: Path) -> None:
+    names = [f"/slowimg/{i}.jpg" for i in range(60)]
+    catalog = url_table(tmp_path / "urls.csv", server, names)
+    out = tmp_path / "dl"
+    command = [sys.executable, "-m", "treeclip", "download", str(catalog), "--out", str(out), "--workers", "2", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(Handler.hits.values()) < 15:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143 and "terminated" in err
+    recorded = {"/" + name for name in status(out)}
+    assert len(recorded) < len(names)
+    # queued fetches were cancelled, not run unrecorded: only the two in flight were requested beyond the table
+    assert len(set(Handler.hits) - recorded) <= 2
+
+
 def test_image_written_but_unrecorded_is_recovered_not_refetched(server: str, tmp_path: Path) -> None:
     catalog = url_table(tmp_path / "urls.csv", server, ["/img/a.jpg", "/img/b.jpg"])
     out = tmp_path / "dl"
