@@ -145,7 +145,7 @@ def _eol_tasks(table: Table, taxonomy: Path) -> Iterator[Task | Problem]:
     from ..sources.eol import EolSource  # noqa: PLC0415 - the eol source's taxonomy reader, used as is
 
     source = EolSource(f"eol:{table.path},taxonomy={taxonomy}", str(table.path), {"taxonomy": str(taxonomy)})
-    pages = yield from source._load_taxonomy()  # noqa: SLF001 - one reader of EOL taxonomies
+    pages = yield from source.page_taxa()  # the one reader of EOL page taxonomies
     columns = {name: table.find(name, name.removeprefix("eol_")) for name in EOL_COLUMNS}
     columns = {**columns, "license": columns.pop("license_name"), "owner": columns.pop("copyright_owner")}
     for item in table.rows(columns):

@@ -80,7 +80,7 @@ class EolSource(Source):
         return manifest
 
     def records(self) -> Iterator[Record | Problem]:
-        pages = yield from self._load_taxonomy()
+        pages = yield from self.page_taxa()
         table = open_source_table(self.path, "eol: media manifest")
         if isinstance(table, Problem):
             yield table
@@ -126,7 +126,7 @@ class EolSource(Source):
                 yield root / name
         yield from (root / f"{content_id}{ext}" for ext in sorted(IMAGE_EXTENSIONS - {".jpg"}))
 
-    def _load_taxonomy(self) -> Generator[Problem, None, PageTaxa]:
+    def page_taxa(self) -> Generator[Problem, None, PageTaxa]:
         """Yield the taxonomy file's Problems; return its page id → taxon lookup."""
         table = open_source_table(self.taxonomy, "eol: taxonomy")
         if isinstance(table, Problem):
