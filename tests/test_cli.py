@@ -142,3 +142,41 @@ def test_uncached_hub_model_offline_is_one_line_before_torch(tmp_path: Path,
     (tmp_path / "models--imageomics--bioclip-2" / "snapshots" / "abc").mkdir(parents=True)
     check_hub_model("hf-hub:imageomics/bioclip-2")  # cached: no network needed
     check_hub_model(str(tmp_path))  # a folder is never checked against the hub
+
+
+# ---------------------------------------------------------------- user mistakes answered before torch loads
+
+# argv -> what the one line must say. torch is hidden, so a command that imports it before checking fails with a
+# traceback (exit 1) instead of the one line and exit 2.
+USAGE_MISTAKES: dict[str, tuple[list[str], str]] = {
+    "train-preset": (["train", "--preset", "nope", "--data", ".", "--out", "run"], "--preset nope: unknown preset"),
+    "train-data": (["train", "--preset", "tiny", "--data", "missing", "--out", "run"], "--data missing: no such folder"),
+    "eval-folder": (["eval", "--model", "m", "--task", "rare:missing", "--out", "rep"], "missing/metadata.csv not found"),
+    "eval-task": (["eval", "--model", "m", "--task", "nope:x", "--out", "rep"], "nope:x"),
+    "eval-shots": (["eval", "--model", "m", "--task", "rare:missing", "--shots", "a", "--out", "rep"], "--shots 'a'"),
+    "predict-image": (["predict", "missing.jpg", "--model", "m"], "image input not found: missing.jpg"),
+    "embed-image": (["embed", "missing.jpg", "--model", "m", "-o", "e.parquet"], "image input not found: missing.jpg"),
+    "predict-hub-offline": (["predict", "sitecustomize.py"],
+                            "--model hf-hub:imageomics/bioclip-2: not in the local Hugging Face cache and "
+                            "HF_HUB_OFFLINE is set"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_MISTAKES))
+def test_usage_mistake_is_one_line_exit_2_before_torch(case: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    argv, expected = USAGE_MISTAKES[case]
+    result = _run_hidden(argv, ["torch"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"treeclip {argv[0]}: error: ") and expected in lines[0], lines[0]
+
+
+def test_startup_default_model_is_the_model_layers_default() -> None:
+    from treeclip.cli._options import DEFAULT_MODEL  # noqa: PLC0415
+    from treeclip.model.bank import DEFAULT_MODEL as MODEL_DEFAULT  # noqa: PLC0415
+
+    assert DEFAULT_MODEL == MODEL_DEFAULT

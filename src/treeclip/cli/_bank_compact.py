@@ -122,7 +122,7 @@ def _image_queries(images: list[str], model: str) -> tuple[Any, float, str]:
 
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.predict.classifier import ImageEmbedder  # noqa: PLC0415
-    from treeclip.predict.runner import expand_inputs  # noqa: PLC0415
+    from treeclip.predict.inputs import expand_inputs  # noqa: PLC0415
 
     embedder = ImageEmbedder.from_pretrained(model)
     rows = embedder.predict(expand_inputs(images))

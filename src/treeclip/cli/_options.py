@@ -58,6 +58,9 @@ def missing_requirement(requirements: Sequence[Requirement], args: argparse.Name
 
 
 HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
+# The model predict, embed and serve use without --model: `treeclip.model.bank.DEFAULT_MODEL`, named here so the
+# start-up check needs no torch (tests/test_cli.py asserts both agree).
+DEFAULT_MODEL = "hf-hub:imageomics/bioclip-2"
 
 
 def check_hub_model(model_id: str, *, option: str = "--model") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from treeclip.cli._options import RAY_ENGINE
+from treeclip.cli._options import RAY_ENGINE, check_hub_model
 from treeclip.cli.predict import (
     ONNX_RUNTIME,
     add_batch_arguments,
@@ -29,13 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from treeclip.data.engines import check_engine  # noqa: PLC0415
+    from treeclip.predict.inputs import expand_inputs  # noqa: PLC0415
+
+    items = expand_inputs(args.images)  # user mistakes end here, in one line, before torch loads
+    check_hub_model(args.model)
+    check_engine(args.engine, args.ray_address)
     from treeclip.predict.classifier import EMBED_COLUMNS, PATH, ImageEmbedder  # noqa: PLC0415
-    from treeclip.predict.runner import expand_inputs, run_to_writer  # noqa: PLC0415
+    from treeclip.predict.runner import run_to_writer  # noqa: PLC0415
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
-    check_engine(args.engine, args.ray_address)
     check_runtime(args.model, args.runtime)
-    items = expand_inputs(args.images)
     embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
     with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH,
                    model_id=embedder.model_id, metadata=output_metadata(embedder.model_id)) as writer:

@@ -104,29 +104,36 @@ def _safe(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
+    from treeclip.cli._options import check_hub_model  # noqa: PLC0415
     from treeclip.eval.benchmarks import load_task, split_task_specs  # noqa: PLC0415
-    from treeclip.eval.features import FeatureCache  # noqa: PLC0415
-    from treeclip.eval.report import paper_table, write_reports  # noqa: PLC0415
-    from treeclip.eval.runner import EvalSettings, evaluate, image_features, write_classes  # noqa: PLC0415
+    from treeclip.eval.report import paper_table, write_classes, write_reports  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
-    from treeclip.eval.tsne import drilldown_plots  # noqa: PLC0415
 
+    # Every argument, task folder and model id is checked before torch loads (tests/test_cli.py).
     if args.batch_size < 1 or args.workers < 0 or args.hierarchy_pairs < 1:
         raise UsageError("--batch-size and --hierarchy-pairs must be at least 1, --workers at least 0")
-    settings = EvalSettings(shots=_shots(args.shots), text_types=_text_types(args.text_type or "taxon_com"),
-                            templates=args.templates, batch_size=args.batch_size, device=args.device,
-                            num_workers=args.workers, linear_probe=not args.no_linear_probe,
-                            hierarchy_pairs=args.hierarchy_pairs, seed=args.seed)
+    shots, default_types = _shots(args.shots), _text_types(args.text_type or "taxon_com")
     specs = _model_specs(args.model)
+    for _, model_id in specs:
+        check_hub_model(model_id)
     columns = parse_column_map(args.columns)
     benchmarks = [load_task(spec, columns) for spec in split_task_specs(args.task)]
-    settings_of = {b.name: replace(settings, text_types=_text_types(args.text_type or b.default_text_type))
-                   for b in benchmarks}
+    text_types_of = {b.name: _text_types(args.text_type or b.default_text_type) for b in benchmarks}
     for benchmark in benchmarks:
         classes = write_classes(benchmark, args.out / _safe(benchmark.name) / "classes.csv", TEXT_TYPES)
         print(f"{benchmark.name}: {len(benchmark.classes)} classes, texts used: {classes}")
-        for text_type in settings_of[benchmark.name].text_types:  # two classes with one text: fail before any model
+        for text_type in text_types_of[benchmark.name]:  # two classes with one text: fail before any model
             benchmark.class_strings(text_type)
+
+    from treeclip.eval.features import FeatureCache  # noqa: PLC0415
+    from treeclip.eval.runner import EvalSettings, evaluate, image_features  # noqa: PLC0415
+    from treeclip.eval.tsne import drilldown_plots  # noqa: PLC0415
+
+    settings = EvalSettings(shots=shots, text_types=default_types, templates=args.templates,
+                            batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+                            linear_probe=not args.no_linear_probe, hierarchy_pairs=args.hierarchy_pairs,
+                            seed=args.seed)
+    settings_of = {name: replace(settings, text_types=types) for name, types in text_types_of.items()}
     cache = FeatureCache(_cache_dir(args))
     bars: list[Any] = []
 
@@ -147,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
                                 prefix=f"tsne_{_safe(label)}_{_safe(benchmark.name)}")
     for bar in bars:
         bar.close()
-    text_type = settings_of[benchmarks[0].name].text_types[0]
-    paths = write_reports(results, args.out, text_type=text_type)
-    print(paper_table(results, text_type=text_type))
+    paths = write_reports(results, args.out)  # each task's zero-shot figure with its own text type
+    print(paper_table(results))
     print(f"report: {paths['markdown']}")
     return 0

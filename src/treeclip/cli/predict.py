@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from treeclip.cli._options import RAY_ENGINE, Requirement, add_engine_arguments
+from treeclip.cli._options import DEFAULT_MODEL, RAY_ENGINE, Requirement, add_engine_arguments, check_hub_model
 
 ONNX_RUNTIME = Requirement("onnx", ("onnxruntime",), when=lambda args: getattr(args, "runtime", None) == "onnx")
 REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
@@ -40,7 +40,6 @@ def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
 
 def check_runtime(model: str | None, runtime: str | None) -> None:
     """UsageError (exit 2) when the model cannot run on the asked runtime."""
-    from treeclip.model.bank import DEFAULT_MODEL  # noqa: PLC0415
     from treeclip.predict.runtime import resolve_runtime  # noqa: PLC0415
 
     resolve_runtime(model or DEFAULT_MODEL, runtime)
@@ -50,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS",
                         help="image files, folders (recursive), glob patterns or @LIST files")
     parser.add_argument("--model", help="model id: hf-hub:ORG/NAME, a model folder or a checkpoint "
-                        "(default: hf-hub:imageomics/bioclip-2)")
+                        f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--bank", help="label bank folder (default: the model's released TreeOfLife bank)")
     parser.add_argument("--rank", default="species", help="rank to answer at: kingdom ... species (default species)")
     parser.add_argument("--labels", nargs="+", metavar="LABEL",
@@ -239,13 +238,16 @@ def run(args: argparse.Namespace) -> int:
     import functools  # noqa: PLC0415
 
     from treeclip.data.engines import check_engine  # noqa: PLC0415
-    from treeclip.predict.runner import expand_inputs, run_to_writer  # noqa: PLC0415
+    from treeclip.predict.inputs import expand_inputs  # noqa: PLC0415
+
+    items = expand_inputs(args.images)  # user mistakes end here, in one line, before torch loads
+    check_hub_model(args.model or DEFAULT_MODEL)
+    check_engine(args.engine, args.ray_address)
+    from treeclip.predict.runner import run_to_writer  # noqa: PLC0415
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
     rank = _check(args)
-    check_engine(args.engine, args.ray_address)
     check_runtime(args.model, args.runtime)
-    items = expand_inputs(args.images)
     model = _classifier(args)
     _check_bank_model(model)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)

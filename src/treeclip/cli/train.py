@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from treeclip.train.config import load_config  # noqa: PLC0415 - keep --help free of heavy imports
+
+    config = load_config(preset=args.preset, path=_config_path(args), overrides=args.overrides)  # before torch
     from treeclip.train.loop import TrainingDiverged, train  # noqa: PLC0415
 
-    config = load_config(preset=args.preset, path=_config_path(args), overrides=args.overrides)
     bar = _ProgressBar() if _is_main_process() and not args.no_progress else None
     try:
         result = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 def _config_path(args: argparse.Namespace) -> Path | None:
     """The YAML to read: --config, or the run folder's config.yaml when resuming without a preset."""
     from treeclip.errors import UsageError  # noqa: PLC0415
-    from treeclip.train.loop import CONFIG_FILE  # noqa: PLC0415
+    from treeclip.train.config import CONFIG_FILE  # noqa: PLC0415
 
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data}: no such folder")

@@ -15,10 +15,13 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treeclip.atomic import atomic_write
 from treeclip.taxonomy import RANK_NAMES
+
+if TYPE_CHECKING:
+    from treeclip.eval.benchmarks import Benchmark
 
 CSV_COLUMNS = ("model", "task", "metric", "text_type", "k", "value", "std")
 FEW_SHOT_METHODS = ("simpleshot", "linear_probe")
@@ -226,3 +229,16 @@ def write_reports(results: Sequence[dict[str, Any]], out_dir: str | Path, *, tex
     atomic_write(paths["csv"], buffer.getvalue())
     atomic_write(paths["markdown"], markdown_report(results, text_type=text_type, title=title))
     return paths
+
+
+def write_classes(benchmark: Benchmark, path: str | Path, text_types: Sequence[str]) -> Path:
+    """``classes.csv``: every class (its label, ranks and common name) with the exact text used for each text
+    type, so that what was scored can be audited."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", *RANK_NAMES, "common", *text_types])
+    columns = [benchmark.texts(kind) for kind in text_types]
+    for index, (name, taxon) in enumerate(zip(benchmark.class_names, benchmark.classes, strict=True)):
+        writer.writerow([name, *taxon.lineage, taxon.common, *(texts[index] for texts in columns)])
+    atomic_write(path, buffer.getvalue())
+    return Path(path)

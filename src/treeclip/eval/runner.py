@@ -3,19 +3,15 @@ probe) per k, and hierarchy metrics, as one JSON-ready dict that `treeclip.eval.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from treeclip.atomic import atomic_write
 from treeclip.eval.benchmarks import Benchmark
 from treeclip.eval.features import (
     FeatureCache,
@@ -28,7 +24,7 @@ from treeclip.eval.features import (
 from treeclip.eval.fewshot import DEFAULT_SEEDS, few_shot_accuracy
 from treeclip.eval.hierarchy import distance_correlation, mistake_severity, rank_accuracy
 from treeclip.eval.zeroshot import class_embeddings, zero_shot_eval
-from treeclip.taxonomy import RANK_NAMES, TaxonTree, get_templates
+from treeclip.taxonomy import TaxonTree, get_templates
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +142,3 @@ def evaluate(model: EvalModel, benchmark: Benchmark, *, cache: FeatureCache, set
         zero = result.get("zero_shot", {}).get(settings.text_types[0]) if settings.text_types else None
         result["hierarchy"] = _hierarchy(benchmark, features, zero["predictions"] if zero else None, settings)
     return result
-
-
-def write_classes(benchmark: Benchmark, path: str | Path, text_types: Sequence[str]) -> Path:
-    """``classes.csv``: every class (its label, ranks and common name) with the exact text used for each text
-    type, so that what was scored can be audited."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", *RANK_NAMES, "common", *text_types])
-    columns = [benchmark.texts(kind) for kind in text_types]
-    for index, (name, taxon) in enumerate(zip(benchmark.class_names, benchmark.classes, strict=True)):
-        writer.writerow([name, *taxon.lineage, taxon.common, *(texts[index] for texts in columns)])
-    atomic_write(path, buffer.getvalue())
-    return Path(path)

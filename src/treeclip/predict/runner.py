@@ -1,4 +1,4 @@
-"""The batch runner: expand inputs, decode in parallel ahead of the model, score, hand rows to a writer.
+"""The batch runner: decode in parallel ahead of the model, score, hand rows to a writer.
 
 Decoding (`treeclip.data.images.decode_image` + the model's preprocessing) runs ahead of the model, up to
 `prefetch` batches in flight while it computes the current one, in a thread pool or in worker processes
@@ -10,7 +10,6 @@ error row (``{name_key: name, "error": reason}``) and the rest of its batch stil
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
@@ -20,7 +19,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +27,6 @@ from torch.utils.data import default_collate
 
 from treeclip.data.engines import check_engine
 from treeclip.data.images import ImageError, check_geometry, decode_image
-from treeclip.data.sources.base import iter_images
 from treeclip.errors import UsageError
 
 ImageItem = str | os.PathLike[str] | Image.Image
@@ -40,40 +37,6 @@ log = logging.getLogger(__name__)
 PROCESS_MIN_BATCHES = 4  # auto: processes for runs of at least this many batches...
 THREADS_SCALE_TO = 2  # ...and more workers than decoding threads scale to (see `use_processes`)
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"  # of the decoding worker processes
-
-
-def expand_inputs(specs: Sequence[str]) -> list[str]:
-    """Image paths from files, folders (recursive, image extensions), glob patterns and ``@LIST`` files
-    (one path per line, relative to the list's folder), in order, without duplicates."""
-    paths: list[str] = []
-    for spec in specs:
-        paths.extend(_expand(spec))
-    if not paths:
-        raise UsageError(f"no images found in {' '.join(specs)}; give image files, folders, globs or @LIST")
-    return list(dict.fromkeys(paths))
-
-
-def _expand(spec: str) -> list[str]:
-    if spec.startswith("@"):
-        return _list_file(Path(spec[1:]))
-    path = Path(spec)
-    if path.is_dir():
-        return [str(image) for image in iter_images(path)]
-    if path.is_file():
-        return [spec]
-    if glob.has_magic(spec):
-        found = sorted(glob.glob(spec, recursive=True))
-        return [path for item in found for path in _expand(item)]
-    raise UsageError(f"image input not found: {spec} (give files, folders, glob patterns or @LIST)")
-
-
-def _list_file(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read image list {path}: {exc.strerror or exc}") from exc
-    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [str(path.parent / entry) if not os.path.isabs(entry) else entry for entry in entries]
 
 
 def item_name(item: ImageItem, index: int) -> str:

@@ -22,6 +22,7 @@ from treeclip.errors import UsageError
 from treeclip.taxonomy import TRAIN_TEXT_TYPES, TextType
 
 PRESET_DIR = Path(__file__).parent / "presets"
+CONFIG_FILE = "config.yaml"  # the resolved config a run folder keeps
 OBJECTIVES = ("clip", "ce", "hier_ce")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA, fp32 on the CPU
 TEXT_MIXES = ("sample", "batch")

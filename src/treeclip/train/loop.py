@@ -59,7 +59,7 @@ from treeclip.errors import TreeclipError, UsageError
 from treeclip.taxonomy import Taxon
 from treeclip.model import create_model, model_config
 from treeclip.train import checkpoint as ckpt
-from treeclip.train.config import Config, loader_workers, micro_batch_size, resolved_precision, to_yaml
+from treeclip.train.config import CONFIG_FILE, Config, loader_workers, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
 from treeclip.train.export import record_shard_geometry
 from treeclip.train.metrics import MetricsWriter
@@ -72,7 +72,6 @@ from treeclip.train.throughput import Throughput, count_flops_per_sample, peak_t
 from treeclip.train.validate import validate
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.yaml"
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
