@@ -9,7 +9,7 @@ Resuming (running again with the same folder) fetches only URLs that are not yet
 An image is written under its final name (atomically) before its row is appended, so a kill between the
 two leaves an image without a row: the next run finds it, checks it and records it without fetching it
 again ("recovered"). Only requests in flight at the kill are repeated. The same URL in several catalog rows
-is fetched once; the later rows are problems naming the first.
+is fetched once; the later rows are problems ("repeated URL").
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..images import sha256_bytes
 from ..records import Problem
 from .catalogs import Task, read_catalog
 from .fetch import IMAGE_FORMATS, Fetched, Fetcher, image_extension
-from .journal import ERROR, OK, STATUS_FILE, Journal
+from .journal import ERROR, OK, STATUS_FILE, Journal, digest
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _unique(catalogs: Iterable[Iterator[Task | Problem]], summary: Summary, part
             ) -> Iterator[Task]:
     """The tasks of all catalogs in this part, each URL once; problems (and repeated URLs) go to the summary
     (catalog problems are reported by part 0 only, so that n parts report each once)."""
-    first_seen: dict[str, str] = {}
+    seen: set[bytes] = set()
     index, parts = part
     for catalog in catalogs:
         for item in catalog:
@@ -98,10 +98,10 @@ def _unique(catalogs: Iterable[Iterator[Task | Problem]], summary: Summary, part
                     summary.problems.append(item)
             elif int(item.key[:8], 16) % parts != index:
                 summary.other_parts += 1
-            elif item.key in first_seen:
-                summary.problems.append(Problem(item.origin, f"repeated URL (first at {first_seen[item.key]})"))
+            elif digest(item.key) in seen:
+                summary.problems.append(Problem(item.origin, "repeated URL (fetched once, for its first row)"))
             else:
-                first_seen[item.key] = item.origin
+                seen.add(digest(item.key))
                 yield item
 
 
@@ -125,8 +125,8 @@ def _run(tasks: Iterator[Task], out: Path, journal: Journal, fetcher: Fetcher, s
 
 def _settled(task: Task, out: Path, journal: Journal, summary: Summary, retry_failed: bool) -> bool:
     """Whether the task needs no fetch: already recorded, or its image is on disk from a killed run."""
-    outcome = journal.done.get(task.key)
-    if outcome == OK or (outcome == ERROR and not retry_failed):
+    succeeded = journal.done.get(digest(task.key))
+    if succeeded or (succeeded is False and not retry_failed):
         summary.skipped += 1
         return True
     image = _existing_image(out, task.key)
