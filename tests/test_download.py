@@ -238,6 +238,13 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["download", str(manifest), "--out", str(tmp_path / "dl")]) == 2
     assert "--taxonomy" in capsys.readouterr().err
     assert main(["download", str(table), "--out", str(tmp_path / "dl"), "--workers", "0"]) == 2
+    (tmp_path / "gbif").mkdir()
+    (tmp_path / "gbif" / "multimedia.txt").write_text("gbifID\tidentifier\n")
+    assert main(["download", str(tmp_path / "gbif"), "--out", str(tmp_path / "dl")]) == 2
+    assert "needs multimedia.txt and occurrence.txt" in capsys.readouterr().err
+    (tmp_path / "download.zip").write_bytes(b"PK")
+    assert main(["download", str(tmp_path / "download.zip"), "--out", str(tmp_path / "dl")]) == 2
+    assert "unzip" in capsys.readouterr().err
 
 
 def test_torn_last_line_is_cut(tmp_path: Path) -> None:

@@ -91,16 +91,16 @@ def read_catalog(path: str | Path, *, taxonomy: str | Path | None = None) -> Ite
 
 
 def _gbif_files(path: Path) -> tuple[Path, Path] | None:
-    """(multimedia.txt, occurrence.txt) when `path` is a GBIF download folder or one of its two files."""
-    folder = path if path.is_dir() else path.parent
+    """(multimedia.txt, occurrence.txt) when `path` is a GBIF download folder or one of its two files;
+    UsageError for a zipped download or a folder without both files."""
+    if path.suffix.lower() == ".zip":
+        raise UsageError(f"catalog {path}: unzip the GBIF download first and give its folder")
     if not path.is_dir() and path.name not in ("multimedia.txt", "occurrence.txt"):
         return None
+    folder = path if path.is_dir() else path.parent
     media, occurrences = folder / "multimedia.txt", folder / "occurrence.txt"
     if not (media.is_file() and occurrences.is_file()):
-        if path.is_dir() or path.suffix == ".zip":
-            raise UsageError(f"catalog {path}: a GBIF download folder needs multimedia.txt and occurrence.txt "
-                             "(unzip the download first)")
-        return None
+        raise UsageError(f"catalog {path}: a GBIF download folder needs multimedia.txt and occurrence.txt")
     return media, occurrences
 
 
