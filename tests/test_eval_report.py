@@ -41,3 +41,24 @@ def test_report_has_a_task_table_with_counts() -> None:
     report = markdown_report([SPECIES, FAMILIES], text_type="taxon_com")
     assert "| birds | 400 | 20 | 5.0 | kingdom, phylum, class, order, family, genus, species |" in report
     assert "| insects | 100 | 50 | 2.0 | kingdom, phylum, class, order, family |" in report
+
+
+def _typed(task: str, types: dict[str, float]) -> dict:
+    return {"model": "m", "task": task, "n_images": 100, "n_classes": 10,
+            "zero_shot": {t: {"top1": v, "top5": 1.0} for t, v in types.items()}}
+
+
+def test_each_task_is_scored_and_labelled_with_its_own_text_type() -> None:
+    """A Meta-Album task (asis) beside a taxonomic one (taxon_com, then sci): each task's zero-shot figure is its
+    own first text type, never the first task's type looked up in the other (which gives '–')."""
+    results = [_typed("plankton", {"asis": 0.4}), _typed("birds", {"taxon_com": 0.6, "sci": 0.2})]
+    table = paper_table(results)
+    assert table.splitlines()[0] == "| Model | Setting | plankton (asis) | birds (taxon_com) | Mean |"
+    assert "| m | zero-shot | 40.0 ± 4.9 | 60.0 ± 4.9 | 50.0 ± 3.5 |" in table
+    report = markdown_report(results)
+    assert "| plankton | 100 | 10 | 10.0 | – | `asis` |" in report
+    assert "| birds | 100 | 10 | 10.0 | – | `taxon_com`, `sci` |" in report
+    assert "each task's own first text type" in report
+    assert "| m | zero-shot | 20.0 ± 4.0 | 20.0 ± 4.0 |" in paper_table(results[1:], text_type="sci")  # asked: used
+    one_type = markdown_report(results[1:])  # a single type is named once, above the table
+    assert "| Model | Setting | birds | Mean |" in one_type and "zero-shot class texts: `taxon_com`" in one_type

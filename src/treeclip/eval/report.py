@@ -102,8 +102,8 @@ def task_table(results: Sequence[dict[str, Any]]) -> str:
         seen.add(r["task"])
         ranks = _ranks_present(r)
         rows.append([r["task"], str(r.get("n_images", "–")), str(r.get("n_classes", "–")), _pct(_chance(r)),
-                     ", ".join(ranks) if ranks else "–"])
-    return _table(["Task", "Images", "Classes", "Chance (%)", "Ranks of its classes"], rows)
+                     ", ".join(ranks) if ranks else "–", ", ".join(f"`{t}`" for t in r.get("zero_shot", {})) or "–"])
+    return _table(["Task", "Images", "Classes", "Chance (%)", "Ranks of its classes", "Zero-shot text type(s)"], rows)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -111,23 +111,35 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _setting_value(result: dict[str, Any], setting: str, text_type: str, method: str) -> float | None:
+def _own_type(result: dict[str, Any], text_type: str | None) -> str | None:
+    """`text_type`, or (None) the task's own first zero-shot text type: its default or the first asked."""
+    return text_type or next(iter(result.get("zero_shot", {})), None)
+
+
+def _shared_type(results: Sequence[dict[str, Any]], text_type: str | None) -> str | None:
+    """`text_type`, else the one first text type all tasks share, else None (each task its own)."""
+    own = {_own_type(r, None) for r in results if "zero_shot" in r}
+    return text_type or (own.pop() if len(own) == 1 else None)
+
+
+def _setting_value(result: dict[str, Any], setting: str, text_type: str | None, method: str) -> float | None:
     if setting == "zero-shot":
-        return result.get("zero_shot", {}).get(text_type, {}).get("top1")
+        return result.get("zero_shot", {}).get(_own_type(result, text_type), {}).get("top1")
     return result.get(method, {}).get(setting.split("-")[0], {}).get("mean")
 
 
-def _setting_spread(result: dict[str, Any], setting: str, text_type: str, method: str) -> float | None:
+def _setting_spread(result: dict[str, Any], setting: str, text_type: str | None, method: str) -> float | None:
     """± of a table figure: std over the few-shot runs, the binomial standard error for zero-shot."""
     if setting == "zero-shot":
         return _binomial_error(_setting_value(result, setting, text_type, method), result.get("n_images"))
     return result.get(method, {}).get(setting.split("-")[0], {}).get("std")
 
 
-def paper_table(results: Sequence[dict[str, Any]], *, text_type: str, method: str = "simpleshot",
+def paper_table(results: Sequence[dict[str, Any]], *, text_type: str | None = None, method: str = "simpleshot",
                 zero_shot: bool = True) -> str:
-    """Rows model × setting (zero-shot with `text_type`, then each k-shot of `method`), columns tasks + Mean
-    (top-1 %)."""
+    """Rows model × setting (zero-shot with `text_type`, by default each task's own first text type; then each
+    k-shot of `method`), columns tasks + Mean (top-1 %)."""
+    text_type = _shared_type(results, text_type)
     models = list(dict.fromkeys(r["model"] for r in results))
     tasks = list(dict.fromkeys(r["task"] for r in results))
     index = {(r["model"], r["task"]): r for r in results}
@@ -144,7 +156,8 @@ def paper_table(results: Sequence[dict[str, Any]], *, text_type: str, method: st
             spreads = [_setting_spread(r, setting, text_type, method) if r else None for r in found]
             cells = [_cell(v, e) for v, e in zip(values, spreads, strict=True)]
             rows.append([model, setting, *cells, _cell(_mean(values), _mean_error(spreads))])
-    return _table(["Model", "Setting", *tasks, "Mean"], rows)
+    headers = tasks if text_type or not with_zero else [f"{t} ({_own_type(first[t], None)})" for t in tasks]
+    return _table(["Model", "Setting", *headers, "Mean"], rows)
 
 
 def ablation_grid(results: Sequence[dict[str, Any]]) -> str:
@@ -180,28 +193,34 @@ def hierarchy_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join([table, *([""] + notes if notes else [])])
 
 
-def calibration_table(results: Sequence[dict[str, Any]], *, text_type: str) -> str:
+def calibration_table(results: Sequence[dict[str, Any]], *, text_type: str | None = None) -> str:
     """Per model × task: expected calibration error of zero-shot top-1 probabilities and selective accuracy
     (top-1 % on the most confident 30/50/80/100 % of images)."""
     coverages = ("0.3", "0.5", "0.8", "1.0")
     rows = []
     for r in results:
-        zero = r.get("zero_shot", {}).get(text_type, {})
+        zero = r.get("zero_shot", {}).get(_own_type(r, text_type), {})
         if zero.get("ece") is not None:
             curve = zero.get("accuracy_coverage", {})
             rows.append([r["model"], r["task"], _pct(zero["ece"]), *(_pct(curve.get(c)) for c in coverages)])
     return _table(["Model", "Task", "ECE (%)", *(f"acc @ {float(c):.0%} coverage" for c in coverages)], rows)
 
 
-def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title: str = "Evaluation") -> str:
+def _texts_said(text_type: str | None) -> str:
+    return f"`{text_type}`" if text_type else "each task's own first text type (Tasks table)"
+
+
+def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str | None = None,
+                    title: str = "Evaluation") -> str:
     """The whole Markdown report."""
+    text_type = _shared_type(results, text_type)
     parts = [f"# {title}", "", "## Tasks", "", task_table(results), "", "## Accuracy", "",
-             f"Top-1 accuracy (%); zero-shot class texts: `{text_type}`, ± the binomial standard error; few-shot: "
-             "SimpleShot nearest centroid, mean ± std over 5 seeded runs; Mean ± its standard error.", "",
+             f"Top-1 accuracy (%); zero-shot class texts: {_texts_said(text_type)}, ± the binomial standard error; "
+             "few-shot: SimpleShot nearest centroid, mean ± std over 5 seeded runs; Mean ± its standard error.", "",
              paper_table(results, text_type=text_type)]
     if any("zero_shot" in r for r in results):
         parts += ["", "## Train type × test type (zero-shot top-1 %, mean over tasks)", "", ablation_grid(results)]
-    if any(r.get("zero_shot", {}).get(text_type, {}).get("ece") is not None for r in results):
+    if any(r.get("zero_shot", {}).get(_own_type(r, text_type), {}).get("ece") is not None for r in results):
         parts += ["", "## Calibration and selective accuracy", "", "Expected calibration error of the zero-shot "
                   "top-1 softmax probability (15 bins) and top-1 % when answering only the most confident "
                   "images.", "", calibration_table(results, text_type=text_type)]
@@ -215,7 +234,7 @@ def markdown_report(results: Sequence[dict[str, Any]], *, text_type: str, title:
     return "\n".join(parts) + "\n"
 
 
-def write_reports(results: Sequence[dict[str, Any]], out_dir: str | Path, *, text_type: str,
+def write_reports(results: Sequence[dict[str, Any]], out_dir: str | Path, *, text_type: str | None = None,
                   title: str = "Evaluation") -> dict[str, Path]:
     """Write results.json, results.csv and report.md into `out_dir` (atomically); returns their paths."""
     out = Path(out_dir)
