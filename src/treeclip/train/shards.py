@@ -9,9 +9,10 @@ from pathlib import Path
 from treeclip.data.loader import IMAGE_KEYS, num_samples, sample_lineage
 from treeclip.data.sources.wds import sample_taxon
 from treeclip.errors import UsageError
+from treeclip.formats import open_table
+from treeclip.formats.shards import CATALOG
 from treeclip.taxonomy import RANK_NAMES, Taxon
 
-CATALOG = "catalog.parquet"
 _TEXT_SUFFIXES = (".txt", ".json")
 
 
@@ -51,13 +52,10 @@ def train_lineages(data_dir: Path, shards: Sequence[str]) -> list[tuple[str, ...
 
 
 def _catalog_lineages(path: Path) -> Iterator[tuple[str, ...]]:
-    import pyarrow.compute as pc  # noqa: PLC0415 - heavy; only the ce objectives need it
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    table = pq.read_table(path, columns=["split", *RANK_NAMES])
-    table = table.filter(pc.equal(table["split"], "train"))
-    for row in zip(*(table[name].to_pylist() for name in RANK_NAMES)):
-        yield tuple(value or "" for value in row)
+    for _, data in open_table(path, what="catalog").columns(["split", *RANK_NAMES]):
+        for split, *lineage in zip(data["split"], *(data[name] for name in RANK_NAMES), strict=True):
+            if split == "train":
+                yield tuple(value or "" for value in lineage)
 
 
 def _shard_lineages(shards: Sequence[str]) -> Iterator[tuple[str, ...]]:
