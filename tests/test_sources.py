@@ -96,7 +96,7 @@ def test_records_stream_lazily(tmp_path: Path) -> None:
     write_table(tmp_path / "t.csv", ["path", "genus", "species"], [["a.jpg", "Pica", "pica"]])
     stream = open_source(f"csv:{tmp_path / 't.csv'}").records()
     assert iter(stream) is stream and not isinstance(stream, (list, tuple))
-    assert set(KINDS) == {"inat21", "bioscan", "eol", "tol10m", "csv", "folder", "wds"}
+    assert set(KINDS) == {"inat21", "bioscan", "eol", "tol10m", "csv", "folder", "wds", "download"}
 
 
 # --- csv -------------------------------------------------------------------------------------------------
