@@ -12,7 +12,7 @@ from treeclip.taxonomy import Taxon
 class Record:
     """One image from one source, before alignment."""
 
-    source: str  # source kind: inat21, bioscan, eol, tol10m, csv, folder, wds
+    source: str  # source kind: inat21, bioscan, eol, tol10m, csv, folder, wds, download
     source_id: str  # stable within the source (relative path, content id, key)
     path: str  # absolute local image path ("" when the image lives inside a shard)
     taxon: Taxon  # cleaned, possibly partial lineage + common name
