@@ -244,7 +244,13 @@ def test_signals_leave_no_workers(cli_setup: dict, tmp_path: Path, signum: int, 
     to the main process alone: the orphaned workers notice and exit (torch's watchdog, within ~5 s)."""
     out = tmp_path / "pred.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(_predict_command(cli_setup, out, "processes", batch=1), stdout=subprocess.DEVNULL,
+    many = tmp_path / "many"  # far more work than the signal needs, so the run can never finish before it
+    many.mkdir()
+    photos = sorted(cli_setup["images"].glob("img*.jpg"))
+    for index in range(10_000):
+        (many / f"{index:05d}.jpg").symlink_to(photos[index % len(photos)])
+    process = subprocess.Popen(_predict_command({**cli_setup, "images": many}, out, "processes", batch=1),
+                               stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     deadline, workers = time.monotonic() + 120, set()
     while time.monotonic() < deadline and process.poll() is None:
