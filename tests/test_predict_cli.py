@@ -254,3 +254,19 @@ def test_subset_checklist_from_the_command_line(setup: dict, tmp_path: Path, cap
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows and {row["genus"] for row in rows} == {genus}
     assert sum(row["score"] for row in rows) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_subset_columns_names_a_checklist_column_no_rule_knows(setup: dict, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    _photo(51).save(tmp_path / "a.jpg")
+    genus = json.loads((setup["bank"] / "txt_emb_species.json").read_text())[0][0][5]
+    (tmp_path / "checklist.csv").write_text(f"site,gattung\nplot 1,{genus}\n")
+    argv = ["predict", str(tmp_path / "a.jpg"), "--model", str(setup["model"]), "--bank", str(setup["bank"]),
+            "--subset", str(tmp_path / "checklist.csv"), "--k", "50", "--format", "jsonl"]
+    assert main(argv) == 2  # no rank column recognised: one line, before any model loads
+    assert "has no rank col" in capsys.readouterr().err
+    assert main([*argv, "--columns", "genus=gattung"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and {row["genus"] for row in rows} == {genus}
+    assert main(argv[:6] + ["--columns", "genus=gattung"]) == 2  # --columns without --subset is a usage error
+    assert "add --subset FILE" in capsys.readouterr().err

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", metavar="FILE", help="CSV label,group: sum label probabilities per group")
     parser.add_argument("--subset", metavar="FILE",
                         help="checklist CSV with rank columns (e.g. species binomials, genus): predict only these")
+    parser.add_argument("--columns", metavar="ROLE=COLUMN[,...]",
+                        help="--subset column names no rule recognises, e.g. species=binomial,genus=gen")
     parser.add_argument("--rollup", type=float, metavar="P",
                         help="answer at the deepest rank whose probability is >= P, else 'unknown'")
     parser.add_argument("--k", type=int, default=5, help="answers per image (default 5)")
@@ -203,7 +205,19 @@ def _uses_probe(args: argparse.Namespace) -> bool:
     return not args.labels and not args.bank and has_probe(args.model)
 
 
-def _classifier(args: argparse.Namespace) -> Any:
+def _checklist(args: argparse.Namespace) -> list | None:
+    """The --subset taxa (read with --columns), before any model loads; None without --subset."""
+    from treeclip.errors import UsageError  # noqa: PLC0415
+    from treeclip.formats import parse_column_map  # noqa: PLC0415
+    from treeclip.predict.filters import read_checklist  # noqa: PLC0415
+
+    columns = parse_column_map(args.columns)
+    if columns and not args.subset:
+        raise UsageError("--columns names the columns of a --subset checklist; add --subset FILE")
+    return read_checklist(args.subset, columns=columns) if args.subset else None
+
+
+def _classifier(args: argparse.Namespace, checklist: list | None) -> Any:
     from treeclip.predict import classifier, filters  # noqa: PLC0415
     from treeclip.predict.probe import ProbeClassifier  # noqa: PLC0415
 
@@ -214,7 +228,6 @@ def _classifier(args: argparse.Namespace) -> Any:
         return classifier.CustomLabelsClassifier.from_pretrained(
             args.model, labels=filters.read_labels(args.labels), bins=bins, precision=args.precision,
             device=args.device)
-    checklist = filters.read_checklist(args.subset) if args.subset else None
     within = filters.split_clades(args.within) if args.within else None
     return classifier.TreeOfLifeClassifier.from_pretrained(args.model, args.bank, checklist=checklist, within=within,
                                                            prior=args.prior, prior_weight=args.prior_weight,
@@ -241,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.predict.inputs import expand_inputs  # noqa: PLC0415
 
     items = expand_inputs(args.images)  # user mistakes end here, in one line, before torch loads
+    checklist = _checklist(args)
     check_hub_model(args.model or DEFAULT_MODEL)
     check_engine(args.engine, args.ray_address)
     from treeclip.predict.runner import run_to_writer  # noqa: PLC0415
@@ -248,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
 
     rank = _check(args)
     check_runtime(args.model, args.runtime)
-    model = _classifier(args)
+    model = _classifier(args, checklist)
     _check_bank_model(model)
     score = functools.partial(model.rows, rank=rank, k=args.k, min_prob=args.min_prob, rollup=args.rollup)
     if args.abstain or args.prior:

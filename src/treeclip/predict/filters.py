@@ -11,7 +11,7 @@ and the result normalised a single time).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +82,10 @@ def filter_columns(lineages: Sequence[Sequence[str]], *, checklist: Iterable[Tax
     return keep
 
 
-def read_checklist(path: str | os.PathLike[str]) -> list[Taxon]:
-    """Checklist entries from a CSV with one or more rank columns (e.g. ``species`` binomials, ``genus``)."""
-    return read_taxa(path)
+def read_checklist(path: str | os.PathLike[str], *, columns: Mapping[str, str] | None = None) -> list[Taxon]:
+    """Checklist entries from a CSV with one or more rank columns (e.g. ``species`` binomials, ``genus``);
+    `columns` ({role: column}, ``--columns``) names columns no rule recognises."""
+    return read_taxa(path, columns=columns)
 
 
 def read_labels(values: Sequence[str]) -> list[str]:
