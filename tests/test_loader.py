@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -12,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 
+from treeclip.data import loader
 from treeclip.data.loader import list_shards, make_loader, num_samples, split_shards
-from treeclip.formats.shards import MANIFEST, manifest_text, shard_entry
+from treeclip.formats.shards import MANIFEST, TarReader, manifest_text, shard_entry
 from treeclip.formats.shards import manifest as make_manifest
 from treeclip.errors import UsageError
 from treeclip.taxonomy import Taxon, shard_texts
@@ -246,3 +249,130 @@ def test_resampled_is_endless_and_seeded(tmp_path: Path) -> None:
     stream = first_keys(0)
     assert set(stream) <= set(keys) and len(stream) >= 30
     assert first_keys(0) == stream
+
+
+# ---------------------------------------------------------------- the shard reader against webdataset's
+
+
+def webdataset_reader(_suffixes) -> object:
+    """The loader's shard reader before `TarReader`: every member through `tarfile`."""
+    return wds.tarfile_to_samples(handler=loader._log_and_continue)
+
+
+def odd_shards(root: Path) -> list[str]:
+    """Our layout, a released-style shard, and the members a reader could trip over: pax and GNU long names,
+    non-ASCII names, upper-case suffixes, webdataset metadata, directories, links, a duplicate, a gzip shard."""
+    long_key = "deep/" * 25 + "longkey"  # 133 characters: pax 'path' or GNU 'L'
+    plain = [(f"s{i}", our_members(i)) for i in range(5)]
+    odd = [(long_key, our_members(5)), ("épervier", our_members(6)),
+           ("UPPER", {"JPG": image_bytes(7), "SCI.TXT": b"Upper case", "taxon.json": our_members(7)["taxon.json"]}),
+           ("dup", {**our_members(8)})]
+    paths = []
+    for index, fmt in enumerate((tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT)):
+        path = root / f"shard-{index:06d}.tar"
+        samples = plain + (odd if fmt != tarfile.USTAR_FORMAT else odd[1:])
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for key, members in samples:
+                for suffix, data in members.items():
+                    _add(tar, f"{key}.{suffix}", data)
+                if key == "dup":
+                    _add(tar, "dup.com.txt", b"second com caption")
+                    _add(tar, "__meta__", b"webdataset metadata")
+                    _add(tar, "__meta__/about.txt", b"webdataset metadata folder")
+                    tar.addfile(_info("adir", tarfile.DIRTYPE))
+                    tar.addfile(_info("dup.link.txt", tarfile.SYMTYPE, linkname="s1.sci.txt"))
+        paths.append(str(path))
+    gz = root / "shard-000003.tar"
+    gz.write_bytes(gzip.compress(Path(paths[0]).read_bytes()))
+    return [*paths, str(gz)]
+
+
+def _info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = _info(name, tarfile.REGTYPE)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def assert_same_batches(new: list[dict], old: list[dict]) -> None:
+    assert len(new) == len(old) > 0
+    for a, b in zip(new, old):
+        assert a["__key__"] == b["__key__"]
+        assert a["text_type"] == b["text_type"] and a["lineage"] == b["lineage"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"])
+
+
+@pytest.mark.parametrize("options", [
+    {"shuffle_buffer": 0},
+    {"seed": 4, "text_mix": "batch", "text_types": ["sci", "com", "taxonTag"]},
+    {"seed": 9, "num_workers": 2, "world_size": 2, "rank": 1},
+])
+def test_batches_equal_webdataset_readers(tmp_path: Path, monkeypatch, options: dict) -> None:
+    from _shards import write_shards  # the build's own member layout, real JPEGs
+
+    urls = odd_shards(tmp_path) + list_shards(write_shards(tmp_path / "ours", n_species=4) / "train")
+    tokenizer = RecordingTokenizer()
+    new = batches(urls, batch_size=5, tokenizer=tokenizer, **options)
+    monkeypatch.setattr(loader, "_TarSamples", webdataset_reader)
+    old = batches(urls, batch_size=5, **options)
+    assert_same_batches(new, old)
+    if options.get("shuffle_buffer") == 0:  # one consumer, every sample: upper-case and non-ASCII names read
+        assert "Upper case" in tokenizer.seen and "épervier" in keys_of(new)
+        assert len(keys_of(new)) == 3 * 9 + 8 + 4 * 16  # 4 odd shards (ustar: no long name), 64 of ours
+
+
+def test_tar_reader_matches_tarfile(tmp_path: Path) -> None:
+    for path in odd_shards(tmp_path):
+        with tarfile.open(path) as tar:
+            expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+        with open(path, "rb") as stream:
+            reader = TarReader(stream)
+            assert list(reader.members()) == expected
+            assert reader.skipped == {"5": 1, "2": 1}  # the directory and the symlink, counted
+        with open(path, "rb") as stream:
+            only_json = list(TarReader(stream).members(lambda name: name.endswith(".json")))
+        assert [name for name, _ in only_json] == [name for name, _ in expected]
+        assert [data for name, data in only_json] == [data if name.endswith(".json") else None
+                                                     for name, data in expected]
+
+
+def test_tar_reader_reads_pipes_and_rejects_damage(tmp_path: Path) -> None:
+    data = Path(odd_shards(tmp_path)[2]).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = [m.name for m in tar if m.isreg()]
+
+    class Pipe(io.RawIOBase):  # not seekable, no peek: members passed over are read and dropped
+        def __init__(self, raw: bytes) -> None:
+            self.inner = io.BytesIO(raw)
+
+        def readinto(self, buffer) -> int:
+            return self.inner.readinto(buffer)
+
+        def readable(self) -> bool:
+            return True
+
+    assert [name for name, _ in TarReader(Pipe(data)).members(lambda name: False)] == names
+    with pytest.raises(ValueError, match="truncated"):
+        list(TarReader(io.BytesIO(data[:3000])).members())
+    corrupt = bytearray(data)
+    corrupt[512 * 3 + 5] ^= 0xFF  # a byte of the second member's header (the first holds 2 blocks of JPEG)
+    with pytest.raises(ValueError, match="checksum"):
+        list(TarReader(io.BytesIO(bytes(corrupt))).members())
+
+
+def test_broken_shard_keeps_its_samples_so_far_and_the_next_shard(tmp_path: Path, caplog) -> None:
+    write_tar(tmp_path / "a.tar", [(f"a{i}", our_members(i)) for i in range(3)])
+    write_tar(tmp_path / "b.tar", [(f"b{i}", our_members(i)) for i in range(2)])
+    whole = (tmp_path / "a.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        third = next(m for m in tar if m.name == "a2.jpg").offset_data
+    (tmp_path / "a.tar").write_bytes(whole[:third + 10])  # cut inside a2.jpg
+    with caplog.at_level(logging.WARNING, logger="treeclip.data.loader"):
+        result = batches([tmp_path / "a.tar", tmp_path / "b.tar"], shuffle_buffer=0)
+    assert keys_of(result) == ["a0", "a1", "b0", "b1"]
+    assert "skipping the rest of" in caplog.text and "a.tar" in caplog.text

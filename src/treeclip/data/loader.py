@@ -15,6 +15,11 @@ Text choice. Each sample carries every caption it has; the text type is drawn pe
 A sample that lacks the drawn type gets one of the requested types it has (weights renormalised); a sample
 with none of them is skipped and logged.
 
+Reading. Shards are streamed by `treeclip.formats.shards.TarReader`; only the members a batch can use are read
+(images, the requested caption types, ``taxon.json`` and the lineage's fallbacks); the others are passed over
+unread. Samples are grouped as webdataset groups them (key = name up to the first dot of its basename,
+suffix lower-cased, ``__meta__`` names skipped), so batches equal those of ``wds.tarfile_to_samples``.
+
 Splitting work (finite pass, ``resampled=False``). Shards are shuffled with (seed, epoch) only, so every
 rank and worker sees the same order, then split in two levels, ranks first, workers second. At each level a
 consumer gets every n-th shard when there are at least as many shards as consumers; otherwise all consumers
@@ -35,6 +40,8 @@ import glob
 import logging
 import os
 import random
+import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,9 +51,9 @@ import torch
 import webdataset as wds
 
 from treeclip.data.images import ImageError, decode_image
-from treeclip.data.sources.wds import sample_taxon
+from treeclip.data.sources.wds import NAME_KEYS, sample_taxon
 from treeclip.errors import UsageError
-from treeclip.formats.shards import MANIFEST, read_manifest, shard_counts
+from treeclip.formats.shards import MANIFEST, TAXON_JSON, TarReader, read_manifest, shard_counts, split_member
 from treeclip.taxonomy import TRAIN_TEXT_TYPES, Taxon, TextType
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TAXONOMIC_NAME = "taxonomic_name.txt"
 EMPTY_LINEAGE: tuple[str, ...] = Taxon().lineage
 TEXT_MIXES = ("sample", "batch")
+LINEAGE_MEMBERS = (TAXON_JSON, "common_name.txt", *NAME_KEYS)
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped
 
 
 def make_loader(
@@ -95,7 +104,7 @@ def make_loader(
     seeds = _Seeds(seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     pipeline = wds.DataPipeline(
         _resampled_source(shards, seeds) if resampled else _ShardSplit(shards, seeds),
-        wds.tarfile_to_samples(handler=_log_and_continue),
+        _TarSamples((*IMAGE_KEYS, *chooser.names, *LINEAGE_MEMBERS)),
         None if resampled else _SampleSplit(shards, seeds),
         _Shuffle(shuffle_buffer, seeds) if shuffle_buffer > 1 else None,
         _Prepare(transform, chooser.names),
@@ -238,6 +247,52 @@ class _Shuffle:
 def _log_and_continue(exn: Exception) -> bool:
     log.warning("skipping unreadable shard data: %s", exn)
     return True
+
+
+class _TarSamples:
+    """Opened shards → samples ``{"__key__", "__url__", suffix: bytes}`` holding only the `suffixes` asked for
+    (every sample still comes out, so splitting by sample index is unchanged). A shard that breaks off is
+    logged and its samples so far are kept; members that are not regular files are counted and logged."""
+
+    def __init__(self, suffixes: Iterable[str]) -> None:
+        self.suffixes = frozenset(suffix.lower() for suffix in suffixes)
+
+    def __call__(self, sources: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        for source in wds.tariterators.url_opener(sources, handler=_log_and_continue):
+            yield from self._shard(source["url"], source["stream"])
+
+    def _wanted(self, name: str) -> bool:
+        return name.rpartition("/")[2].partition(".")[2].lower() in self.suffixes
+
+    def _shard(self, url: str, stream: Any) -> Iterator[dict[str, Any]]:
+        sample: dict[str, Any] | None = None
+        seen: set[str] = set()
+        try:
+            reader = TarReader(stream)
+            for name, data in reader.members(self._wanted):
+                parts = None if _META.match(name) else split_member(name)
+                if parts is None:
+                    continue
+                key, suffix = parts[0], parts[1].lower()
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield sample
+                    sample, seen = {"__key__": key, "__url__": url}, set()
+                if suffix in seen:
+                    log.warning("skipping %s in %s: duplicate member", name, url)
+                    continue
+                seen.add(suffix)
+                if data is not None:
+                    sample[suffix] = data
+            if reader.skipped:
+                log.warning("%s: skipped %d members that are not regular files (tar types %s)", url,
+                            sum(reader.skipped.values()), reader.skipped)
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
+            log.warning("skipping the rest of %s: %s", url, exc)
+        finally:
+            stream.close()
+        if sample is not None:
+            yield sample
 
 
 # ---------------------------------------------------------------- samples

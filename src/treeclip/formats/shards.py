@@ -7,12 +7,15 @@
 - ``manifest.json`` holds ``"shards": [{"name": "train/shard-000000.tar", "split": "train", "samples": N}]``
   (paths relative to the manifest's folder) plus the build's parameters, sources, splits and counts.
 - ``catalog.parquet`` has one row per image: `CATALOG_COLUMNS` then `EXTRA_COLUMNS` (licence, owner).
+- Shards are POSIX tars (ustar, pax or GNU long names; plain or gzip-compressed). `read_member` reads one member
+  by its offset, `TarReader` streams them all in order.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +51,6 @@ def split_member(name: str) -> tuple[str, str] | None:
 def read_member(member: tuple[str, int, int]) -> bytes:
     """The bytes of a tar member located by (tar path, data offset, size) — `tarfile.TarInfo.offset_data` of a
     plain or gzip-compressed tar — without reading the rest of the archive."""
-    import gzip  # noqa: PLC0415
-
     path, offset, size = member
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
@@ -59,6 +60,123 @@ def read_member(member: tuple[str, int, int]) -> bytes:
     if len(data) != size:
         raise OSError(f"{path}: member at {offset} is truncated ({len(data)} of {size} bytes)")
     return data
+
+
+_BLOCK = 512
+_REGULAR = frozenset(b"0\x007")  # regular file, old-style regular file, contiguous file (as `tarfile`)
+_LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL = ord("L"), ord("K"), ord("x"), ord("g")
+_POSIX_MAGIC = b"ustar\x0000"
+
+
+class TarReader:
+    """Streams the regular members of a tar — ``(name, bytes)``, in archive order — with a few slices per
+    512-byte header instead of `tarfile`'s full TarInfo (the training loader's reading: ~0.1 instead of ~0.34
+    CPU-ms per 12-member sample, `benchmarks/loader.py`).
+
+    Reads what `tarfile` reads for regular files: ustar names with their prefix, GNU ``L`` long names, pax
+    ``path``/``size`` records (per member and global); gzip-compressed tars are decompressed on the fly.
+    Other members (directories, links, devices, sparse files) are skipped and counted in `skipped`. Members
+    that `want(name)` rejects are passed over without being read (seeked past when the stream can seek) and
+    yielded with ``None`` as data. A bad header checksum or a truncated archive raises ValueError.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        peek = getattr(stream, "peek", None)
+        magic = peek(2)[:2] if peek is not None else b""
+        self.stream = gzip.GzipFile(fileobj=stream) if magic == b"\x1f\x8b" else stream
+        self.skipped: dict[str, int] = {}
+        self._seekable = magic != b"\x1f\x8b" and getattr(stream, "seekable", lambda: False)()
+        self._offset = 0
+
+    def members(self, want: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """Every regular member's name and data (None where `want` rejects the name)."""
+        defaults: dict[str, str] = {}
+        while (header := self._header()) is not None:
+            name, size, kind = header
+            records, long_name = dict(defaults), None
+            while kind in (_LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL):
+                data = self._data(size)
+                if kind == _LONG_NAME:
+                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                elif kind != _LONG_LINK:
+                    parsed = _pax_records(data, self._offset)
+                    (defaults if kind == _PAX_GLOBAL else records).update(parsed)
+                    if kind == _PAX_GLOBAL:
+                        records.update(parsed)
+                header = self._header()
+                if header is None:
+                    raise ValueError(f"tar ends after an extended header at byte {self._offset}")
+                name, size, kind = header
+            name = records.get("path", long_name or name)
+            size = int(records.get("size", size))
+            if kind not in _REGULAR or name.endswith("/"):
+                self._skip(size)
+                kind_name = chr(kind) if kind else "0"
+                self.skipped[kind_name] = self.skipped.get(kind_name, 0) + 1
+            elif want is None or want(name):
+                yield name, self._data(size)
+            else:
+                self._skip(size)
+                yield name, None
+
+    def _header(self) -> tuple[str, int, int] | None:
+        """(name, size, type byte) of the next header; None at the end of the archive."""
+        block = self._read(_BLOCK, allow_eof=True)
+        if not block or block.count(0) == _BLOCK:
+            return None
+        stored = block[148:156].split(b"\0", 1)[0].strip()
+        if not stored or int(stored, 8) != sum(block) - sum(block[148:156]) + 8 * 32:
+            raise ValueError(f"bad tar header checksum at byte {self._offset - _BLOCK}")
+        name = block[:100].split(b"\0", 1)[0]
+        if block[257:265] == _POSIX_MAGIC and block[345] != 0:
+            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+        return name.decode("utf-8", "surrogateescape"), _size(block[124:136]), block[156]
+
+    def _data(self, size: int) -> bytes:
+        data = self._read(size)
+        self._skip_padding(size)
+        return data
+
+    def _skip(self, size: int) -> None:
+        padded = size + (-size % _BLOCK)
+        if self._seekable:
+            self.stream.seek(padded, 1)
+            self._offset += padded
+        else:
+            self._read(padded)
+
+    def _skip_padding(self, size: int) -> None:
+        if size % _BLOCK:
+            self._read(-size % _BLOCK)
+
+    def _read(self, size: int, allow_eof: bool = False) -> bytes:
+        data = self.stream.read(size)
+        if len(data) != size and not (allow_eof and not data):
+            raise ValueError(f"tar is truncated at byte {self._offset + len(data)}")
+        self._offset += len(data)
+        return data
+
+
+def _size(field: bytes) -> int:
+    """A header's size field: octal text, or base-256 when the first byte has its top bit set (GNU)."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big") + ((field[0] & 0x3F) << 88)
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_records(data: bytes, offset: int) -> dict[str, str]:
+    """The ``LENGTH key=value\\n`` records of a pax extended header."""
+    records, position = {}, 0
+    while position < len(data) and data[position] != 0:
+        length_text, space, _ = data[position:position + 32].partition(b" ")
+        if not space or not length_text.isdigit() or int(length_text) <= len(length_text) + 1:
+            raise ValueError(f"bad pax extended header before byte {offset}")
+        record = data[position + len(length_text) + 1:position + int(length_text) - 1]
+        key, _, value = record.partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        position += int(length_text)
+    return records
 
 
 def taxon_json(taxon: Taxon) -> str:
