@@ -187,7 +187,7 @@ def resize(image: Image.Image, size: int, mode: ResizeMode = "squash") -> Image.
 def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
     """Baseline JPEG bytes of an image (converted to RGB if needed); no metadata is copied."""
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    (image if image.mode == "RGB" else image.convert("RGB")).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 

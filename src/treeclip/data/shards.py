@@ -141,12 +141,41 @@ def sample_members(key: str, taxon: Taxon, jpeg: bytes) -> list[tuple[str, bytes
     return members
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+class ShardTarWriter:
+    """A ustar tar written member by member to one buffered file, with the bytes `tarfile` writes for the
+    same members (fixed metadata: mtime 0, uid/gid 0, mode 0644), without `TarFile.addfile`'s per-member
+    copies: each header comes from `tarfile.TarInfo.tobuf`, then the data and NUL padding to 512 bytes;
+    `close` adds the two NUL end blocks and pads to tarfile's 10240-byte record."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by close()
+        self._written = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        """Append one regular-file member."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        padding = -len(data) % tarfile.BLOCKSIZE
+        self._file.write(header)
+        self._file.write(data)
+        self._file.write(tarfile.NUL * padding)
+        self._written += len(header) + len(data) + padding
+
+    def close(self) -> None:
+        """End the archive as `tarfile` does and close the file."""
+        self._written += 2 * tarfile.BLOCKSIZE
+        self._file.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE + -self._written % tarfile.RECORDSIZE))
+        self._file.close()
+
+    def __enter__(self) -> ShardTarWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._file.close()
 
 
 def _read_source(item: WorkItem) -> bytes:
@@ -196,7 +225,7 @@ def write_shard(job: ShardJob) -> ShardResult:
     target = Path(job.out) / job.name
     items = job.load_items()
     with atomic_path(target) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with ShardTarWriter(tmp) as tar:
             for item in items:
                 try:
                     jpeg, width, height = encode_item(
@@ -206,7 +235,7 @@ def write_shard(job: ShardJob) -> ShardResult:
                     result.skipped.append(skipped_entry(item, f"bad image {item.path or item.source_id}: {exc}"))
                     continue
                 for name, data in sample_members(item.key, item.taxon, jpeg):
-                    _add_member(tar, name, data)
+                    tar.add(name, data)
                 result.rows.append(catalog_row(item, job.split, width, height))
         _write_journal(job, result, items)
     return result
