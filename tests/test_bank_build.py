@@ -77,6 +77,8 @@ def test_bank_build_shows_the_cost_first_and_records_a_resolvable_model(tmp_path
     err = capsys.readouterr().err
     assert f"{len(taxa)} taxa × 80 templates = {len(taxa) * 80:,} texts" in err and "texts/s at batch" in err
     assert err.index("templates =") < err.index(f"{len(taxa)} taxa, dim")  # before the work, not after
+    assert "\r" not in err  # stderr is not a terminal here: plain lines, no redrawn bar
+    assert f"treeclip bank build: {len(taxa)}/{len(taxa)} taxa (100%)\n" in err
     meta = json.loads((tmp_path / "bank" / "bank.json").read_text())
     assert meta["model"] == str(tmp_path / "model") and os.path.isabs(meta["model"])
     with pytest.raises(SystemExit):

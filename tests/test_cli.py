@@ -180,3 +180,17 @@ def test_startup_default_model_is_the_model_layers_default() -> None:
     from treeclip.model.bank import DEFAULT_MODEL as MODEL_DEFAULT  # noqa: PLC0415
 
     assert DEFAULT_MODEL == MODEL_DEFAULT
+
+
+def test_piped_progress_is_plain_periodic_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from treeclip.cli._progress import PlainProgress, progress  # noqa: PLC0415
+
+    assert isinstance(progress(total=3, unit="taxa", label="treeclip x"), PlainProgress)  # capsys: not a tty
+    with PlainProgress(total=4, initial=1, unit="images", label="treeclip predict", interval_s=0) as bar:
+        bar.update(2)
+        bar.update(1)
+        bar.close()
+    assert capsys.readouterr().err == "treeclip predict: 3/4 images (75%)\ntreeclip predict: 4/4 images (100%)\n"
+    with PlainProgress(total=None, initial=0, unit="images", label="treeclip x", interval_s=3600) as bar:
+        bar.update(5)  # within the interval: nothing until the end
+    assert capsys.readouterr().err == "treeclip x: 5 images\n"

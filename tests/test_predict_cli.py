@@ -169,17 +169,24 @@ def test_usage_errors_are_one_line(setup: dict, tmp_path: Path, capsys: pytest.C
     local = ["--model", str(setup["model"]), "--bank", str(setup["bank"])]
     assert main(["predict", str(tmp_path / "missing.jpg"), *local]) == 2
     assert main(["predict", str(tmp_path / "a.jpg"), "--rank", "tribe", "--bank", str(setup["bank"])]) == 2
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["predict", str(tmp_path / "a.jpg")]) == 2  # the default hub model, not cached, offline
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and "missing.jpg" in lines[0] and "tribe" in lines[1]
+    assert "--model hf-hub:imageomics/bioclip-2: not in the local Hugging Face cache" in lines[2]
+    assert "run `treeclip demo` for an offline one" in lines[2]
     import huggingface_hub
 
     def offline(**_: object) -> None:
         raise OSError("offline")
 
+    (tmp_path / "hub" / "models--imageomics--bioclip-2" / "snapshots" / "abc").mkdir(parents=True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    assert main(["predict", str(tmp_path / "a.jpg")]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and "missing.jpg" in lines[0] and "tribe" in lines[1]
-    assert "TreeOfLife-200M" in lines[2] and "--model DIR --bank DIR" in lines[2]
-    assert "treeclip-demo/model" in lines[2] and "treeclip-demo/bank" in lines[2]
+    assert main(["predict", str(tmp_path / "a.jpg")]) == 2  # model cached, its released bank not
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "TreeOfLife-200M" in line and "--model DIR --bank DIR" in line
+    assert "treeclip-demo/model" in line and "treeclip-demo/bank" in line
 
 
 def test_writer_repairs_a_torn_tail(tmp_path: Path) -> None:

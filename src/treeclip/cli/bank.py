@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return run_prune(args) if args.bank_command == "prune" else run_info(args)
     import dataclasses  # noqa: PLC0415
 
-    from tqdm import tqdm  # noqa: PLC0415
-
+    from treeclip.cli._progress import progress  # noqa: PLC0415
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.model.bank import build_bank, measure_build_cost, taxon_texts  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                               batch_sizes=AUTO_BATCH_SIZES if args.batch_size == "auto" else (args.batch_size,))
     cost = dataclasses.replace(cost, n_taxa=len(taxa))
     sys.stderr.write(f"treeclip bank build: {cost.describe()}\n")
-    with tqdm(total=len(taxa), unit="taxon", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+    with progress(total=len(taxa), unit="taxa", label="treeclip bank build") as bar:
         bank = build_bank(model=model, tokenizer=tokenizer, taxa=taxa, out=args.out, model_id=args.model,
                           text_type=args.text_type, templates=args.templates, batch_size=cost.batch_size,
                           fp16=args.fp16, resume=args.resume, device=args.device, progress=bar.update)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
     with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH,
                    model_id=embedder.model_id, metadata=output_metadata(embedder.model_id)) as writer:
-        with progress_bar(len(items), sum(item in writer.done for item in items)) as bar:
+        with progress_bar(len(items), sum(item in writer.done for item in items), command="embed") as bar:
             errors = run_to_writer(items, score=embedder.rows, preprocess=embedder.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, name_key=PATH,
                                    draft_size=embedder.draft_size, progress=bar.update, engine=args.engine,

@@ -118,11 +118,11 @@ def _check_where(args: argparse.Namespace) -> None:
                          "or a probe model")
 
 
-def progress_bar(total: int, done: int) -> Any:
-    """A tqdm bar on stderr."""
-    from tqdm import tqdm  # noqa: PLC0415
+def progress_bar(total: int, done: int, *, command: str = "predict") -> Any:
+    """Images done: a tqdm bar on a terminal, plain periodic lines when stderr is piped."""
+    from treeclip.cli._progress import progress  # noqa: PLC0415
 
-    return tqdm(total=total, initial=done, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return progress(total=total, initial=done, unit="images", label=f"treeclip {command}")
 
 
 def report_errors(command: str, errors: list[tuple[str, str]], total: int, output: str | None, *,
@@ -188,7 +188,7 @@ def _check(args: argparse.Namespace) -> Any:
     if args.bins and not args.labels:
         raise UsageError("--bins groups custom labels; give the labels with --labels")
     _check_where(args)
-    if _uses_probe(args) and (args.subset or args.rollup is not None):
+    if (args.subset or args.rollup is not None) and _uses_probe(args):
         raise UsageError(f"--model {args.model} holds a probe head (its own classes); --subset and --rollup "
                          "apply to a tree-of-life bank: add --bank BANK to use one")
     try:
@@ -254,13 +254,13 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.predict.inputs import expand_inputs  # noqa: PLC0415
 
     items = expand_inputs(args.images)  # user mistakes end here, in one line, before torch loads
+    rank = _check(args)
     checklist = _checklist(args)
     check_hub_model(args.model or DEFAULT_MODEL)
     check_engine(args.engine, args.ray_address)
     from treeclip.predict.runner import run_to_writer  # noqa: PLC0415
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
-    rank = _check(args)
     check_runtime(args.model, args.runtime)
     model = _classifier(args, checklist)
     _check_bank_model(model)

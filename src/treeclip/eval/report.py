@@ -101,8 +101,9 @@ def task_table(results: Sequence[dict[str, Any]]) -> str:
             continue
         seen.add(r["task"])
         ranks = _ranks_present(r)
+        types = ", ".join(f"`{t}`" for t in r.get("zero_shot", {}))
         rows.append([r["task"], str(r.get("n_images", "–")), str(r.get("n_classes", "–")), _pct(_chance(r)),
-                     ", ".join(ranks) if ranks else "–", ", ".join(f"`{t}`" for t in r.get("zero_shot", {})) or "–"])
+                     ", ".join(ranks) if ranks else "–", types or "–"])
     return _table(["Task", "Images", "Classes", "Chance (%)", "Ranks of its classes", "Zero-shot text type(s)"], rows)
 
 
