@@ -4,22 +4,26 @@
    rows) on the same JPEGs for torch fp32, torch int8 (dynamic quantisation), ONNX Runtime fp32 and ONNX
    Runtime int8, for ViT-B-16 (BioCLIP's architecture, random weights: speed only) and treeclip-tiny; plus
    each image tower alone on pre-decoded tensors.
-2. **Agreement** — on a *trained* small model (`--trained MODEL --bank BANK --images DIR`, e.g. trained on
-   the miniature tree with `treeclip synth/build/train`), each fast path's species top-1 agreement with
-   torch fp32 and the mean cosine of the image features.
+2. **Agreement** — on *trained* small models (`--trained MODEL [--trained MODEL2] --bank BANK --images DIR`,
+   e.g. the demo's model trained on the miniature tree), each fast path's species top-1 agreement with torch
+   fp32 on every image of DIR, with its 95% Wilson interval, how many of the flips were near-ties in fp32
+   (top-1 and top-2 probabilities within 0.001), and the mean cosine of the image features; also ONNX int8
+   with every weight product quantised (what the export wrote before it kept the first and last in float32).
+   Written to its own section; ``--agreement-only`` runs just this part.
 3. **Banks** — memory of a 400K-taxon bank (dim 768) stored fp32/fp16/int8, time to score a batch, and
    top-1 agreement with fp32 at species and genus rank (random hierarchical bank: species of a genus close
    together; synthetic queries at cosine 0.4 to a random taxon).
 4. **Decoding** — JPEG decode + preprocess per CPU-second (one thread) at 1024x768 and 4000x3000, with and
    without JPEG draft mode (DCT scaling to >= 2x the model input before the resize).
 
-Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--taxa 400000] [--jpegs 100]``
+Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only] [--jpegs 100]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -34,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
+from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -42,15 +47,16 @@ from benchmarks.results import write_section  # noqa: E402
 from treeclip.data.images import decode_image  # noqa: E402
 from treeclip.model import create_model, export_model  # noqa: E402
 from treeclip.model.bank import LabelBank, load_bank, save_bank  # noqa: E402
-from treeclip.model.onnx import export_onnx  # noqa: E402
+from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, export_onnx  # noqa: E402
 from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
 from treeclip.predict.quantize import bank_agreement, synthetic_queries  # noqa: E402
-from treeclip.predict.runner import expand_inputs  # noqa: E402
+from treeclip.predict.inputs import expand_inputs  # noqa: E402
 from treeclip.predict.runtime import load_for_inference  # noqa: E402
 
 DRAFT_NOTE = ("Draft mode scales a JPEG down by 1/2, 1/4 or 1/8 only while both sides stay >= the draft size, so a "
               "1024x768 photo (half: 512x384 < 448) decodes in full either way: its two rows measure the same work, "
               "and their gap is this shared machine's noise.")
+NEAR_TIE = 1e-3  # fp32 probability gap between top-1 and top-2 under which an answer is a near-tie
 VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
@@ -126,28 +132,48 @@ def _embed_dim(hub: Path) -> int:
 
 
 def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: int) -> list[dict[str, Any]]:
-    """Top-1 agreement with torch fp32 and mean feature cosine of each fast path, on a trained model."""
+    """Top-1 agreement with torch fp32 (with a 95% interval), flips at near-ties and mean feature cosine of each
+    fast path on a trained model; plus ONNX int8 with every weight product quantised (the earlier export)."""
     net, preprocess, tokenizer = load_for_inference(model)
-    onnx_dir = export_onnx(net, model_id=model, out_dir=root / "trained-onnx", preprocess=preprocess,
-                           tokenizer=tokenizer)
+    onnx_dir = export_onnx(net, model_id=model, out_dir=root / f"trained-onnx-{Path(model).name}",
+                           preprocess=preprocess, tokenizer=tokenizer)
+    every = onnx_dir.with_name(onnx_dir.name + "-every")  # the same folder, its int8 tower quantised throughout
+    every.mkdir()
+    for name in (IMAGE_ONNX, TEXT_ONNX, ONNX_CONFIG):
+        os.link(onnx_dir / name, every / name)
+    quantize_dynamic(onnx_dir / IMAGE_ONNX, every / IMAGE_INT8_ONNX, weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
     bank = load_bank(bank_dir)
     paths = expand_inputs([images])
+    truth = _truth(paths, bank)
     results, reference = [], None
-    for runtime, precision in VARIANTS:
-        model_id = str(onnx_dir) if runtime == "onnx" else model
-        classifier = TreeOfLifeClassifier.from_pretrained(model_id, bank_dir, precision=precision)
+    for runtime, precision in (*VARIANTS, ("onnx", "int8, every product")):
+        model_id = model if runtime == "torch" else str(every if "every" in precision else onnx_dir)
+        classifier = TreeOfLifeClassifier.from_pretrained(model_id, bank_dir, precision=precision.split(",")[0])
         features = torch.cat([classifier.encode_images(torch.stack([classifier.preprocess(decode_image(p))
                                                                     for p in paths[i : i + batch]]))
                               for i in range(0, len(paths), batch)])
-        top1 = classifier.probabilities(features).argmax(dim=1)
-        truth = _truth(paths, bank)
+        probabilities = classifier.probabilities(features)
+        top1 = probabilities.argmax(dim=1)
         if reference is None:
-            reference = (features, top1)
-        results.append({"runtime": runtime, "precision": precision, "images": len(paths),
-                        "agreement": float((top1 == reference[1]).float().mean()),
+            top2 = probabilities.topk(2, dim=1).values
+            reference = (features, top1, top2[:, 0] - top2[:, 1])
+        same = top1 == reference[1]
+        results.append({"model": Path(model).name, "runtime": runtime, "precision": precision, "images": len(paths),
+                        "agree": int(same.sum()), "interval": wilson_interval(int(same.sum()), len(paths)),
+                        "near_tie_flips": int((~same & (reference[2] < NEAR_TIE)).sum()),
                         "cosine": float((features * reference[0]).sum(dim=1).mean()),
-                        "accuracy": float((top1 == truth).float().mean()) if truth is not None else None})
+                        "accuracy": float((top1 == truth).float().mean()) if truth is not None else None,
+                        "reference_gap": float(reference[2].median())})
     return results
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96)."""
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _truth(paths: list[str], bank: LabelBank) -> torch.Tensor | None:
@@ -208,8 +234,7 @@ def bench_decoding(root: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- report
 
 
-def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], decoding: list[dict],
-             settings: dict[str, Any]) -> str:
+def markdown(runtimes: list[dict], banks: list[dict], decoding: list[dict], settings: dict[str, Any]) -> str:
     lines = ["## Inference runtimes, compact banks, decoding (`python benchmarks/runtimes.py`)", "",
              "One run, side by side on the same inputs. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
              "| model | runtime | precision | folder images/s | vs torch fp32 | tower alone images/s | vs torch fp32 |",
@@ -222,13 +247,7 @@ def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], dec
                          f"{row['folder_ips'] / base['folder_ips']:.2f}x | {row['tower_ips']:.1f} | "
                          f"{row['tower_ips'] / base['tower_ips']:.2f}x |")
     notes = [row["note"] for row in runtimes if row.get("note")]
-    lines += ["", "ONNX exports: " + "; ".join(notes) + ".", "",
-              "| trained small model | precision | images | top-1 agreement with torch fp32 | mean feature cosine | "
-              "top-1 accuracy |", "|---|---|---:|---:|---:|---:|"]
-    for row in agreement:
-        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "n/a"
-        lines.append(f"| {row['runtime']} | {row['precision']} | {row['images']} | {row['agreement']:.2%} | "
-                     f"{row['cosine']:.5f} | {accuracy} |")
+    lines += ["", "ONNX exports: " + "; ".join(notes) + "."]
     lines += ["", "| bank storage | memory MB | score 32 queries ms | top-1 species agreement | top-1 genus agreement "
               "| score-vector cosine |", "|---|---:|---:|---:|---:|---:|"]
     for row in banks:
@@ -242,9 +261,28 @@ def markdown(runtimes: list[dict], agreement: list[dict], banks: list[dict], dec
     return "\n".join(lines) + "\n"
 
 
+def agreement_markdown(agreement: list[dict], settings: dict[str, Any]) -> str:
+    lines = ["## Int8 answers against fp32 on trained models (`python benchmarks/runtimes.py --agreement-only`)", "",
+             "One run, every path on the same images. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
+             "| trained model | runtime | precision | images | same top-1 | agreement (95% interval) | "
+             f"flips where fp32's top-2 gap < {NEAR_TIE} | mean feature cosine | top-1 accuracy |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    for row in agreement:
+        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "n/a"
+        low, high = row["interval"]
+        lines.append(f"| {row['model']} | {row['runtime']} | {row['precision']} | {row['images']} | {row['agree']} | "
+                     f"{row['agree'] / row['images']:.2%} ({low:.2%}-{high:.2%}) | "
+                     f"{row['near_tie_flips']} of {row['images'] - row['agree']} | {row['cosine']:.6f} | {accuracy} |")
+    gaps = ", ".join(f"{row['model']} {row['reference_gap']:.4f}" for row in agreement if row["precision"] == "fp32"
+                     and row["runtime"] == "torch")
+    lines += ["", f"Median fp32 probability gap between the top-1 and top-2 species: {gaps}."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trained", required=True, help="a trained small model (hub folder or checkpoint)")
+    parser.add_argument("--trained", required=True, action="append",
+                        help="a trained small model (hub folder or checkpoint); repeat for several on the same bank")
     parser.add_argument("--bank", required=True, help="its label bank")
     parser.add_argument("--images", required=True, help="folder of images of the bank's taxa")
     parser.add_argument("--jpegs", type=int, default=100)
@@ -252,27 +290,37 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--archs", default="ViT-B-16,treeclip-tiny")
+    parser.add_argument("--agreement-only", action="store_true",
+                        help="measure and write only the agreement section (no speed, bank or decoding runs)")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="treeclip-onnx-bench-") as tmp:
         root = Path(tmp)
+        agreement = [row for model in args.trained
+                     for row in bench_agreement(model, args.bank, args.images, root, args.batch)]
+        print(agreement, flush=True)
+        write_section("runtimes.py: agreement", agreement_markdown(agreement, _settings(load, args)))
+        if args.agreement_only:
+            return
         jpegs = write_jpegs(root / "photos", args.jpegs, (640, 480))
         runtimes = [row for arch in args.archs.split(",") for row in bench_runtimes(arch, root, jpegs, args.batch)]
         print(runtimes, flush=True)
-        agreement = bench_agreement(args.trained, args.bank, args.images, root, args.batch)
-        print(agreement, flush=True)
         banks = bench_banks(root, args.taxa, 768, args.queries)
         print(banks, flush=True)
         decoding = bench_decoding(root)
         print(decoding, flush=True)
-    settings = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-                "torch threads": torch.get_num_threads(), "torch": torch.__version__,
-                "onnxruntime": onnxruntime.__version__, "CPU": platform.processor() or platform.machine(),
-                "load at start": " ".join(f"{x:.1f}" for x in load),
-                "load at end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    settings = {**_settings(load, args),
                 "photos": f"{args.jpegs} JPEGs 640x480, batch {args.batch}, 2 decoding threads, best of 2",
                 "bank": f"{args.taxa:,} taxa x 768, {args.queries} synthetic queries"}
-    write_section("runtimes.py", markdown(runtimes, agreement, banks, decoding, settings))
+    write_section("runtimes.py", markdown(runtimes, banks, decoding, settings))
+
+
+def _settings(load: tuple[float, float, float], args: argparse.Namespace) -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+            "torch threads": torch.get_num_threads(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "CPU": platform.processor() or platform.machine(),
+            "load at start": " ".join(f"{x:.1f}" for x in load),
+            "load at end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'tre
 from treeclip.cli import main  # noqa: E402
 from treeclip.model import create_model, export_model, load_model  # noqa: E402
 from treeclip.model.bank import build_bank, load_bank  # noqa: E402
-from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, load_onnx  # noqa: E402
+from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, float_ends, load_onnx  # noqa: E402
 from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
 from treeclip.taxonomy import Taxon  # noqa: E402
 
@@ -171,6 +171,22 @@ def test_int8_onnx_agrees_with_fp32(world: dict[str, Path]) -> None:
     top_fp32 = classifier.probabilities(a).argmax(dim=1)
     top_int8 = classifier.probabilities(b).argmax(dim=1)
     assert (top_fp32 == top_int8).float().mean() >= 0.9
+
+
+def test_int8_tower_keeps_its_first_and_last_weight_products_in_float(world: dict[str, Path]) -> None:
+    """The int8 export leaves the first and last MatMul/Gemm with a constant weight in float32 (the
+    measured agreement gain) and quantises every other one; a name mismatch would silently quantise all."""
+    import onnx  # noqa: PLC0415
+
+    fp32 = onnx.load(str(world["onnx"] / IMAGE_ONNX)).graph
+    weights = {init.name for init in fp32.initializer}
+    products = [n.name for n in fp32.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+    assert float_ends(world["onnx"] / IMAGE_ONNX) == [products[0], products[-1]] and len(products) > 4
+    int8 = {node.name: node.op_type for node in onnx.load(str(world["onnx"] / IMAGE_INT8_ONNX)).graph.node}
+    assert int8[products[0]] == "MatMul" and int8[products[-1]] in ("MatMul", "Gemm")
+    quantised = [name for name in products[1:-1] if name not in int8 or int8[name] != "MatMul"]
+    assert len(quantised) == len(products) - 2
+    assert sum(op == "MatMulInteger" for op in int8.values()) >= len(products) - 2
 
 
 def test_embed_onnx_equals_torch(world: dict[str, Path], tmp_path: Path) -> None:

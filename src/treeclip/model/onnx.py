@@ -44,6 +44,7 @@ IMAGE_ONNX, IMAGE_INT8_ONNX, TEXT_ONNX = "image.onnx", "image.int8.onnx", "text.
 FORMAT, FORMAT_VERSION = "treeclip-onnx", 1
 IMAGE_FILES = {"fp32": IMAGE_ONNX, "int8": IMAGE_INT8_ONNX}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+WEIGHT_PRODUCTS = ("MatMul", "Gemm")
 
 
 def is_onnx_dir(path: str | os.PathLike[str]) -> bool:
@@ -113,12 +114,12 @@ def _export(tower: torch.nn.Module, example: torch.Tensor, path: Path, input_nam
 
 def quantize_onnx(source: Path, out: Path) -> Path:
     """An int8 copy of an ONNX tower: ONNX Runtime's dynamic quantisation (int8 weights per output channel,
-    activations quantised per batch)."""
+    activations quantised per batch) of its weight products, except the first and the last (`float_ends`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 - optional extra
 
     def write(tmp: Path) -> None:
         quantize_dynamic(source, tmp, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+                         op_types_to_quantize=list(WEIGHT_PRODUCTS), nodes_to_exclude=float_ends(source))
 
     notice = _PreprocessNotice()
     logging.getLogger().addFilter(notice)
@@ -127,6 +128,21 @@ def quantize_onnx(source: Path, out: Path) -> Path:
     finally:
         logging.getLogger().removeFilter(notice)
     return out
+
+
+def float_ends(model_path: Path) -> list[str]:
+    """The first and the last MatMul/Gemm with a constant weight of an ONNX graph (nodes are in topological
+    order): the first block's input projection, which sees the patch embeddings, and the final projection
+    to the embedding, whose error reaches the features undamped. Kept in float32 they cost ~2% of a
+    ViT-B-16's products; on the trained demo model (200 taxa, 3,600 images) int8 answers then agree with
+    fp32 on 98.7% instead of 98.1% of images (benchmarks/RESULTS.md)."""
+    import onnx  # noqa: PLC0415 - optional extra
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    products = [node.name for node in graph.node
+                if node.op_type in WEIGHT_PRODUCTS and len(node.input) > 1 and node.input[1] in weights]
+    return [products[0], products[-1]] if len(products) > 2 else []
 
 
 class _PreprocessNotice(logging.Filter):
