@@ -41,12 +41,13 @@ class PlainProgress:
         self.close()
 
 
-def progress(*, total: int | None, unit: str, label: str, initial: int = 0,
+def progress(*, total: int | None, unit: str, label: str, initial: int = 0, desc: str | None = None,
              interval_s: float = PLAIN_INTERVAL_S) -> Any:
-    """A tqdm bar on stderr when it is a terminal, else a `PlainProgress` labelled `label` (e.g.
-    ``treeclip bank build``)."""
+    """A tqdm bar on stderr (titled `desc`) when it is a terminal, else a `PlainProgress` labelled `label`
+    (e.g. ``treeclip bank build``)."""
     if not sys.stderr.isatty():
         return PlainProgress(total=total, initial=initial, unit=unit, label=label, interval_s=interval_s)
     from tqdm import tqdm  # noqa: PLC0415
 
-    return tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                leave=False)

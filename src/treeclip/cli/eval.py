@@ -102,9 +102,8 @@ def _safe(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm  # noqa: PLC0415
-
     from treeclip.cli._options import check_hub_model  # noqa: PLC0415
+    from treeclip.cli._progress import progress as progress_bar  # noqa: PLC0415
     from treeclip.eval.benchmarks import load_task, split_task_specs  # noqa: PLC0415
     from treeclip.eval.report import paper_table, write_classes, write_reports  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
@@ -137,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     cache = FeatureCache(_cache_dir(args))
     bars: list[Any] = []
 
-    def progress(desc: str, total: int) -> Any:
-        bars.append(tqdm(total=total, desc=desc, unit="item", leave=False, disable=None))
+    def progress(desc: str, total: int) -> Any:  # one phase at a time: the previous one has ended
+        for bar in bars:
+            bar.close()
+        bars[:] = [progress_bar(total=total, unit="items", label=f"treeclip eval: {desc}", desc=desc)]
         return bars[-1].update
 
     results = []
