@@ -80,10 +80,10 @@ class Sizes:
     rank_baseline_images: int
 
 
-QUICK = Sizes(build_images=160, shard_size=40, loader_batches=4, train_model="treeclip-tiny", train_steps=12,
+QUICK = Sizes(build_images=200, shard_size=40, loader_batches=4, train_model="treeclip-tiny", train_steps=12,
               repeats=2, predict_model="treeclip-small", photos=32, predict_batch=16,
               bank_taxa=2000, rank_taxa=100_000, rank_images=64, rank_baseline_images=2)
-FULL = Sizes(build_images=1000, shard_size=100, loader_batches=20, train_model="treeclip-tiny", train_steps=25,
+FULL = Sizes(build_images=5000, shard_size=250, loader_batches=20, train_model="treeclip-tiny", train_steps=25,
              repeats=3, predict_model="ViT-B-16", photos=64, predict_batch=16,
              bank_taxa=10_000, rank_taxa=400_000, rank_images=100, rank_baseline_images=3)
 
@@ -118,22 +118,35 @@ def timed(fn: Callable[[], Any]) -> float:
 # ------------------------------------------------------------------ build
 
 
-_BUILD_NOTE = ("{n} JPEGs of 256-500 px to 224 px; the whole build (2 source passes, sha256, tar, catalog) "
-               "vs decode-resize-encode only, 1 process")
+_BUILD_NOTE = ("{n} " + build_bench.IMAGE_NOTE + " to 224 px; the whole build (source passes, sha256, decode, "
+               "tar, catalog, journal) vs decode-resize-encode only, 1 process; 1-min load before: {load:.1f}")
 
 
 def bench_build(root: Path, sizes: Sizes, notes: list[str]) -> tuple[list[Row], Path]:
-    """Returns the rows and the shards of the 1-worker build (reused by the loader benchmark)."""
+    """Wall and per-CPU-second rates against the plain loop, and worker scaling; returns the rows and the
+    shards of the 1-worker build (reused by the loader benchmark)."""
     catalog, paths = build_bench.make_images(root / "src", sizes.build_images)
-    build_bench.plain_loop(paths[:20], 224)  # warm the page cache and PIL's plugins
-    plain = rate(len(paths), timed(lambda: build_bench.plain_loop(paths, 224)))
+    plain = build_bench.time_plain(paths, 224)
+    drafted = build_bench.time_plain(paths, 224, draft=True)
+    notes.append(f"build: the plain loop with Image.draft does {drafted.per_cpu_second:.1f} images/CPU-s "
+                 f"({drafted.per_cpu_second / plain.per_cpu_second:.2f}x the plain loop's "
+                 f"{plain.per_cpu_second:.1f}); load before the plain loop {plain.load:.1f}")
     options = {"images": len(paths), "image_size": 224, "shard_size": sizes.shard_size}
-    rows = []
+    rows, timing = [], {}
     for workers in (1, 2):
-        seconds = build_bench.time_build(catalog, root / f"build{workers}", workers=workers, **options)
-        rows.append(Row("build", f"treeclip build, {workers} worker{'s' * (workers > 1)}", "plain PIL loop",
-                        "images/s", rate(len(paths), seconds), plain, _BUILD_NOTE.format(n=len(paths))))
-    ray_row = _bench_build_ray(root, catalog, options, plain, notes)
+        timing[workers] = build_bench.time_build(catalog, root / f"build{workers}", workers=workers, **options)
+        name = f"treeclip build, {workers} worker{'s' * (workers > 1)}"
+        note = _BUILD_NOTE.format(n=len(paths), load=timing[workers].load)
+        rows.append(Row("build", name, "plain PIL loop", "images/s", timing[workers].per_second, plain.per_second,
+                        note))
+        rows.append(Row("build per core", name, "plain PIL loop", "images/CPU-s", timing[workers].per_cpu_second,
+                        plain.per_cpu_second, "CPU seconds of this process and its workers; same images"))
+    rows.append(Row("build scaling", "treeclip build, 2 workers", "treeclip build, 1 worker", "images/s",
+                    timing[2].per_second, timing[1].per_second,
+                    f"2.00x is linear; {os.cpu_count()} cores, 1-min load before: {timing[1].load:.1f} and "
+                    f"{timing[2].load:.1f} (a busy machine scales less); CPU efficiency of 2 workers vs 1: "
+                    f"{timing[2].per_cpu_second / timing[1].per_cpu_second:.2f}x"))
+    ray_row = _bench_build_ray(root, catalog, options, plain.per_second, notes)
     if ray_row is not None:
         rows.append(ray_row)
     return rows, root / "build1"
@@ -151,13 +164,13 @@ def _bench_build_ray(root: Path, catalog: Path, options: dict[str, int], plain: 
     notes.append(f"Ray {ray.__version__}: local runtime with 2 CPUs, started in {time.perf_counter() - start:.1f} s "
                  "before the build's clock")
     try:
-        seconds = build_bench.time_build(catalog, root / "build-ray", workers=2, engine="ray", **options)
+        timing = build_bench.time_build(catalog, root / "build-ray", workers=2, engine="ray", **options)
     finally:
         ray.shutdown()
     same = build_bench_shards(root / "build-ray") == build_bench_shards(root / "build2")
     notes.append(f"Ray build's shards byte-identical to the local build's: {same}")
     return Row("build", "treeclip build --engine ray (2 CPUs)", "plain PIL loop", "images/s",
-               rate(options["images"], seconds), plain, _BUILD_NOTE.format(n=options["images"]))
+               timing.per_second, plain, _BUILD_NOTE.format(n=options["images"], load=timing.load))
 
 
 def build_bench_shards(out: Path) -> dict[str, bytes]:
