@@ -392,3 +392,14 @@ def test_tol10m_finds_eol_images_by_the_downloaders_name(tmp_path: Path) -> None
         "purple wartyback"])
     found, problems = records(f"tol10m:{catalog},{tmp_path / 'images'}")
     assert not problems and found[0].taxon.lineage == WARTYBACK and found[0].source_id == "0a1b2c3d"
+
+
+def test_every_image_table_finds_the_path_column_by_the_same_names(tmp_path: Path) -> None:
+    """One list of path-column names (formats.PATH_ALIASES): a location table written with `image_path` (as
+    iNat-style exports name it) is read, as a build or calibration table with that column is."""
+    from treeclip.predict.location import read_location_table  # noqa: PLC0415
+
+    table = tmp_path / "where.csv"
+    table.write_text("image_path,latitude,longitude\nowl.jpg,52.1,5.2\n", encoding="utf-8")
+    locations = read_location_table(table)
+    assert locations["owl.jpg"].lat == pytest.approx(52.1) and str(tmp_path / "owl.jpg") in locations

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from treeclip.errors import UsageError
-from treeclip.formats import TAXON_ROLES, Problem, Table, has_ranks, open_table, resolve, taxon_of
+from treeclip.formats import PATH_ALIASES, TAXON_ROLES, Problem, Table, has_ranks, open_table, resolve, taxon_of
 from treeclip.taxonomy import Taxon, class_string, parse_inat21_dirname, parse_label
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ METAALBUM_LAYOUT = "DIR/labels.csv (FILE_NAME,CATEGORY,SUPER_CATEGORY), DIR/info
 INAT21_LAYOUT = "DIR/val/<id>_<Kingdom>_<Phylum>_<Class>_<Order>_<Family>_<Genus>_<epithet>/ image folders"
 SYNTH_LAYOUT = "the folder written by `treeclip synth` (DIR/catalog.csv with path, split, kingdom..species, common)"
 SYNTH_VARIANTS = ("unseen", "seen", "open")
-PATH_COLUMNS = ("filepath", "file_path", "path", "file_name", "filename", "image")
 Item = tuple[str, str, Taxon]  # image path, class key (the label), taxon
 
 
@@ -153,7 +152,7 @@ def label_taxon(label: str) -> Taxon:
 def _metadata_items(table: Table, overrides: Mapping[str, str], layout: str) -> tuple[list[Item], bool]:
     """(items, whether rank columns were used) of a BioCLIP-style metadata table."""
     ranks = resolve(table.header, (*TAXON_ROLES, "label"), overrides, where=str(table.path))
-    path_column = overrides.get("path") or table.find(*PATH_COLUMNS)
+    path_column = overrides.get("path") or table.find(*PATH_ALIASES)
     missing = [what for what, ok in (("filepath", path_column), ("class", "label" in ranks or has_ranks(ranks)))
                if not ok]
     if missing:

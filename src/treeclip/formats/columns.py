@@ -51,6 +51,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "common": ("common", "commonname", "vernacularname", "vernacular", "englishname", "commonnameen"),
     "label": ("label", "class", "category", "classname"),
 }
+# An image path column, in order of preference (Table.find compares them as compact keys).
+PATH_ALIASES = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
 _CLASS_NEIGHBOURS = ("kingdom", "phylum", "order", "family", "genus")
 _PREFIXABLE = ("kingdom", "phylum", "order", "family", "genus", "common_name")
 _FIELD = {"class": "cls"}  # taxon_from_fields keyword of a role

@@ -32,7 +32,7 @@ import torch
 
 from treeclip.atomic import atomic_write
 from treeclip.errors import UsageError
-from treeclip.formats import TAXON_ROLES, Problem, open_table, resolve, taxon_of
+from treeclip.formats import PATH_ALIASES, TAXON_ROLES, Problem, open_table, resolve, taxon_of
 from treeclip.taxonomy import Rank, Taxon
 
 from .prior import taxon_key
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FILE, DENSITY_FILE = "calibration.json", "calibration.npz"
 DEFAULT_QUANTILE = 0.05
-PATH_COLUMNS = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
 
 
 @dataclass
@@ -62,7 +61,7 @@ def read_labelled(table_path: str | os.PathLike[str], lineages: list[tuple[str, 
     e.g. `treeclip synth`'s catalog.csv) whose species is a column of the bank (matched as "Genus epithet");
     with `split`, only rows of that ``split``."""
     table = open_table(table_path, what="labelled table")
-    columns = {**resolve(table.header, TAXON_ROLES, where=str(table.path)), "path": table.find(*PATH_COLUMNS),
+    columns = {**resolve(table.header, TAXON_ROLES, where=str(table.path)), "path": table.find(*PATH_ALIASES),
                "split": table.find("split")}
     if columns["path"] is None or not any(rank in columns for rank in ("species", "scientific")):
         raise UsageError(f"{table.path}: a labelled table needs an image path column (path) and species names "

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from treeclip.errors import UsageError
-from treeclip.formats import Problem, open_table
+from treeclip.formats import PATH_ALIASES, Problem, open_table
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ LAT_COLUMNS = ("decimalLatitude", "latitude", "lat", "coord_lat")
 LON_COLUMNS = ("decimalLongitude", "longitude", "lon", "lng", "long", "coord_lon")
 DATE_COLUMNS = ("eventDate", "date", "observed_on", "datetime")
 MONTH_COLUMNS = ("month",)
-PATH_COLUMNS = ("path", "file", "file_name", "filepath", "image")
 _GPS = ExifTags.GPS
 _EXIF_DATE_TAGS = (ExifTags.Base.DateTimeOriginal, ExifTags.Base.DateTimeDigitized)
 
@@ -145,10 +144,10 @@ def read_location_table(path: str | os.PathLike[str]) -> dict[str, Location]:
     Rows with unusable coordinates are skipped and counted in a warning."""
     file = Path(path)
     table = open_table(file, what="location table")
-    columns = {"path": table.find(*PATH_COLUMNS), "lat": table.find(*LAT_COLUMNS),
+    columns = {"path": table.find(*PATH_ALIASES), "lat": table.find(*LAT_COLUMNS),
                "lon": table.find(*LON_COLUMNS), "date": table.find(*DATE_COLUMNS)}
     if None in (columns["path"], columns["lat"], columns["lon"]):
-        raise UsageError(f"{file}: a location table needs a path column ({PATH_COLUMNS[0]}) and latitude/"
+        raise UsageError(f"{file}: a location table needs a path column ({PATH_ALIASES[0]}) and latitude/"
                          f"longitude columns ({LAT_COLUMNS[1]}, {LON_COLUMNS[1]}); its columns: "
                          f"{', '.join(table.header)}")
     locations: dict[str, Location] = {}
