@@ -12,6 +12,10 @@ memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
   file (the 5 benchmark species): both passes, hashes, exclusion, dedup, splits, and the jobs' items files
   written under the stage's ``out/.build/plan/``; image hashing is replaced by a hash of the path (the images
   do not exist), so the figure is the plan's own memory; images "exist" for every row;
+- ``catalog-write``: a build's last step, `treeclip.data.catalog.write_catalog` streaming ``catalog.parquet``
+  from per-shard parts (as `treeclip.data.build` reads them back from the journal, 1,000 rows each: here one
+  shard's rows, made once from the catalog's first rows and written N/1,000 times), so the figure is the
+  writer's own memory; before issue 15 the build gathered every shard's rows as Python dicts first;
 - ``baseline``: what the old readers did, the whole catalog as Python dicts (``csv.DictReader`` into a list).
 
     python -m benchmarks.catalog_memory [--rows N] [--stages read,make-benchmark,plan,baseline]
@@ -35,7 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("read", "make-benchmark", "plan", "baseline")
+STAGES = ("read", "make-benchmark", "plan", "catalog-write", "baseline")
 LIMIT_MB = 2048
 LISTED = 5
 _GENERA = 2_000
@@ -167,6 +171,23 @@ def _plan(catalog: Path, species: Path, work: Path) -> dict[str, float]:
             "problems": problems[0]}
 
 
+def _catalog_write(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    import pyarrow.csv as pacsv  # noqa: PLC0415
+
+    from treeclip.data.catalog import write_catalog as write_parquet_catalog  # noqa: PLC0415
+
+    shard = 1000
+    with pacsv.open_csv(catalog) as reader:
+        first = reader.read_next_batch().slice(0, shard).to_pylist()
+    rows = [dict(r, id=f"{i:024x}", split="train", source="csv", source_id=r["path"], width=4, height=4,
+                 license="", owner="") for i, r in enumerate(first)]
+    total = sum(1 for _ in open(catalog, "rb")) - 1  # noqa: SIM115 - the catalog's row count
+    work.mkdir(parents=True, exist_ok=True)
+    written = write_parquet_catalog((rows[: total - start] for start in range(0, total, shard)),
+                                    work / "catalog.parquet")
+    return {"rows": written, "bytes": (work / "catalog.parquet").stat().st_size}
+
+
 def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
     import csv  # noqa: PLC0415
 
@@ -175,7 +196,8 @@ def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
     return {"rows": len(rows)}
 
 
-STAGE_FUNCTIONS = {"read": _read, "make-benchmark": _make_benchmark, "plan": _plan, "baseline": _baseline}
+STAGE_FUNCTIONS = {"read": _read, "make-benchmark": _make_benchmark, "plan": _plan, "catalog-write": _catalog_write,
+                   "baseline": _baseline}
 
 
 def run_stage(name: str, catalog: Path, species: Path, work: Path) -> dict[str, float]:

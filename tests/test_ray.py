@@ -8,13 +8,18 @@ hint.
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_build import GANNET, HONEYEATER, MULBERRY, row, shard_bytes, write_csv, write_jpeg
+from test_build import (GANNET, HONEYEATER, MULBERRY, _kill_test_source, read_samples, row, shard_bytes, write_csv,
+                        write_jpeg)
 from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 
 from treeclip.cli import main
@@ -89,7 +94,8 @@ def test_build_on_ray_equals_local_and_resumes(ray_runtime: object, source: Path
     assert len(expected) >= 4
     assert shard_bytes(on_ray) == expected
     assert (on_ray / "catalog.parquet").read_bytes() == (local / "catalog.parquet").read_bytes()
-    assert (on_ray / "dropped.csv").read_text() == (local / "dropped.csv").read_text()
+    for name in ("dropped.csv", "manifest.json", "alignment.json", "alignment.txt"):
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
 
     # resume: a lost shard is rewritten on Ray, the others are kept untouched
     lost = sorted(on_ray.glob("train/shard-*.tar"))[1]
@@ -100,6 +106,36 @@ def test_build_on_ray_equals_local_and_resumes(ray_runtime: object, source: Path
     assert shard_bytes(on_ray) == expected
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
     assert (on_ray / "manifest.json").is_file()
+
+
+def test_build_on_ray_sigkill_then_resume(ray_runtime: object, tmp_path: Path) -> None:
+    """`treeclip build --engine ray` killed (SIGKILL, with its whole process group: driver, local Ray runtime
+    and workers) while shards are being written, then resumed on Ray: every image exactly once, and every
+    output byte-identical to an uninterrupted local build's."""
+    n = 360
+    source = _kill_test_source(tmp_path / "src", n)
+    common = ["--source", f"csv:{source}", "--image-size", "160", "--shard-size", "6", "--val-fraction", "0.1"]
+    out, reference = tmp_path / "ray", tmp_path / "local"
+    args = ["build", *common, "--out", str(out), "--workers", "2", "--engine", "ray"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("*/shard-*.tar")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
+    survivors = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+    assert survivors and len(survivors) < n // 6
+    assert main([*args[:-2], "--engine", "ray", "--resume"]) == 0
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items()), "complete shards were rewritten"
+    samples = read_samples(out)
+    assert len(samples) == n and pq.read_table(out / "catalog.parquet").num_rows == n
+    assert main(["build", *common, "--out", str(reference), "--workers", "1"]) == 0
+    assert shard_bytes(out) == shard_bytes(reference)
+    for name in ("catalog.parquet", "dropped.csv", "manifest.json", "alignment.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

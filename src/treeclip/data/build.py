@@ -32,12 +32,12 @@ from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, wri
 from treeclip.data.engines import check_engine, map_unordered
 from treeclip.data.exclude import load_exclusions
 from treeclip.formats.shards import manifest as make_manifest
-from treeclip.formats.shards import manifest_text, shard_entry
+from treeclip.formats.shards import manifest_text, shard_entry, shard_name
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
 from treeclip.data.records import Problem
 from treeclip.data.shards import (JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path,
-                                  write_shard)
+                                  journal_rows, write_shard)
 from treeclip.data.sources import open_source
 from treeclip.data.splits import SPLITS
 from treeclip.errors import UsageError
@@ -45,6 +45,25 @@ from treeclip.errors import UsageError
 log = logging.getLogger(__name__)
 BUILD_DIR = ".build"
 Progress = Callable[[int, int], None]  # (images just finished, total images)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A finished shard as the driver keeps it: its place, sample count and skipped images (its catalog rows
+    stay in its journal entry, read back one shard at a time by `_finish`)."""
+
+    split: str
+    index: int
+    samples: int
+    skipped: list[dict[str, str]]
+
+    @classmethod
+    def of(cls, result: ShardResult) -> _Written:
+        return cls(result.split, result.index, len(result.rows), result.skipped)
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
 
 
 @dataclass
@@ -107,9 +126,9 @@ def build_dataset(
                           image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
                           val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
         _remove_stale(out, plan.jobs)
-        results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
-                                   engine=engine, ray_address=ray_address),
-                         key=lambda r: (SPLITS.index(r.split), r.index))
+        results = sorted((_Written.of(result) for result in _run_jobs(
+            plan.jobs, workers=workers, on_problem=on_problem, progress=progress, engine=engine,
+            ray_address=ray_address)), key=lambda r: (SPLITS.index(r.split), r.index))
         params = {"image_size": image_size, "resize": resize, "shard_size": shard_size,
                   "val_fraction": val_fraction,
                   "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
@@ -200,23 +219,23 @@ def _skipped_problem(skipped: dict[str, str]) -> Problem:
     return Problem(skipped["origin"], skipped["reason"])
 
 
-def _finish(out: Path, plan: Plan, results: list[ShardResult], params: dict[str, Any],
+def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, Any],
             problems: list[Problem]) -> dict[str, Any]:
-    """Write the catalog, dropped list and alignment report, then the manifest (last)."""
-    rows = [row for result in results for row in result.rows]
-    write_catalog(rows, out / CATALOG)
+    """Write the catalog (streamed from the journal, one shard at a time), dropped list and alignment
+    report, then the manifest (last)."""
+    samples = write_catalog((journal_rows(out, r.split, r.index) for r in results), out / CATALOG)
     bad = [dict(s, id=s["key"]) for result in results for s in result.skipped]
     write_dropped(plan.dropped + bad, out / DROPPED)
     write_report(plan.alignment, out / "alignment.json")
     atomic_write(out / "alignment.txt", plan.alignment.summary())
-    manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=len(rows))
+    manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=samples)
     atomic_write(out / MANIFEST, manifest_text(manifest))
     return manifest
 
 
-def _manifest(plan: Plan, results: list[ShardResult], params: dict[str, Any], problems: list[Problem], *,
+def _manifest(plan: Plan, results: list[_Written], params: dict[str, Any], problems: list[Problem], *,
               bad_images: int, samples: int) -> dict[str, Any]:
-    shards = [shard_entry(r.name, r.split, len(r.rows)) for r in results]
+    shards = [shard_entry(r.name, r.split, r.samples) for r in results]
     splits = {split: {"samples": sum(s["samples"] for s in shards if s["split"] == split),
                       "shards": sum(1 for s in shards if s["split"] == split)} for split in SPLITS}
     counts = Counter({"records": 0, "unresolved": 0, "held_out": 0, "repeated_id": 0, "unreadable": 0, "excluded": 0,

@@ -1,10 +1,11 @@
-"""The build's tables: ``catalog.parquet`` (one row per image in the shards) and ``dropped.csv``."""
+"""The build's tables: ``catalog.parquet`` (one row per image in the shards, in shard order: the train shards,
+then the val shards, each shard's samples in tar order) and ``dropped.csv``."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,28 @@ __all__ = ["CATALOG", "CATALOG_COLUMNS", "DROPPED", "DROPPED_COLUMNS", "EXTRA_CO
            "write_dropped"]
 
 
-def write_catalog(rows: Iterable[Mapping[str, Any]], path: str | Path) -> int:
-    """Write the rows (sorted by split then id) to a Parquet file atomically; returns the row count."""
+def write_catalog(parts: Iterable[Sequence[Mapping[str, Any]]], path: str | Path, *,
+                  row_group_rows: int = 65_536) -> int:
+    """Write the catalog atomically from its parts (one shard's rows each, in shard order), streaming: at
+    most `row_group_rows` rows are held at once, as Arrow columns. Returns the row count."""
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     schema = catalog_schema()
-    ordered = sorted(rows, key=lambda row: (row["split"], row["id"]))
-    table = pa.Table.from_pylist([{name: row.get(name, "") for name in schema.names} for row in ordered],
-                                 schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return table.num_rows
+    total, pending, held = 0, [], 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for rows in parts:
+            if rows:
+                pending.append(pa.Table.from_pylist([{name: row.get(name, "") for name in schema.names}
+                                                     for row in rows], schema=schema))
+                held += len(rows)
+            if held >= row_group_rows:
+                writer.write_table(pa.concat_tables(pending), row_group_size=row_group_rows)
+                total, pending, held = total + held, [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=row_group_rows)
+            total += held
+    return total
 
 
 def write_dropped(rows: Iterable[Mapping[str, str]], path: str | Path) -> None:

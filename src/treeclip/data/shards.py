@@ -257,6 +257,11 @@ def list_samples(path: str | Path) -> dict[str, list[str]]:
     return samples
 
 
+def journal_rows(out: str | Path, split: str, index: int) -> list[dict[str, Any]]:
+    """The catalog rows a finished shard's journal entry holds, in tar order."""
+    return json.loads(journal_path(out, split, index).read_text(encoding="utf-8"))["rows"]
+
+
 def completed_shard(job: ShardJob) -> ShardResult | None:
     """The journalled result of `job` if its shard is complete and matches the plan, else None."""
     tar_path, journal = Path(job.out) / job.name, journal_path(job.out, job.split, job.index)
