@@ -1,17 +1,21 @@
-"""The training loader's CPU cost per sample: webdataset's tarfile-based reading against treeclip's `TarReader`,
-side by side in one run on the same generated shards.
+"""The training loader's CPU cost per sample, before and after its speed-ups, side by side in one run on the same
+generated shards: "old" (webdataset's tarfile-based reader, the transform step by step), "reader" (treeclip's
+`TarReader`, only the members used) and "new" (that, plus ToTensor + Normalize as one in-place pass:
+`treeclip.data.loader.ImageTransform`).
 
 Both paths run `treeclip.data.loader.make_loader` in this process on one torch thread with the model's training
 transform (random resized crop, ToTensor, normalise) and tokenizer, the way `benchmarks/gpu.py` measures
 "loader samples/s per core": samples per CPU-second of this process (other processes' load does not count,
-but shares the caches). "old" swaps the loader's shard reader back to ``wds.tarfile_to_samples``; the rounds
-alternate old, new, old, new ... and the median of each is reported, with the batches of the two paths
-compared (images and token ids, same seed) so a faster path that changes the data would be reported as such.
+but shares the caches). "old" swaps the loader's shard reader back to ``wds.tarfile_to_samples``; "old" and
+"reader" pass the transform wrapped in a function, which the loader applies as given. The rounds alternate
+old, reader, new, old, ... and the median of each is reported, with the batches of old and new compared
+(images and token ids, same seed) so a faster path that changes the data would be reported as such.
 
 The shards are BioCLIP's layout as ``treeclip build`` writes it (JPEG + 10 caption files + taxon.json per
 sample), 224 px JPEGs (`tests/_shards.py`).
 
 Usage: ``python benchmarks/loader.py [--samples 768] [--batch 32] [--rounds 5] [--model ViT-B-16]``
+Figures: docs/training.md, "Feeding the GPU".
 """
 
 from __future__ import annotations
@@ -42,21 +46,26 @@ def old_reader(_suffixes: Any) -> Callable:
     return wds.tarfile_to_samples(handler=loader._log_and_continue)
 
 
-def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, old: bool
+PATHS = {"old": "wds.tarfile_to_samples, transform step by step", "reader": "TarReader, transform step by step",
+         "new": "TarReader, ToTensor + Normalize fused"}
+
+
+def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str
             ) -> Iterator[dict[str, Any]]:
     original = loader._TarSamples
-    loader._TarSamples = old_reader if old else original
+    loader._TarSamples = old_reader if path == "old" else original
+    as_given = transform if path == "new" else lambda image: transform(image)
     try:
         torch.manual_seed(0)  # the transform's crops draw from torch's global generator
-        yield from loader.make_loader(urls, transform=transform, tokenizer=tokenizer, batch_size=batch,
+        yield from loader.make_loader(urls, transform=as_given, tokenizer=tokenizer, batch_size=batch,
                                       shuffle_buffer=0, partial=False, seed=0)
     finally:
         loader._TarSamples = original
 
 
-def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, old: bool) -> float:
+def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str) -> float:
     """Samples per CPU-second after the first batch (opening the first shard is not part of the rate)."""
-    stream = batches(urls, transform, tokenizer, batch=batch, old=old)
+    stream = batches(urls, transform, tokenizer, batch=batch, path=path)
     next(stream)
     start, count = time.process_time(), 0
     for item in stream:
@@ -65,8 +74,8 @@ def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: in
 
 
 def same_batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int) -> bool:
-    old = list(batches(urls, transform, tokenizer, batch=batch, old=True))
-    new = list(batches(urls, transform, tokenizer, batch=batch, old=False))
+    old = list(batches(urls, transform, tokenizer, batch=batch, path="old"))
+    new = list(batches(urls, transform, tokenizer, batch=batch, path="new"))
     return len(old) == len(new) and all(
         a["__key__"] == b["__key__"] and a["text_type"] == b["text_type"] and a["lineage"] == b["lineage"]
         and torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"]) for a, b in zip(old, new))
@@ -87,20 +96,20 @@ def main() -> None:
                             image_size=224)
         urls = sorted(str(path) for path in (root / "train").glob("*.tar"))
         equal = same_batches(urls, transform, tokenizer, batch=args.batch)
-        runs: dict[str, list[float]] = {"old": [], "new": []}
+        runs: dict[str, list[float]] = {path: [] for path in PATHS}
         for _ in range(args.rounds):
-            for name in runs:
-                runs[name].append(rate(urls, transform, tokenizer, batch=args.batch, old=name == "old"))
-    old, new = (statistics.median(runs[name]) for name in ("old", "new"))
+            for path in runs:
+                runs[path].append(rate(urls, transform, tokenizer, batch=args.batch, path=path))
+    old, reader, new = (statistics.median(runs[path]) for path in PATHS)
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
           f"torch: {torch.__version__}, load at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}, "
           f"model: {args.model}, samples: {args.samples}, batch: {args.batch}, rounds: {args.rounds}")
     print("\n| loader path | samples per CPU-second (median) | all rounds |\n|---|---|---|")
-    for name, label in (("old", "wds.tarfile_to_samples (all members)"), ("new", "TarReader (members used)")):
-        print(f"| {label} | {statistics.median(runs[name]):,.1f} | "
-              f"{', '.join(f'{value:,.0f}' for value in runs[name])} |")
-    print(f"\nnew / old: {new / old:.2f}x; batches identical (images, token ids, keys, text types, lineage): "
-          f"{'yes' if equal else 'NO'}")
+    for path, label in PATHS.items():
+        print(f"| {path}: {label} | {statistics.median(runs[path]):,.1f} | "
+              f"{', '.join(f'{value:,.0f}' for value in runs[path])} |")
+    print(f"\nreader / old: {reader / old:.2f}x, new / old: {new / old:.2f}x; batches of new and old identical "
+          f"(images, token ids, keys, text types, lineage): {'yes' if equal else 'NO'}")
 
 
 if __name__ == "__main__":

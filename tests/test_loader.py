@@ -15,9 +15,10 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
+from torchvision import transforms as tv
 
 from treeclip.data import loader
-from treeclip.data.loader import list_shards, make_loader, num_samples, split_shards
+from treeclip.data.loader import ImageTransform, list_shards, make_loader, num_samples, split_shards
 from treeclip.formats.shards import MANIFEST, TarReader, manifest_text, shard_entry
 from treeclip.formats.shards import manifest as make_manifest
 from treeclip.errors import UsageError
@@ -376,3 +377,25 @@ def test_broken_shard_keeps_its_samples_so_far_and_the_next_shard(tmp_path: Path
         result = batches([tmp_path / "a.tar", tmp_path / "b.tar"], shuffle_buffer=0)
     assert keys_of(result) == ["a0", "a1", "b0", "b1"]
     assert "skipping the rest of" in caplog.text and "a.tar" in caplog.text
+
+
+def augment(*extra) -> tv.Compose:
+    """open_clip's training transform in small: random crop, ToTensor, Normalize."""
+    return tv.Compose([tv.RandomResizedCrop(16, scale=(0.5, 1.0)), *extra, tv.ToTensor(),
+                       tv.Normalize((0.48, 0.46, 0.41), (0.27, 0.26, 0.28))])
+
+
+def test_fused_to_tensor_normalize_gives_the_same_bits(tmp_path: Path) -> None:
+    from _shards import write_shards
+
+    urls = list_shards(write_shards(tmp_path, n_species=3) / "train")
+    compose = augment()
+    torch.manual_seed(0)
+    fused = batches(urls, transform=compose, shuffle_buffer=0)
+    torch.manual_seed(0)
+    plain = batches(urls, transform=lambda image: compose(image), shuffle_buffer=0)  # not a Compose: as given
+    assert_same_batches(fused, plain)
+    assert ImageTransform(compose).head is not None and ImageTransform(transform).head is None
+    gray = tv.Compose([tv.Grayscale(), tv.ToTensor(), tv.Normalize((0.5,), (0.25,))])
+    image = Image.open(io.BytesIO(image_bytes(3)))
+    assert torch.equal(ImageTransform(gray)(image), gray(image))  # not RGB before ToTensor: the given steps

@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
+from torchvision import transforms as tv
 
 from treeclip.data.images import ImageError, decode_image
 from treeclip.data.sources.wds import NAME_KEYS, sample_taxon
@@ -107,7 +109,7 @@ def make_loader(
         _TarSamples((*IMAGE_KEYS, *chooser.names, *LINEAGE_MEMBERS)),
         None if resampled else _SampleSplit(shards, seeds),
         _Shuffle(shuffle_buffer, seeds) if shuffle_buffer > 1 else None,
-        _Prepare(transform, chooser.names),
+        _Prepare(ImageTransform(transform), chooser.names),
         wds.batched(batch_size, collation_fn=None, partial=partial),
         _Collate(chooser, tokenizer, text_mix, seeds),
     )
@@ -324,6 +326,33 @@ class _Prepare:
         texts = {name: sample[name.lower()].decode("utf-8").strip()
                  for name in self.text_names if name.lower() in sample}
         return {"__key__": key, "image": image, "texts": texts, "lineage": sample_lineage(sample)}
+
+
+class ImageTransform:
+    """`transform`, with a torchvision ``Compose`` that ends in ``ToTensor, Normalize`` (open_clip's) finishing
+    an RGB image in one preallocated tensor: the same float operations in the same order, so the same bits,
+    without the four intermediate tensors (~0.15 CPU-ms less per 224 px image, `benchmarks/loader.py`)."""
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.transform = transform
+        steps = transform.transforms if isinstance(transform, tv.Compose) else []
+        fusable = len(steps) >= 2 and isinstance(steps[-2], tv.ToTensor) and isinstance(steps[-1], tv.Normalize) \
+            and not steps[-1].inplace and all(std != 0 for std in steps[-1].std)
+        self.head = tv.Compose(steps[:-2]) if fusable else None
+        self.tail = tv.Compose(steps[-2:]) if fusable else None
+        self.mean_std = (steps[-1].mean, steps[-1].std) if fusable else None
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if self.head is None:
+            return self.transform(image)
+        image = self.head(image)
+        if not isinstance(image, Image.Image) or image.mode != "RGB":
+            return self.tail(image)
+        dtype = torch.get_default_dtype()
+        mean, std = (torch.as_tensor(values, dtype=dtype).view(-1, 1, 1) for values in self.mean_std)
+        out = torch.empty((3, image.height, image.width), dtype=dtype)
+        out.copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # ToTensor: uint8 -> float, / 255
+        return out.div_(255).sub_(mean).div_(std)  # Normalize
 
 
 def sample_lineage(sample: Mapping[str, Any]) -> tuple[str, ...]:
