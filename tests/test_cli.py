@@ -156,6 +156,10 @@ USAGE_MISTAKES: dict[str, tuple[list[str], str]] = {
     "eval-shots": (["eval", "--model", "m", "--task", "rare:missing", "--shots", "a", "--out", "rep"], "--shots 'a'"),
     "predict-image": (["predict", "missing.jpg", "--model", "m"], "image input not found: missing.jpg"),
     "embed-image": (["embed", "missing.jpg", "--model", "m", "-o", "e.parquet"], "image input not found: missing.jpg"),
+    "bank-taxonomy": (["bank", "build", "--taxonomy", "missing.csv", "--model", "m", "--out", "b"],
+                      "taxonomy file not found: missing.csv"),
+    "bank-hub-offline": (["bank", "build", "--taxonomy", "taxa.csv", "--model", "hf-hub:org/none", "--out", "b"],
+                         "--model hf-hub:org/none: not in the local Hugging Face cache"),
     "predict-hub-offline": (["predict", "sitecustomize.py"],
                             "--model hf-hub:imageomics/bioclip-2: not in the local Hugging Face cache and "
                             "HF_HUB_OFFLINE is set"),
@@ -168,6 +172,7 @@ def test_usage_mistake_is_one_line_exit_2_before_torch(case: str, tmp_path: Path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     argv, expected = USAGE_MISTAKES[case]
+    (tmp_path / "taxa.csv").write_text("genus,species\nCorvus,Corvus corax\n", encoding="utf-8")
     result = _run_hidden(argv, ["torch"], tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()

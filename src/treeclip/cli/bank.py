@@ -62,11 +62,10 @@ def run(args: argparse.Namespace) -> int:
         return run_prune(args) if args.bank_command == "prune" else run_info(args)
     import dataclasses  # noqa: PLC0415
 
+    from treeclip.cli._options import check_hub_model  # noqa: PLC0415
     from treeclip.cli._progress import progress  # noqa: PLC0415
     from treeclip.errors import UsageError  # noqa: PLC0415
-    from treeclip.model.bank import build_bank, measure_build_cost, taxon_texts  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
-    from treeclip.predict.runtime import load_for_inference  # noqa: PLC0415
     from treeclip.predict.taxa import read_taxa  # noqa: PLC0415
     from treeclip.taxonomy import get_templates  # noqa: PLC0415
 
@@ -75,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
                      problems=problems)
     if not taxa:
         raise UsageError(f"--taxonomy {args.taxonomy}: no usable taxa to encode")
+    check_hub_model(args.model)  # all of the above before torch loads
+    from treeclip.model.bank import build_bank, measure_build_cost, taxon_texts  # noqa: PLC0415
+    from treeclip.predict.runtime import load_for_inference  # noqa: PLC0415
+
     model, _, tokenizer = load_for_inference(args.model, device=args.device)  # torch, or ONNX Runtime for a folder
     cost = measure_build_cost(model=model, tokenizer=tokenizer, texts=taxon_texts(taxa[:512], args.text_type),
                               templates=get_templates(args.templates), device=args.device,
