@@ -443,7 +443,7 @@ def test_plan_batches_and_buckets_do_not_change_the_output(inputs: dict[str, Pat
     common = dict(sources=[f"csv:{inputs['clean_csv']}", f"folder:{inputs['folder']}", f"csv:{repeated}"],
                   image_size=16, shard_size=2, val_fraction=0.3, exclude=[exclude], allow_absolute_paths=True)
     whole = build_dataset(out=tmp_path / "whole", **common)
-    for name, value in (("_BATCH", 1), ("_HASH_BATCH", 2), ("_BUCKET_ROWS", 3)):
+    for name, value in (("_BATCH", 1), ("_HASH_ROWS", 2), ("_BUCKET_ROWS", 3)):
         monkeypatch.setattr(plan, name, value)
     small = build_dataset(out=tmp_path / "small", **common)
     assert whole.counts["repeated_id"] == 2 and whole.counts["excluded"] >= 1 and whole.counts["duplicates"] >= 1

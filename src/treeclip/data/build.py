@@ -29,7 +29,7 @@ from treeclip.data.align import Aligner, write_report
 from treeclip.atomic import OutputLock, atomic_write, is_temp_file
 from treeclip.data.backbone import read_backbones
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
-from treeclip.data.engines import check_engine, map_unordered
+from treeclip.data.engines import check_engine, engine_session, map_unordered
 from treeclip.data.exclude import load_exclusions
 from treeclip.formats.shards import manifest as make_manifest
 from treeclip.formats.shards import manifest_text, shard_entry, shard_name
@@ -120,15 +120,17 @@ def build_dataset(
     out = Path(out)
     _check_out(out, resume=resume)
     (out / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
-    with OutputLock(out, option="--out", lock_file=out / BUILD_DIR / "lock"):
+    with OutputLock(out, option="--out", lock_file=out / BUILD_DIR / "lock"), \
+            engine_session(engine, ray_address, workers=workers):
         _clean_for_resume(out)
         plan = plan_build(sources=opened, out=str(out.absolute()), aligner=aligner, exclusions=exclusions,
                           image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
-                          val_fraction=val_fraction, seed=seed, threads=workers, on_problem=on_problem)
+                          val_fraction=val_fraction, seed=seed, workers=workers, engine=engine,
+                          ray_address=ray_address, on_problem=on_problem)
         _remove_stale(out, plan.jobs)
-        results = sorted((_Written.of(result) for result in _run_jobs(
-            plan.jobs, workers=workers, on_problem=on_problem, progress=progress, engine=engine,
-            ray_address=ray_address)), key=lambda r: (SPLITS.index(r.split), r.index))
+        results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
+                                   engine=engine, ray_address=ray_address),
+                         key=lambda r: (SPLITS.index(r.split), r.index))
         params = {"image_size": image_size, "resize": resize, "shard_size": shard_size,
                   "val_fraction": val_fraction,
                   "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
@@ -188,21 +190,21 @@ def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
 
 
 def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Problem], None] | None,
-              progress: Progress | None, engine: str, ray_address: str | None) -> Iterator[ShardResult]:
+              progress: Progress | None, engine: str, ray_address: str | None) -> Iterator[_Written]:
     """Yield every shard's result: kept ones first, then the newly written ones as they finish."""
     total = sum(job.count for job in jobs)
     if progress:
         progress(0, total)
-    kept: list[ShardResult] = []
+    kept: list[_Written] = []
     todo: list[ShardJob] = []
     for job in jobs:
         done = completed_shard(job)
         if done is None:
             todo.append(job)
         else:
-            kept.append(done)
+            kept.append(_Written.of(done))
     log.info("%d complete shards kept, %d to write", len(kept), len(todo))
-    written = map_unordered(write_shard, todo, engine=engine, workers=workers, ray_address=ray_address)
+    written = map_unordered(_write, todo, engine=engine, workers=workers, ray_address=ray_address)
     for result in itertools.chain(kept, written):
         for skipped in result.skipped:
             problem = _skipped_problem(skipped)
@@ -211,8 +213,13 @@ def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Probl
             else:
                 log.warning("%s: %s", problem.origin, problem.reason)
         if progress:
-            progress(len(result.rows) + len(result.skipped), total)
+            progress(result.samples + len(result.skipped), total)
         yield result
+
+
+def _write(job: ShardJob) -> _Written:
+    """`write_shard` on a worker, returning only what the driver keeps: the rows stay in the journal entry."""
+    return _Written.of(write_shard(job))
 
 
 def _skipped_problem(skipped: dict[str, str]) -> Problem:

@@ -6,8 +6,9 @@
    source ids repeated within a source (reported), are left out. Rows whose source mended a gap in their
    lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks back (from
    the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest unbroken run.
-3. The sha256 of every remaining image's source bytes is taken (threads; hashing and file reads release
-   the GIL). Unreadable files are reported and left out.
+3. The sha256 of every remaining image's source bytes is taken where the bytes are read: `hash_batch` over
+   the spill's batches on the build's engine (threads locally, Ray Data tasks on Ray). Unreadable files are
+   reported and left out.
 4. Exclusions: every record matching an `--exclude` entry (name, hash, path or id) is left out, and so is
    every other copy of an excluded image's bytes, so an evaluation image cannot leak in under another label.
 5. Exact duplicates: among records with the same sha256 the first in source order (the order of
@@ -35,7 +36,6 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from treeclip.data.align import Aligner, Alignment
+from treeclip.data.engines import map_table_batches
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
 from treeclip.data.records import Problem, Record
@@ -59,7 +60,7 @@ ProblemHandler = Callable[[Problem], None]
 HELD_OUT_SPLIT = "unseen"  # a source split that must never reach training (evaluation-only taxa)
 SPILL_FILE = ".build/candidates.parquet"
 _BATCH = 16_384  # records per pass-2 batch and rows per spill read
-_HASH_BATCH = 4096  # files in flight at once: bounds the futures held in memory
+_HASH_ROWS = 256  # files per `hash_batch` call: a unit of work for a thread or a Ray Data task
 _BUCKET_ROWS = 65_536  # rows per bucket (an Arrow IPC stream file) of the external sort that writes the items files
 _KEY = "S12"  # a sample key (24 hex digits) as raw bytes
 _DIGEST = "S32"  # a sha256 as raw bytes
@@ -111,11 +112,15 @@ def plan_build(
     shard_size: int,
     val_fraction: float,
     seed: int,
-    threads: int = 1,
+    workers: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
     on_problem: ProblemHandler | None = None,
 ) -> Plan:
     """Run the planning passes described in the module docstring, write the jobs' items files under
-    ``out/.build/plan/`` (replacing earlier ones) and return the shard jobs."""
+    ``out/.build/plan/`` (replacing earlier ones) and return the shard jobs. Hashing (step 3) runs on
+    `engine` (`treeclip.data.engines.map_table_batches`: `workers` threads, or Ray Data); the plan is the
+    same on either."""
     report = _Reporter(on_problem)
     per_source = _observe(sources, aligner, report)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
@@ -127,7 +132,7 @@ def plan_build(
     spill = Path(out) / SPILL_FILE
     try:
         columns = _resolve(sources, plan, report, spill, val_fraction=val_fraction, seed=seed)
-        _hash_all(columns, plan, report, threads)
+        _hash_all(columns, plan, report, engine=engine, workers=workers, ray_address=ray_address)
         _exclude(columns, exclusions, plan)
         _dedup(columns, plan)
         plan.jobs = _shard_jobs(columns, out=out, shard_size=shard_size, image_size=image_size,
@@ -334,28 +339,41 @@ def _spill_rows(columns: _Columns, names: Sequence[str], wanted: np.ndarray | No
 _DROP_FIELDS = ("key", "source", "source_id", "path", "origin")
 
 
-def _hash_all(columns: _Columns, plan: Plan, report: _Reporter, threads: int) -> None:
-    """Fill `columns.digest` with the sha256 of each candidate's source bytes; unreadable images are
-    reported and dropped."""
+def _hash_all(columns: _Columns, plan: Plan, report: _Reporter, *, engine: str, workers: int,
+              ray_address: str | None) -> None:
+    """Fill `columns.digest` with the sha256 of each candidate's source bytes, taken by `hash_batch` on the
+    engine's workers (where the bytes are read); unreadable images are reported and dropped."""
     digests = np.zeros(len(columns.key), _DIGEST)
-    rows = _spill_rows(columns, (*_DROP_FIELDS, "sha256"))
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        while batch := list(islice(rows, _HASH_BATCH)):
-            for (index, row), (digest, error) in zip(batch, pool.map(_try_hash, (row for _, row in batch))):
-                if error:
-                    report(Problem(row["origin"] or row["path"], f"cannot read image {row['path']}: {error}"))
-                    _drop(plan, row, f"cannot read image: {error}", "unreadable", key=row["key"])
-                    columns.alive[index] = False
-                else:
-                    digests[index] = bytes.fromhex(digest)
+    failed: dict[int, str] = {}
+    start = 0
+    for table in map_table_batches(hash_batch, str(columns.spill), columns=("path", "sha256"),
+                                   batch_rows=_HASH_ROWS, engine=engine, workers=workers, ray_address=ray_address):
+        stop = start + table.num_rows
+        digests[start:stop] = np.array(table.column("digest").to_pylist(), _DIGEST)
+        failed.update((start + int(i), table.column("error")[int(i)].as_py())
+                      for i in np.flatnonzero(np.asarray(table.column("error").is_valid())))
+        start = stop
+    for index, row in _spill_rows(columns, _DROP_FIELDS, np.array(sorted(failed), np.int64)):
+        error = failed[index]
+        report(Problem(row["origin"] or row["path"], f"cannot read image {row['path']}: {error}"))
+        _drop(plan, row, f"cannot read image: {error}", "unreadable", key=row["key"])
+        columns.alive[index] = False
     columns.digest = digests
 
 
-def _try_hash(row: dict[str, Any]) -> tuple[str, str]:
-    try:
-        return row["sha256"] or sha256_file(row["path"]), ""
-    except OSError as exc:
-        return "", exc.strerror or str(exc)
+def hash_batch(batch: pa.Table) -> pa.Table:
+    """A plan stage, one batch at a time on any engine: the raw sha256 of each row's image (the source's own
+    ``sha256`` when it gave one, else the file's bytes) and, for a file that cannot be read, the error
+    (the digest then is all zero bytes)."""
+    digests, errors = [], []
+    for path, given in zip(batch.column("path").to_pylist(), batch.column("sha256").to_pylist()):
+        try:
+            digests.append(bytes.fromhex(given or sha256_file(path)))
+            errors.append(None)
+        except OSError as exc:
+            digests.append(bytes(32))
+            errors.append(exc.strerror or str(exc))
+    return pa.table({"digest": pa.array(digests, pa.binary(32)), "error": pa.array(errors, pa.string())})
 
 
 def _exclude(columns: _Columns, exclusions: Exclusions, plan: Plan) -> None:
