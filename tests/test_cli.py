@@ -160,6 +160,7 @@ USAGE_MISTAKES: dict[str, tuple[list[str], str]] = {
                       "taxonomy file not found: missing.csv"),
     "bank-hub-offline": (["bank", "build", "--taxonomy", "taxa.csv", "--model", "hf-hub:org/none", "--out", "b"],
                          "--model hf-hub:org/none: not in the local Hugging Face cache"),
+    "serve-hub-offline": (["serve", "--model", "hf-hub:org/none"], "--model hf-hub:org/none: not in the local Hugging"),
     "predict-hub-offline": (["predict", "sitecustomize.py"],
                             "--model hf-hub:imageomics/bioclip-2: not in the local Hugging Face cache and "
                             "HF_HUB_OFFLINE is set"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from treeclip.cli._options import Requirement
+from treeclip.cli._options import Requirement, check_hub_model
 from treeclip.cli.predict import ONNX_RUNTIME, add_runtime_argument, check_runtime
 
 REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME)
@@ -71,8 +71,9 @@ def _limits(args: argparse.Namespace):  # noqa: ANN202 - treeclip.serve.limits i
 
 
 def run(args: argparse.Namespace) -> int:
-    limits = _limits(args)
     model, bank = _model_and_bank(args)
+    check_hub_model(model)  # one line before torch loads, not the hub client's retries
+    limits = _limits(args)
     check_runtime(model, args.runtime)
 
     import uvicorn  # noqa: PLC0415
