@@ -454,6 +454,19 @@ def test_plan_batches_and_buckets_do_not_change_the_output(inputs: dict[str, Pat
     assert not (tmp_path / "small/.build/plan").exists()  # the items files go once the build is complete
 
 
+def test_pass_one_per_source_in_worker_processes_equals_one_process(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Pass 1 runs one job per source (here in 2 spawned processes, finishing in any order); merging their
+    alignment tallies in source order must give the one-process build's alignment, shards and tables."""
+    common = dict(sources=[f"csv:{inputs['csv']}", f"folder:{inputs['folder']}", f"csv:{inputs['clean_csv']}"],
+                  image_size=16, shard_size=3, val_fraction=0.3)
+    one = build_dataset(out=tmp_path / "one", workers=1, **common)
+    two = build_dataset(out=tmp_path / "two", workers=2, **common)
+    assert [str(p) for p in one.problems] == [str(p) for p in two.problems] and one.problems
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+    for name in ("alignment.json", "alignment.txt", "manifest.json", "catalog.parquet", "dropped.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
 def test_rows_with_a_gap_are_filled_from_the_backbone_or_kept_and_counted(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A row with its family empty under a known order is mended to its deepest unbroken run (genus, species):

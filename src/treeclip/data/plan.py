@@ -1,6 +1,8 @@
 """Planning a build: which images go into which shard, decided before any image is decoded.
 
-1. Pass 1 streams every source into the `Aligner` (and reports the sources' bad rows and files).
+1. Pass 1 reads every source into an `Aligner` tally (and reports the sources' bad rows and files): one
+   `observe_source` job per source on the build's engine (in this process, a process pool or Ray tasks);
+   the per-source tallies (distinct lineage and source counts) are merged in source order.
 2. Pass 2 streams the sources again and resolves each record's taxon; records the alignment drops, records
    their source marks as held out (``split=unseen``, as `treeclip synth` marks its unseen species), and
    source ids repeated within a source (reported), are left out. Rows whose source mended a gap in their
@@ -46,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from treeclip.data.align import Aligner, Alignment
-from treeclip.data.engines import map_table_batches
+from treeclip.data.engines import map_table_batches, map_unordered
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
 from treeclip.data.records import Problem, Record
@@ -122,7 +124,7 @@ def plan_build(
     `engine` (`treeclip.data.engines.map_table_batches`: `workers` threads, or Ray Data); the plan is the
     same on either."""
     report = _Reporter(on_problem)
-    per_source = _observe(sources, aligner, report)
+    per_source = _observe(sources, aligner, report, engine=engine, workers=workers, ray_address=ray_address)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
     plan.source_counts = [{"spec": src.spec, "kind": src.kind, **n} for src, n in zip(sources, per_source)]
     plan.counts["records"] = sum(n["records"] for n in per_source)
@@ -158,19 +160,42 @@ class _Reporter:
             log.warning("%s: %s", problem.origin, problem.reason)
 
 
-def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter) -> list[dict[str, int]]:
-    counts = []
-    for source in sources:
-        n = {"records": 0, "problems": 0}
-        for item in source.records():
-            if isinstance(item, Problem):
-                n["problems"] += 1
-                report(item)
-            else:
-                n["records"] += 1
-                aligner.observe(item)
-        counts.append(n)
-    return counts
+@dataclass
+class _Observed:
+    """Pass 1 over one source: its alignment tally (counts per distinct lineage and source), problems, counts."""
+
+    index: int
+    aligner: Aligner
+    problems: list[Problem]
+    counts: dict[str, int]
+
+
+def observe_source(job: tuple[int, Source]) -> _Observed:
+    """Pass 1 for one source, a job for any engine (`treeclip.data.engines.map_unordered`): only its tally,
+    which grows with its distinct lineages, not its records, comes back."""
+    index, source = job
+    observed = _Observed(index, Aligner(), [], {"records": 0, "problems": 0})
+    for item in source.records():
+        if isinstance(item, Problem):
+            observed.counts["problems"] += 1
+            observed.problems.append(item)
+        else:
+            observed.counts["records"] += 1
+            observed.aligner.observe(item)
+    return observed
+
+
+def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, engine: str, workers: int,
+             ray_address: str | None) -> list[dict[str, int]]:
+    """Pass 1: one `observe_source` job per source on the engine; tallies merged (and problems reported)
+    in source order, so the alignment does not depend on which job finished first."""
+    observed = sorted(map_unordered(observe_source, list(enumerate(sources)), engine=engine, workers=workers,
+                                    ray_address=ray_address), key=lambda o: o.index)
+    for one in observed:
+        for problem in one.problems:
+            report(problem)
+        aligner.absorb(one.aligner)
+    return [one.counts for one in observed]
 
 
 def _drop(plan: Plan, row: Record | dict[str, Any], reason: str, counter: str, *, key: str,

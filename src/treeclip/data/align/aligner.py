@@ -88,6 +88,14 @@ class Aligner:
             names = self._commons.setdefault((lineage, record.source), Counter())
             names[record.taxon.common] += 1
 
+    def absorb(self, other: Aligner) -> None:
+        """Add the counts `other` observed (e.g. one source's, counted by another process). Absorbing the
+        sources' aligners in source order leaves the state that observing all their records in order leaves."""
+        for lineage, counts in other._tally.items():
+            self._tally.setdefault(lineage, Counter()).update(counts)
+        for key, names in other._commons.items():
+            self._commons.setdefault(key, Counter()).update(names)
+
     def finalize(self) -> Alignment:
         """Align every observed lineage (see `treeclip.data.align`) and build the report."""
         backbone = _backbone_commons(self._backbone)
