@@ -18,7 +18,7 @@ MEMBERS = [
     ("a.jpg", b"\xff\xd8" + bytes(range(256)) * 7),  # not a multiple of 512
     ("a.txt", b""),  # empty member: a header and no data block
     ("b.bin", b"x" * 1024),  # exact multiple of 512: no padding
-    ("c" * 90 + "/" + "d" * 60 + ".json", b"{}"),  # > 100 characters: ustar prefix field
+    ("c" * 92 + ".json", b"{}"),  # 97 bytes: the name field nearly full
     ("Pinus_sylvestris_éà.txt", "Waldkiefer \u00e4".encode()),  # non-ASCII name
     ("big.bin", b"\x01" * 10_000),  # crosses tarfile's 10240-byte record
 ]
@@ -98,3 +98,9 @@ def test_draft_decode_output_close_to_full_decode(size: tuple[int, int], mode: s
     assert ours.shape == full.shape  # same output geometry: the resize mode keeps its meaning
     assert psnr(ours, full) >= 38.0
     assert np.abs(ours.astype(int) - full.astype(int)).mean() <= 2.5
+
+
+def test_tar_writer_refuses_a_name_it_cannot_store(tmp_path: pathlib.Path) -> None:
+    # catches: a long name silently cut to 100 bytes, which would change the sample's key in the shard
+    with ShardTarWriter(tmp_path / "x.tar") as tar, pytest.raises(ValueError, match="over 100 bytes"):
+        tar.add("k" * 97 + ".json", b"{}")

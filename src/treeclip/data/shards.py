@@ -143,9 +143,17 @@ def sample_members(key: str, taxon: Taxon, jpeg: bytes) -> list[tuple[str, bytes
 
 class ShardTarWriter:
     """A ustar tar written member by member to one buffered file, with the bytes `tarfile` writes for the
-    same members (fixed metadata: mtime 0, uid/gid 0, mode 0644), without `TarFile.addfile`'s per-member
-    copies: each header comes from `tarfile.TarInfo.tobuf`, then the data and NUL padding to 512 bytes;
-    `close` adds the two NUL end blocks and pads to tarfile's 10240-byte record."""
+    same members (fixed metadata: mtime 0, uid/gid 0, mode 0644; tested byte for byte), without its
+    per-member cost: each header is a constant template with the name, size and checksum filled in, then the
+    data and NUL padding to 512 bytes; `close` adds the two NUL end blocks and pads to tarfile's 10240-byte
+    record. Member names are at most 100 UTF-8 bytes (sample keys are 24 hex digits)."""
+
+    _MODE_IDS = b"0000644\0" + b"0000000\0" * 2  # mode 0644, uid 0, gid 0
+    # mtime 0, checksum placeholder (8 spaces), regular file, no link, ustar magic, no user/group names,
+    # no device numbers (empty for regular files, as tarfile writes), no prefix, padding to 512
+    _TAIL = (b"00000000000\0" + b" " * 8 + tarfile.REGTYPE + tarfile.NUL * 100 + tarfile.POSIX_MAGIC
+             + tarfile.NUL * (64 + 16 + 167))
+    _TAIL_SUM = sum(_MODE_IDS) + sum(_TAIL)
 
     def __init__(self, path: str | Path) -> None:
         self._file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by close()
@@ -153,9 +161,13 @@ class ShardTarWriter:
 
     def add(self, name: str, data: bytes) -> None:
         """Append one regular-file member."""
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        encoded = name.encode("utf-8", "surrogateescape")
+        if len(encoded) > 100 or len(data) >= 8**11:
+            raise ValueError(f"tar member {name!r}: name over 100 bytes or data of 8 GiB or more")
+        size = b"%011o\0" % len(data)
+        checksum = sum(encoded) + sum(size) + self._TAIL_SUM
+        header = b"".join((encoded, tarfile.NUL * (100 - len(encoded)), self._MODE_IDS, size, self._TAIL[:12],
+                           b"%06o\0 " % checksum, self._TAIL[20:]))
         padding = -len(data) % tarfile.BLOCKSIZE
         self._file.write(header)
         self._file.write(data)
