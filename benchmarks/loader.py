@@ -1,7 +1,7 @@
 """The training loader's CPU cost per sample, before and after its speed-ups, side by side in one run on the same
 generated shards: "old" (webdataset's tarfile-based reader, the transform step by step), "reader" (treeclip's
-`TarReader`, only the members used) and "new" (that, plus ToTensor + Normalize as one in-place pass:
-`treeclip.data.loader.ImageTransform`).
+`TarReader`, only the members used) and "new" (that, plus ToTensor + Normalize done in place in the batch
+tensor: `treeclip.data.loader.ImageTransform`).
 
 Both paths run `treeclip.data.loader.make_loader` in this process on one torch thread with the model's training
 transform (random resized crop, ToTensor, normalise) and tokenizer, the way `benchmarks/gpu.py` measures
@@ -47,7 +47,7 @@ def old_reader(_suffixes: Any) -> Callable:
 
 
 PATHS = {"old": "wds.tarfile_to_samples, transform step by step", "reader": "TarReader, transform step by step",
-         "new": "TarReader, ToTensor + Normalize fused"}
+         "new": "TarReader, ToTensor + Normalize in the batch tensor"}
 
 
 def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str

@@ -399,3 +399,13 @@ def test_fused_to_tensor_normalize_gives_the_same_bits(tmp_path: Path) -> None:
     gray = tv.Compose([tv.Grayscale(), tv.ToTensor(), tv.Normalize((0.5,), (0.25,))])
     image = Image.open(io.BytesIO(image_bytes(3)))
     assert torch.equal(ImageTransform(gray)(image), gray(image))  # not RGB before ToTensor: the given steps
+    photos = [Image.open(io.BytesIO(image_bytes(i))) for i in range(3)]
+    torch.manual_seed(2)
+    expected = torch.stack([compose(photo) for photo in photos])
+    torch.manual_seed(2)
+    fused_images = ImageTransform(compose)
+    items = [fused_images(photo) for photo in photos]
+    items[1] = expected[1].clone()  # a batch may mix finished images (the given steps) and pixels
+    assert torch.equal(fused_images.stack(items), expected)
+    with pytest.raises(RuntimeError, match="differ in shape"):
+        fused_images.stack([items[0], torch.zeros(1, 16, 16)])

@@ -104,14 +104,15 @@ def make_loader(
     shards = list_shards(urls)
     chooser = TextChooser(text_types, text_weights)
     seeds = _Seeds(seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    images = ImageTransform(transform)
     pipeline = wds.DataPipeline(
         _resampled_source(shards, seeds) if resampled else _ShardSplit(shards, seeds),
         _TarSamples((*IMAGE_KEYS, *chooser.names, *LINEAGE_MEMBERS)),
         None if resampled else _SampleSplit(shards, seeds),
         _Shuffle(shuffle_buffer, seeds) if shuffle_buffer > 1 else None,
-        _Prepare(ImageTransform(transform), chooser.names),
+        _Prepare(images, chooser.names),
         wds.batched(batch_size, collation_fn=None, partial=partial),
-        _Collate(chooser, tokenizer, text_mix, seeds),
+        _Collate(chooser, tokenizer, text_mix, seeds, images.stack),
     )
     workers = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
@@ -329,9 +330,10 @@ class _Prepare:
 
 
 class ImageTransform:
-    """`transform`, with a torchvision ``Compose`` that ends in ``ToTensor, Normalize`` (open_clip's) finishing
-    an RGB image in one preallocated tensor: the same float operations in the same order, so the same bits,
-    without the four intermediate tensors (~0.15 CPU-ms less per 224 px image, `benchmarks/loader.py`)."""
+    """`transform` per image and `stack` per batch. A torchvision ``Compose`` that ends in ``ToTensor,
+    Normalize`` (open_clip's) stops before those two for RGB images, which `stack` then finishes in their slots
+    of the batch tensor: the same float operations in the same order, so the same bits, without the per-image
+    intermediate tensors and the copy into the batch (`benchmarks/loader.py`)."""
 
     def __init__(self, transform: Callable[[Any], torch.Tensor]) -> None:
         self.transform = transform
@@ -342,17 +344,33 @@ class ImageTransform:
         self.tail = tv.Compose(steps[-2:]) if fusable else None
         self.mean_std = (steps[-1].mean, steps[-1].std) if fusable else None
 
-    def __call__(self, image: Any) -> torch.Tensor:
+    def __call__(self, image: Any) -> torch.Tensor | np.ndarray:
+        """The transformed image, or its RGB pixels (H, W, 3 uint8) that `stack` finishes."""
         if self.head is None:
             return self.transform(image)
         image = self.head(image)
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             return self.tail(image)
+        return np.array(image)
+
+    def stack(self, images: list[torch.Tensor | np.ndarray]) -> torch.Tensor:
+        """The batch [B, C, H, W] (`torch.stack` of the transformed images)."""
+        if self.head is None:
+            return torch.stack(images)
         dtype = torch.get_default_dtype()
         mean, std = (torch.as_tensor(values, dtype=dtype).view(-1, 1, 1) for values in self.mean_std)
-        out = torch.empty((3, image.height, image.width), dtype=dtype)
-        out.copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # ToTensor: uint8 -> float, / 255
-        return out.div_(255).sub_(mean).div_(std)  # Normalize
+        first = images[0]
+        shape = tuple(first.shape) if isinstance(first, torch.Tensor) else (3, *first.shape[:2])
+        out = torch.empty((len(images), *shape), dtype=dtype)
+        for slot, image in zip(out, images):
+            if isinstance(image, np.ndarray):
+                image = torch.from_numpy(image).permute(2, 0, 1)
+            if tuple(image.shape) != shape:
+                raise RuntimeError(f"images of one batch differ in shape: {shape} and {tuple(image.shape)}")
+            slot.copy_(image)  # ToTensor's uint8 -> float (a finished image: as it is)
+            if image.dtype == torch.uint8:
+                slot.div_(255).sub_(mean).div_(std)  # ToTensor's / 255, then Normalize
+        return out
 
 
 def sample_lineage(sample: Mapping[str, Any]) -> tuple[str, ...]:
@@ -416,8 +434,10 @@ def _text_type(value: TextType | str) -> str:
 class _Collate:
     """Chooses each sample's text type, tokenises only the chosen captions and stacks a batch dict."""
 
-    def __init__(self, chooser: TextChooser, tokenizer: Callable, text_mix: str, seeds: _Seeds) -> None:
+    def __init__(self, chooser: TextChooser, tokenizer: Callable, text_mix: str, seeds: _Seeds,
+                 stack: Callable[[list[Any]], torch.Tensor]) -> None:
         self.chooser, self.tokenizer, self.text_mix, self.seeds = chooser, tokenizer, text_mix, seeds
+        self.stack = stack
 
     def __call__(self, batches: Iterable[list[dict]]) -> Iterator[dict[str, Any]]:
         rng = self.seeds.consumer(2)
@@ -441,7 +461,7 @@ class _Collate:
             return None
         captions = [s["texts"][TextType(t).filename] for s, t in zip(kept, types)]
         return {
-            "image": torch.stack([s["image"] for s in kept]),
+            "image": self.stack([s["image"] for s in kept]),
             "text": self.tokenizer(captions),
             "text_type": types,
             "__key__": [s["__key__"] for s in kept],
