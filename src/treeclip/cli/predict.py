@@ -209,12 +209,15 @@ def _checklist(args: argparse.Namespace) -> list | None:
     """The --subset taxa (read with --columns), before any model loads; None without --subset."""
     from treeclip.errors import UsageError  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
-    from treeclip.predict.filters import read_checklist  # noqa: PLC0415
 
     columns = parse_column_map(args.columns)
     if columns and not args.subset:
         raise UsageError("--columns names the columns of a --subset checklist; add --subset FILE")
-    return read_checklist(args.subset, columns=columns) if args.subset else None
+    if not args.subset:
+        return None
+    from treeclip.predict.filters import read_checklist  # noqa: PLC0415
+
+    return read_checklist(args.subset, columns=columns)
 
 
 def _classifier(args: argparse.Namespace, checklist: list | None) -> Any:
