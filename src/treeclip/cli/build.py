@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JPEG quality of stored images (default 95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and shard-order hashes (default 0)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted build in --out")
-    add_engine_arguments(parser, local="processes writing shards", shared_files="inputs and --out")
+    add_engine_arguments(parser, local="processes reading sources and writing shards, threads hashing",
+                         shared_files="inputs and --out")
 
 
 def run(args: argparse.Namespace) -> int:

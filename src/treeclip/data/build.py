@@ -8,6 +8,12 @@ while the build runs the plan's spill and items files (`treeclip.data.plan`), an
 (``OUT/.build/lock``): a second build or ``--resume`` of the same folder while one runs is refused with one
 line, before it touches any file.
 
+Engines (`treeclip.data.engines`, ``--engine local|ray``): the same stage functions run in this process, a
+process or thread pool, or on Ray (pass 1 per source and shard writing as Ray tasks, hashing as a Ray Data
+pipeline), under one Ray session per build; every output is byte-identical either way. The driver never
+holds the catalog's rows: shard workers return a summary, and ``catalog.parquet`` is streamed from the
+journal entries one shard at a time (rows in shard order: train shards, then val, each in tar order).
+
 Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
 removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
 plan, and writes only the others. A crash at any moment therefore leaves every image exactly once.
