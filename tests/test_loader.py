@@ -358,12 +358,20 @@ def test_tar_reader_reads_pipes_and_rejects_damage(tmp_path: Path) -> None:
             return True
 
     assert [name for name, _ in TarReader(Pipe(data)).members(lambda name: False)] == names
+    assert [name for name, _ in TarReader(Pipe(gzip.compress(data))).members()] == names
     with pytest.raises(ValueError, match="truncated"):
         list(TarReader(io.BytesIO(data[:3000])).members())
     corrupt = bytearray(data)
     corrupt[512 * 3 + 5] ^= 0xFF  # a byte of the second member's header (the first holds 2 blocks of JPEG)
     with pytest.raises(ValueError, match="checksum"):
         list(TarReader(io.BytesIO(bytes(corrupt))).members())
+
+
+def test_pipe_urls_read_like_files(tmp_path: Path) -> None:
+    shards = odd_shards(tmp_path)
+    plain, gz = shards[0], shards[3]  # pax, and the same gzip-compressed
+    from_files = batches([plain, gz], shuffle_buffer=0)
+    assert_same_batches(batches([f"pipe:cat {plain}", f"pipe:cat {gz}"], shuffle_buffer=0), from_files)
 
 
 def test_broken_shard_keeps_its_samples_so_far_and_the_next_shard(tmp_path: Path, caplog) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -81,8 +82,9 @@ class TarReader:
     """
 
     def __init__(self, stream: Any) -> None:
-        peek = getattr(stream, "peek", None)
-        magic = peek(2)[:2] if peek is not None else b""
+        if not hasattr(stream, "peek"):  # a pipe: buffered here so its first bytes can be looked at
+            stream = io.BufferedReader(_RawStream(stream))
+        magic = stream.peek(2)[:2]
         self.stream = gzip.GzipFile(fileobj=stream) if magic == b"\x1f\x8b" else stream
         self.skipped: dict[str, int] = {}
         self._seekable = magic != b"\x1f\x8b" and getattr(stream, "seekable", lambda: False)()
@@ -155,6 +157,22 @@ class TarReader:
             raise ValueError(f"tar is truncated at byte {self._offset + len(data)}")
         self._offset += len(data)
         return data
+
+
+class _RawStream(io.RawIOBase):
+    """Any object with ``read(n)`` as a raw stream, for `io.BufferedReader`."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.source = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _size(field: bytes) -> int:
