@@ -236,6 +236,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """A job started in the background by a non-interactive shell (nohup, ``cmd &``) inherits SIGINT ignored,
+    and Python then never installs its Ctrl-C handler: give the command the disposition a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "terminated"),
                                                       (signal.SIGINT, 130, "interrupted"), (signal.SIGKILL, -9, "")])
 def test_signals_leave_no_workers(cli_setup: dict, tmp_path: Path, signum: int, code: int, line: str) -> None:
@@ -251,7 +257,8 @@ def test_signals_leave_no_workers(cli_setup: dict, tmp_path: Path, signum: int, 
         (many / f"{index:05d}.jpg").symlink_to(photos[index % len(photos)])
     process = subprocess.Popen(_predict_command({**cli_setup, "images": many}, out, "processes", batch=1),
                                stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                               preexec_fn=_default_sigint)
     deadline, workers = time.monotonic() + 120, set()
     while time.monotonic() < deadline and process.poll() is None:
         workers |= _children(process.pid)
