@@ -177,6 +177,7 @@ def _ray_data_map(fn: Callable[[pa.Table], pa.Table], path: str, *, columns: Seq
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results in the file's row order, run after run
         context.enable_progress_bars = False
+        context.print_on_execution_start = False  # the build logs its own progress
         dataset = ray.data.read_parquet(path).select_columns(list(columns)).map_batches(
             fn, batch_format="pyarrow", batch_size=batch_rows, num_cpus=1)
         yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
