@@ -4,7 +4,8 @@ Every comparison runs in this process on the same generated inputs, one after th
 table with the ratio treeclip / peer (above 1: treeclip is faster):
 
 - build: `treeclip build` with 1 and 2 workers and on Ray (a local Ray runtime with 2 CPUs, started before
-  the clock) against a plain single-process decode → resize → JPEG-encode loop (`benchmarks/build.py`);
+  the clock) against a plain single-process decode → resize → JPEG-encode loop (`benchmarks/build.py`), per
+  wall second and per CPU-second ("per core"), and the 2-worker build against the 1-worker one (scaling);
 - loader: samples/s of the training loader against plain webdataset decoding (the same shards, transform,
   tokenizer and batch size; one process);
 - train: samples/s of `treeclip train` against a minimal open_clip loop, same config (`benchmarks/train.py`);
