@@ -196,8 +196,19 @@ def _process_batches(items: Sequence[ImageItem], names: Sequence[str], *,
 
 def _stop_like_ctrl_c(_: int) -> None:
     """Worker set-up: SIGTERM stops a worker as Ctrl-C does (torch's worker loop exits quietly), so a signal
-    sent to the whole process group is reported once, by the main process, not also as a crashed worker."""
+    sent to the whole process group is reported once, by the main process, not also as a crashed worker. The
+    worker's fd-passing thread (multiprocessing's resource sharer, which hands batches' shared memory to the
+    main process) reports a connection the main process dropped through `sys.excepthook`: on an interrupt that
+    is expected, and the main process reports any real failure itself, so such errors stay quiet here."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.excepthook = _quiet_dropped_connections(sys.excepthook)
+
+
+def _quiet_dropped_connections(hook: Callable[..., Any]) -> Callable[..., Any]:
+    def excepthook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            hook(kind, value, traceback)
+    return excepthook
 
 
 def run_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callable[[Image.Image], torch.Tensor],
