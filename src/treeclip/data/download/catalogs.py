@@ -42,7 +42,7 @@ from treeclip.formats.columns import TAXON_ROLES
 from treeclip.taxonomy import Taxon
 
 from ..records import Problem
-from ..sources.base import int_text
+from ..sources.base import int_text, taxa_by_key
 from ..sources.csvfile import LICENSE_COLUMNS, OWNER_COLUMNS
 
 URL_COLUMNS = ("url", "source_url", "image_url", "identifier", "photo_url", "media_url", "image")
@@ -194,15 +194,4 @@ def _gbif_taxa(table: Table) -> Iterator[Problem]:
     if occurrence is None or not has_ranks(ranks):
         yield Problem(table.where(1), "occurrence.txt needs gbifID and rank columns")
         return {}
-    taxa: dict[str, Taxon] = {}
-    for item in table.rows({**ranks, "gbifid": occurrence}):
-        if isinstance(item, Problem):
-            yield item
-            continue
-        line, row = item
-        taxon = taxon_of(row, table.where(line), strict=False)
-        if isinstance(taxon, Problem):
-            yield taxon
-        else:
-            taxa[row["gbifid"]] = taxon
-    return taxa
+    return (yield from taxa_by_key(table, {**ranks, "gbifid": occurrence}, "gbifid"))

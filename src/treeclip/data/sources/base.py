@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from treeclip.errors import UsageError
 from treeclip.formats import Table, open_table
-from treeclip.formats.columns import without_repeated_common
+from treeclip.formats.columns import taxon_of, without_repeated_common
 from treeclip.taxonomy import Taxon
 
 from ..records import Problem, Record
@@ -153,3 +153,21 @@ def int_text(value: str) -> str:
     """An integer id as text, undoing the float formatting pandas gives nullable ints ("18.0" → "18")."""
     head, dot, tail = value.partition(".")
     return head if dot and head.isdigit() and set(tail) <= {"0"} else value
+
+
+def taxa_by_key(table: Table, columns: Mapping[str, str], key: str, *,
+                normalise: Callable[[str], str] = str) -> Generator[Problem, None, dict[str, Taxon]]:
+    """Yield each unusable row's problem; return {normalise(row[key]): Taxon} for the rest (`columns`: the taxon
+    roles' columns plus `key`; lineages with a gap keep their deepest unbroken run)."""
+    taxa: dict[str, Taxon] = {}
+    for item in table.rows(columns):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        line, row = item
+        taxon = taxon_of(row, table.where(line), strict=False)
+        if isinstance(taxon, Problem):
+            yield taxon
+        else:
+            taxa[normalise(row[key])] = taxon
+    return taxa

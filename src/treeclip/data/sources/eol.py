@@ -35,11 +35,12 @@ from urllib.parse import unquote, urlparse
 
 from treeclip.taxonomy import RANK_NAMES, Taxon, parse_binomial, taxon_from_fields
 
-from treeclip.formats import Table, has_ranks, resolve, taxon_of
+from treeclip.formats import Table, has_ranks, resolve
 from treeclip.formats.columns import TAXON_ROLES
 
 from ..records import Problem, Record
-from .base import IMAGE_EXTENSIONS, Source, checked_taxon, first_existing, int_text, open_source_table, subdirs
+from .base import (IMAGE_EXTENSIONS, Source, checked_taxon, first_existing, int_text, open_source_table, subdirs,
+                   taxa_by_key)
 
 PAGE_COLUMNS = ("page_id", "eol_page_id", "eolid", "eol_id", "pageid")
 DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank", "scientificname", "canonicalname", "eolid",
@@ -146,18 +147,7 @@ class EolSource(Source):
 
 def _rank_table_pages(table: Table, columns: dict[str, str]) -> Generator[Problem, None, PageTaxa]:
     """page id → Taxon for every usable row of a 7-rank table."""
-    pages: dict[str, Taxon | Problem] = {}
-    for item in table.rows(columns):
-        if isinstance(item, Problem):
-            yield item
-            continue
-        line, row = item
-        taxon = taxon_of(row, table.where(line), strict=False)
-        if isinstance(taxon, Problem):
-            yield taxon
-        else:
-            pages[int_text(row["page"])] = taxon
-    return pages
+    return (yield from taxa_by_key(table, columns, "page", normalise=int_text))
 
 
 class _ParentPointers:
