@@ -324,22 +324,28 @@ def _kill_test_source(root: Path, n: int) -> Path:
     return write_csv(root / "big.csv", rows)
 
 
+def kill_once_shards_appear(args: list[str], out: Path, *, timeout: float) -> dict[Path, int]:
+    """Run ``treeclip ARGS`` in its own process group, SIGKILL the whole group as soon as a shard exists, and
+    return the shards left behind with their modification times (the build must not have finished)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not list(out.glob("*/shard-*.tar")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
+    return {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+
+
 def test_sigkill_mid_build_then_resume(tmp_path: Path) -> None:
     n = 240
     source = _kill_test_source(tmp_path / "src", n)
     out = tmp_path / "out"
     args = ["build", "--source", f"csv:{source}", "--out", str(out), "--image-size", "160", "--shard-size", "12",
             "--workers", "2", "--val-fraction", "0.1"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not list(out.glob("*/shard-*.tar")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
-    survivors = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+    survivors = kill_once_shards_appear(args, out, timeout=60)
     assert survivors
     assert main([*args, "--resume"]) == 0
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items()), "complete shards were rewritten"

@@ -8,18 +8,14 @@ hint.
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_build import (GANNET, HONEYEATER, MULBERRY, _kill_test_source, read_samples, row, shard_bytes, write_csv,
-                        write_jpeg)
+from test_build import (GANNET, HONEYEATER, MULBERRY, _kill_test_source, kill_once_shards_appear, read_samples, row,
+                        shard_bytes, write_csv, write_jpeg)
 from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 
 from treeclip.cli import main
@@ -117,16 +113,7 @@ def test_build_on_ray_sigkill_then_resume(ray_runtime: object, tmp_path: Path) -
     common = ["--source", f"csv:{source}", "--image-size", "160", "--shard-size", "6", "--val-fraction", "0.1"]
     out, reference = tmp_path / "ray", tmp_path / "local"
     args = ["build", *common, "--out", str(out), "--workers", "2", "--engine", "ray"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not list(out.glob("*/shard-*.tar")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
-    survivors = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+    survivors = kill_once_shards_appear(args, out, timeout=180)
     assert survivors and len(survivors) < n // 6
     assert main([*args[:-2], "--engine", "ray", "--resume"]) == 0
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items()), "complete shards were rewritten"
