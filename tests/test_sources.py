@@ -608,3 +608,18 @@ def test_wds_brace_range_and_truncated_shard(tmp_path: Path) -> None:
     assert [r.source_id for r in records] == ["k0", "k1", "k2"]
     assert len(problems) == 1 and "unreadable shard" in problems[0].reason
     assert problems[0].origin == str(tmp_path / "shard-000001.tar")
+
+
+@pytest.mark.parametrize("alias", ["path", "filepath", "file_path", "file_name", "filename", "image",
+                                   "image_path", "file", "Image_Path"])
+def test_every_path_alias_is_read_by_csv_source_and_exclusions(tmp_path: Path, alias: str) -> None:
+    """One alias list for both readers: an exclusion table keyed by the column a csv: source reads (the
+    exclusion reader used to know only 5 of the 8 names, so such a table excluded nothing by path)."""
+    from treeclip.data.exclude import load_exclusions  # noqa: PLC0415
+
+    jpeg(tmp_path / "pics/a.jpg")
+    table = write_table(tmp_path / "t.csv", [alias, "genus", "species"], [["pics/a.jpg", "Pica", "pica"]])
+    (record,), problems = collect(f"csv:{table}")
+    assert not problems and Path(record.path) == (tmp_path / "pics/a.jpg").resolve()
+    found = load_exclusions([table])
+    assert len(found.paths) == 1 and found.paths.get(str((tmp_path / "pics/a.jpg").resolve())) == "t.csv"

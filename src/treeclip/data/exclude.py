@@ -5,9 +5,9 @@ A file is read by its form (all through `treeclip.formats`):
   are present: names (``binomial``, ``scientific_name``/``sciName``/``scientificName``, or ``species`` — a
   binomial, or an epithet joined to ``genus``, as in TreeOfLife-10M / Rare Species catalogs; BioCLIP's
   ``cls``/``class`` header is read by the column rules, so ``class`` is never taken for a rank); images
-  (``sha256``; ``path``/``filepath``/``file_name`` resolved against the table's folder; ``source`` +
-  ``source_id`` of a treeclip catalog; ``eol_content_id``, or the content id in an EOL file name
-  ``<content>_<page>_eol-full-size-copy.jpg``);
+  (``sha256``; a path column, one of `treeclip.formats.PATH_ALIASES` as in ``csv:`` sources, resolved against
+  the table's folder; ``source`` + ``source_id`` of a treeclip catalog; ``eol_content_id``, or the content id
+  in an EOL file name ``<content>_<page>_eol-full-size-copy.jpg``);
 - BioCLIP's ``seen_in_training.json`` / ``unseen_in_training.json`` (keys ``Genus species`` or
   ``Kingdom-...-epithet``; the EOL file names of the values exclude those images too);
 - otherwise a plain list of species names, one per line (``#`` comments and blank lines ignored).
@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from treeclip.errors import UsageError
-from treeclip.formats import Table, compact_key, open_table, resolve
+from treeclip.formats import PATH_ALIASES, Table, compact_key, open_table, resolve
 from treeclip.formats.species_lists import eol_content_id, key_taxon, read_json_list, read_name_lines
 from treeclip.formats.tables import sniff_delimiter
 from treeclip.taxonomy import Taxon, parse_binomial, taxon_from_fields
 
 _NAME_COLUMNS = ("binomial", "scientific_name", "sciname", "scientificname")
-_PATH_COLUMNS = ("path", "file_path", "filepath", "image_path", "file_name")
-_KNOWN_COLUMNS = frozenset(compact_key(c) for c in (*_NAME_COLUMNS, *_PATH_COLUMNS, "species", "sha256",
+_KNOWN_COLUMNS = frozenset(compact_key(c) for c in (*_NAME_COLUMNS, *PATH_ALIASES, "species", "sha256",
                                                      "source_id", "eol_content_id", "genus"))
 
 
@@ -199,7 +198,7 @@ def _add_table(exclusions: Exclusions, table: Table) -> None:
         **resolve(table.header, ("genus", "species", "scientific")),
         "binomial": table.find("binomial"),
         "sha256": table.find("sha256"),
-        "path": table.find(*_PATH_COLUMNS),
+        "path": table.find(*PATH_ALIASES),
         "source": table.find("source"),
         "source_id": table.find("source_id"),
         "eol_content_id": table.find("eol_content_id"),

@@ -1,8 +1,8 @@
 """``csv:FILE`` — a generic table with one image per row (what ``treeclip synth`` writes), CSV, TSV or Parquet.
 
 Columns (matched by `treeclip.formats.columns`; ``--columns role=COLUMN`` overrides):
-- the image path: ``path``, ``filepath``, ``file_path``, ``file_name``, ``filename``, ``image``,
-  ``image_path`` or ``file``, relative to the table's folder. Absolute paths and ``..`` escapes are refused
+- the image path: the first of `treeclip.formats.PATH_ALIASES` (``path``, ``filepath``, ``file_name``,
+  ``filename``, ``image``, ``image_path``, ``file``), relative to the table's folder. Absolute paths and ``..`` escapes are refused
   (each row a problem) unless ``--allow-absolute-paths`` is given;
 - ranks: ``kingdom, phylum, cls``/``class``, ``order, family, genus, species`` (an epithet or a binomial),
   a full ``scientific_name``/``sciName``/``scientificName``; optional ``common``/``common_name``/
@@ -19,13 +19,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from treeclip.formats import Table, has_ranks, resolve, taxon_of
+from treeclip.formats import PATH_ALIASES, Table, has_ranks, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES, lineage_gap
 
 from ..records import Problem, Record
 from .base import Source, contained_path, table_rows
 
-PATH_COLUMNS = ("path", "filepath", "file_path", "file_name", "filename", "image", "image_path", "file")
 LICENSE_COLUMNS = ("license", "license_name", "licence", "copyright_license", "licence_name")
 OWNER_COLUMNS = ("owner", "copyright_owner", "rights_holder", "rightsholder", "licence_holder", "license_holder",
                  "copyright_holder")
@@ -48,9 +47,9 @@ class CsvSource(Source):
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path))
-        path = self.columns.get("path") or table.find(*PATH_COLUMNS)
+        path = self.columns.get("path") or table.find(*PATH_ALIASES)
         if path is None:
-            return Problem(table.where(1), f"no image path column (one of {', '.join(PATH_COLUMNS)})")
+            return Problem(table.where(1), f"no image path column (one of {', '.join(PATH_ALIASES)})")
         if not has_ranks(ranks):
             return Problem(table.where(1), "no rank columns (kingdom ... species, or scientific_name)")
         optional = {name: self.columns.get(name) or table.find(*aliases) for name, aliases in OPTIONAL_COLUMNS.items()}
