@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from treeclip.eval.fewshot import few_shot_accuracy, sample_support, simpleshot_predict
+from treeclip.eval.fewshot import few_shot_accuracy, linear_probe_predict, sample_support, simpleshot_predict
 from treeclip.eval.hierarchy import distance_correlation, mistake_severity, rank_accuracy, sample_pairs
 from treeclip.eval.metrics import accuracy, mean_std, per_class_accuracy, topk_accuracy, topk_indices
+from treeclip.model.linear_probe import fit_linear_probe
 from treeclip.taxonomy import Taxon, TaxonTree
 
 SCORES = np.array([[0.1, 0.5, 0.4], [0.3, 0.2, 0.5], [0.9, 0.05, 0.05]])
@@ -155,3 +156,20 @@ def test_zero_shot_reports_calibration_with_a_logit_scale() -> None:
     sharp = zero_shot_eval(features, labels, classes, logit_scale=100.0)
     assert sharp.coverage[1.0] == pytest.approx(2 / 3)  # the ambiguous image is wrong and least confident
     assert sharp.coverage[0.6] == 1.0 and 0 < sharp.ece < 0.5
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_linear_probe_predicts_as_scikit_learn(n_classes: int) -> None:
+    """The shared fit (`model.linear_probe`, also behind `treeclip probe`) gives few-shot the labels scikit-learn's
+    own predict gives, with non-contiguous labels (a label/index mix-up or a lost binary row would differ)."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    rng = np.random.default_rng(n_classes)
+    labels = np.repeat(np.arange(n_classes) * 3 + 7, 6)
+    features = rng.normal(size=(n_classes, 8))[(labels - 7) // 3] + rng.normal(scale=1.5, size=(len(labels), 8))
+    support, query = sample_support(labels, 3, 0)
+    expected = LogisticRegression(C=1.0, max_iter=1000).fit(features[support], labels[support]).predict(features[query])
+    predicted = linear_probe_predict(features[support], labels[support], features[query])
+    assert predicted.tolist() == expected.tolist() and 0.2 < np.mean(expected == labels[query]) < 1.0
+    with pytest.raises(ValueError, match="each of its 3"):
+        fit_linear_probe(features[:12], np.array([0] * 6 + [2] * 6), 3, c=1.0, max_iter=100)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from treeclip.eval.metrics import accuracy, mean_std
+from treeclip.model.linear_probe import fit_linear_probe
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,13 @@ def simpleshot_predict(support: np.ndarray, support_labels: np.ndarray, query: n
 
 def linear_probe_predict(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray,
                          *, c: float = 1.0, max_iter: int = 1000) -> np.ndarray:
-    """Labels from a multinomial logistic regression fitted on the support features."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - heavy; imported when used
-
-    if len(np.unique(support_labels)) < 2:
-        return np.full(len(query), support_labels[0])
-    probe = LogisticRegression(C=c, max_iter=max_iter)
-    probe.fit(support, support_labels)
-    return probe.predict(query)
+    """Labels from a multinomial logistic regression fitted on the support features
+    (`treeclip.model.linear_probe`)."""
+    classes, indices = np.unique(support_labels, return_inverse=True)
+    if len(classes) < 2:
+        return np.full(len(query), classes[0])
+    weight, bias = fit_linear_probe(support, indices, len(classes), c=c, max_iter=max_iter)
+    return classes[np.argmax(query @ weight.T + bias, axis=1)]
 
 
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from treeclip.atomic import atomic_write
 from treeclip.errors import UsageError
 from treeclip.model.hub import replace_atomically
+from treeclip.model.linear_probe import fit_linear_probe
 
 from .classifier import CLASSIFICATION, FILE_NAME, SCORE, _ImageClassifier, _load
 from .runner import Row
@@ -89,17 +90,9 @@ def fit_prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
 
 def fit_linear(features: torch.Tensor, labels: torch.Tensor, n_classes: int, *, c: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of an L2-regularised multinomial logistic regression (scikit-learn)."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - heavy; only probes need it
-
-    model = LogisticRegression(C=c, max_iter=2000).fit(features.numpy(), labels.numpy())
-    weight = np.zeros((n_classes, features.shape[1]), dtype=np.float32)
-    bias = np.zeros(n_classes, dtype=np.float32)
-    if len(model.classes_) == 2:  # scikit-learn keeps one row: the logit of the second class against the first
-        weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
-    else:
-        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
-    return torch.from_numpy(weight), torch.from_numpy(bias)
+    """float32 (weight, bias) of the linear probe (`treeclip.model.linear_probe`) on `features`."""
+    weight, bias = fit_linear_probe(features.numpy(), labels.numpy(), n_classes, c=c, max_iter=2000)
+    return torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(bias.astype(np.float32))
 
 
 def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *, kind: str,
