@@ -3,13 +3,24 @@ the PIL float path: the one definition of each model's preprocessing used three 
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
+from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 
+from treeclip.errors import UsageError
 from treeclip.model import create_model
 from treeclip.model.preprocess import inference_preprocess, normalize_uint8
+from treeclip.predict.decode_device import COLOUR, NOT_A_FILE, NOT_JPEG, ON_DEVICE, REFUSED, ROTATED
+from treeclip.predict.runner import decoded_batches
 
 CLIP_NORM = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
 LEVEL = 1 / 255 / min(CLIP_NORM["std"])  # one 8-bit level, after normalisation
@@ -75,3 +86,126 @@ def test_transform_of_a_decoded_tensor_matches_the_pil_path(open_clip_preprocess
         on_tensor, reference = preprocess.from_decoded(_tensor(image)), preprocess(image)
         assert on_tensor.shape == reference.shape
         assert (on_tensor - reference).abs().max() <= tolerance
+
+
+def _mixed_items(folder: Path) -> tuple[list, Counter]:
+    """Files of every kind the device path must route (and the count expected per route), with an in-memory
+    image and broken files between plain JPEGs."""
+    folder.mkdir()
+    paths = {}
+    for name, size in (("wide", (97, 61)), ("tall", (61, 97)), ("photo", (640, 480)), ("small", (40, 30))):
+        paths[name] = folder / f"{name}.jpg"
+        _photo(len(paths), size).save(paths[name], quality=92)
+    _photo(8, (80, 60)).convert("L").save(paths.setdefault("gray", folder / "gray.jpg"), quality=92)
+    _photo(9, (80, 60)).convert("CMYK").save(paths.setdefault("cmyk", folder / "cmyk.jpg"), quality=92)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    _photo(10, (90, 50)).save(paths.setdefault("rotated", folder / "rotated.jpg"), quality=92, exif=exif)
+    _photo(11, (50, 40)).save(paths.setdefault("png", folder / "plain.png"))
+    data = paths["photo"].read_bytes()
+    paths["truncated"] = folder / "truncated.jpg"
+    paths["truncated"].write_bytes(data[: len(data) // 3])  # a sound header: only decoding finds the damage
+    paths["empty"] = folder / "empty.jpg"
+    paths["empty"].write_bytes(b"")
+    paths["text"] = folder / "text.jpg"
+    paths["text"].write_text("not an image\n")
+    order = ["wide", "cmyk", "truncated", "png", "tall", "empty", "rotated", "gray", "text", "photo", "small"]
+    items: list = [str(paths[name]) for name in order]
+    items.insert(5, _photo(12, (70, 40)))
+    expected = Counter({ON_DEVICE: 5, NOT_JPEG: 3, COLOUR: 1, ROTATED: 1, REFUSED: 1, NOT_A_FILE: 1})
+    return items, expected
+
+
+def _batches(items: list, preprocess, decoder: str, **options) -> list:
+    names = [f"n{index}" for index in range(len(items))]
+    return list(decoded_batches(items, names, preprocess=preprocess, batch_size=4, workers=2, draft_size=None,
+                                decoder=decoder, **options))
+
+
+@pytest.mark.parametrize("family", ["open_clip", "bioclip"])
+def test_device_decoding_gives_the_cpu_batches_in_order_and_counts_fallbacks(
+        family: str, open_clip_preprocess, bioclip_preprocess, tmp_path: Path) -> None:
+    """JPEGs decoded by torchvision (libjpeg-turbo here, nvJPEG on CUDA) and transformed by torch equal the
+    PIL path within a few 8-bit levels, batch by batch, names in input order; CMYK, rotated, non-JPEG,
+    in-memory and undecodable images take the CPU path, each counted under its reason, and broken files give
+    the CPU path's own error rows. Catches pixels paired with the wrong names, fallbacks dropped or silent,
+    an unrotated EXIF photo, CMYK colours inverted, and a truncated JPEG accepted with garbage pixels."""
+    preprocess = open_clip_preprocess if family == "open_clip" else bioclip_preprocess
+    items, expected = _mixed_items(tmp_path / "images")
+    report: Counter = Counter()
+    device = _batches(items, preprocess, "device", device="cpu", report=report)
+    reference = _batches(items, preprocess, "threads")
+    assert report == expected
+    assert len(device) == len(reference)
+    for ours, theirs in zip(device, reference, strict=True):
+        assert ours.names == theirs.names and ours.errors == theirs.errors
+        assert ours.pixels.dtype == torch.float32 and ours.pixels.shape == theirs.pixels.shape
+        assert (ours.pixels - theirs.pixels).abs().max() <= 3 * LEVEL
+    errors = [name for batch in device for name, _ in batch.errors]
+    assert errors == ["n2", "n6", "n9"]  # truncated, empty, text: in input order, with the CPU path's reasons
+
+
+def test_device_decoding_logs_one_line_of_fallbacks(open_clip_preprocess, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    items, _ = _mixed_items(tmp_path / "images")
+    with caplog.at_level("WARNING", logger="treeclip.predict.decode_device"):
+        _batches(items, open_clip_preprocess, "device", device="cpu")
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("decoded 5 JPEGs on cpu; 7 images on the CPU (")
+    assert "1 in-memory image, 3 not a JPEG, 1 CMYK/YCCK JPEG, 1 EXIF-rotated JPEG" in line
+
+
+def test_uint8_batches_from_worker_processes_equal_the_float_batches(open_clip_preprocess, tmp_path: Path) -> None:
+    """The uint8 batches that cross from worker processes, normalised afterwards, equal the float path's, and
+    carry a quarter of the bytes."""
+    items, _ = _mixed_items(tmp_path / "images")
+    uint8 = _batches(items, open_clip_preprocess, "processes", uint8=True)
+    floats = _batches(items, open_clip_preprocess, "threads")
+    for ours, theirs in zip(uint8, floats, strict=True):
+        assert ours.names == theirs.names and ours.errors == theirs.errors
+        assert ours.pixels.dtype == torch.uint8
+        assert torch.equal(open_clip_preprocess.normalize(ours.pixels), theirs.pixels)
+
+
+def test_a_transform_that_cannot_split_is_refused_for_device_decoding(tmp_path: Path) -> None:
+    items, _ = _mixed_items(tmp_path / "images")
+    with pytest.raises(UsageError, match="--decode device"):
+        _batches(items, lambda image: torch.zeros(3, 4, 4), "device")
+
+
+def _predict(setup: dict, out: Path, decode: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "treeclip", "predict", str(setup["images"]), "--model", str(setup["model"]),
+               "--bank", str(setup["bank"]), "--k", "1", "--batch-size", "4", "--decode", decode, "--output",
+               str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+
+
+def test_cli_device_decoding_answers_as_the_cpu_path(tmp_path: Path) -> None:
+    """`treeclip predict --decode device` end to end: every file gets its row (broken ones their error row,
+    exit 1), the top-1 answers equal the CPU path's, and the fallbacks are reported on stderr in one line."""
+    model = export_tiny_model(tmp_path / "model")
+    tiny_bank(model, random_taxa(20), tmp_path / "bank")
+    items, _ = _mixed_items(tmp_path / "images")
+    setup = {"model": model, "bank": tmp_path / "bank", "images": tmp_path / "images"}
+    rows = {}
+    for decode in ("threads", "device"):
+        done = _predict(setup, tmp_path / f"{decode}.csv", decode)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "3 of 11 images could not be read" in done.stderr and "Traceback" not in done.stderr
+        rows[decode] = {row["file_name"]: row for row in csv.DictReader((tmp_path / f"{decode}.csv").open())}
+    assert "decoded 5 JPEGs on cpu; 6 images on the CPU" in done.stderr
+    assert rows["device"].keys() == rows["threads"].keys() and len(rows["device"]) == 11
+    for name, row in rows["device"].items():
+        assert row.get("error", "") == rows["threads"][name].get("error", "")
+        assert row["species"] == rows["threads"][name]["species"]
+    for fallback in ("cmyk.jpg", "rotated.jpg", "plain.png"):  # decoded by the CPU path: the very same scores
+        name = str(setup["images"] / fallback)
+        assert rows["device"][name]["score"] == rows["threads"][name]["score"]
+
+
+def test_cli_refuses_an_unknown_decoder_in_one_line(tmp_path: Path) -> None:
+    done = _predict({"model": tmp_path, "bank": tmp_path, "images": tmp_path}, tmp_path / "out.csv", "gpu")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert "--decode" in lines[-1] and "'gpu'" in lines[-1] and "Traceback" not in done.stderr

@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
             errors = run_to_writer(items, score=embedder.rows, preprocess=embedder.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, name_key=PATH,
                                    draft_size=embedder.draft_size, progress=bar.update, engine=args.engine,
-                                   ray_address=args.ray_address, decoder=args.decode,
-                                   pin_memory=embedder.device.type == "cuda")
+                                   ray_address=args.ray_address, **embedder.decoding(args.decode))
     report_errors("embed", errors, len(items), args.output)
     return 0

@@ -22,9 +22,10 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"image decoding threads or processes, ahead of the model (default {DEFAULT_WORKERS})")
-    parser.add_argument("--decode", default="auto", choices=("auto", "threads", "processes"),
+    parser.add_argument("--decode", default="auto", choices=("auto", "threads", "processes", "device"),
                         help="decode in threads or worker processes; auto: processes on Linux for --workers above 2 "
-                        "and at least 4 batches, as threads stop scaling at ~2 cores (benchmarks/RESULTS.md)")
+                        "and at least 4 batches, as threads stop scaling at ~2 cores (benchmarks/RESULTS.md); "
+                        "device: JPEGs decoded on --device (nvJPEG on CUDA), other images on the CPU (counted)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     add_runtime_argument(parser)
@@ -280,6 +281,6 @@ def run(args: argparse.Namespace) -> int:
             errors = run_to_writer(items, score=score, preprocess=model.preprocess, writer=writer,
                                    batch_size=args.batch_size, workers=args.workers, draft_size=model.draft_size,
                                    progress=bar.update, engine=args.engine, ray_address=args.ray_address,
-                                   decoder=args.decode, pin_memory=model.device.type == "cuda")
+                                   **model.decoding(args.decode))
     report_errors("predict", errors, len(items), args.output, rows_hold_errors=args.format != "dwc")
     return 0

@@ -111,16 +111,32 @@ class _ImageClassifier:
         """L2-normalised float32 image features of a preprocessed batch."""
         return F.normalize(self.embed(pixels), dim=-1)
 
+    @property
+    def takes_uint8(self) -> bool:
+        """Whether batches may come as uint8 pixels, normalised here on the device (`embed`)."""
+        return getattr(self.preprocess, "steps", None) is not None
+
+    def decoding(self, decoder: str = "auto") -> dict[str, Any]:
+        """The runner's decoding options for this model (`treeclip.predict.runner.decoded_batches`): uint8
+        batches when the preprocessing splits, pinned memory for CUDA, JPEGs decoded on this device with
+        ``decoder="device"``."""
+        return {"decoder": decoder, "pin_memory": self.device.type == "cuda", "uint8": self.takes_uint8,
+                "device": self.device}
+
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float32 image embeddings of a preprocessed batch, before L2 normalisation. On CUDA the batch is copied
-        from pinned memory without blocking and the tower runs under bf16 autocast."""
+        """Float32 image embeddings of a preprocessed batch (float, or uint8 from `Preprocess.to_uint8`,
+        normalised here on the device), before L2 normalisation. On CUDA a host batch is copied from pinned
+        memory without blocking and the tower runs under bf16 autocast."""
         self.model.eval()
         cuda = self.device.type == "cuda"
-        if cuda:
+        if cuda and pixels.device.type == "cpu":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        pixels = pixels.to(self.device)
+        if pixels.dtype == torch.uint8:
+            pixels = self.preprocess.normalize(pixels)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
-            return self.model.encode_image(pixels.to(self.device)).float()
+            return self.model.encode_image(pixels).float()
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax((features @ self.text_features).mul_(self.logit_scale), dim=1)
@@ -144,7 +160,7 @@ class _ImageClassifier:
 
         rows = [row for batch in run_batches(list(images), score=score, preprocess=self.preprocess,
                                              batch_size=batch_size, workers=workers, draft_size=self.draft_size,
-                                             decoder=decoder, pin_memory=self.device.type == "cuda")
+                                             **self.decoding(decoder))
                 for row in batch]
         good = [row for row in rows if EMBEDDING in row]
         vectors = torch.stack([row[EMBEDDING] for row in good]) if good else torch.empty(0, 0)
@@ -157,8 +173,7 @@ class _ImageClassifier:
         items = [images] if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence) else images
         score = functools.partial(self.rows, **options)
         batches = run_batches(list(items), score=score, preprocess=self.preprocess, batch_size=batch_size,
-                              workers=workers, draft_size=self.draft_size, decoder=decoder,
-                              pin_memory=self.device.type == "cuda")
+                              workers=workers, draft_size=self.draft_size, **self.decoding(decoder))
         return [row for rows in batches for row in rows]
 
 

@@ -4,8 +4,12 @@ Decoding (`treeclip.data.images.decode_image` + the model's preprocessing) runs 
 `prefetch` batches in flight while it computes the current one, in a thread pool or in worker processes
 (`use_processes` picks by measurement: threads scale to ~2 cores, as part of each image's work holds the GIL;
 forked DataLoader workers scale with the cores, each decoding whole batches that arrive through shared
-memory, pinned for a CUDA device). Both give the same batches bit for bit. An unreadable image becomes an
-error row (``{name_key: name, "error": reason}``) and the rest of its batch still runs.
+memory, pinned for a CUDA device). Both give the same batches bit for bit. With ``uint8`` they give uint8
+pixels (`treeclip.model.preprocess.Preprocess.to_uint8`: the transform but its float conversion and
+normalisation, which the scorer runs on the model's device): a quarter of the bytes through shared and pinned
+memory. ``decoder="device"`` decodes JPEGs on the model's device instead (`treeclip.predict.decode_device`).
+An unreadable image becomes an error row (``{name_key: name, "error": reason}``) and the rest of its batch
+still runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import shutil
 import signal
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ from treeclip.errors import UsageError
 ImageItem = str | os.PathLike[str] | Image.Image
 Row = dict[str, Any]
 Scorer = Callable[[torch.Tensor, list[str]], list[Row]]
-DECODERS = ("auto", "threads", "processes")
+DECODERS = ("auto", "threads", "processes", "device")
 log = logging.getLogger(__name__)
 PROCESS_MIN_BATCHES = 4  # auto: processes for runs of at least this many batches...
 THREADS_SCALE_TO = 2  # ...and more workers than decoding threads scale to (see `use_processes`)
@@ -53,8 +57,8 @@ class Batch:
     errors: list[tuple[str, str]]
 
 
-def _load(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
-          draft_size: int | None) -> torch.Tensor | str:
+def load_pixels(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
+                draft_size: int | None) -> torch.Tensor | str:
     """Preprocessed pixels, or the reason the image cannot be used."""
     try:
         if isinstance(item, Image.Image):
@@ -87,7 +91,8 @@ def _batch(decoded: Decoded, names: Sequence[str]) -> Batch:
 
 def use_processes(decoder: str, *, images: int, batch_size: int, workers: int, prefetch: int = 2,
                   image_bytes: int = 3 * 224 * 224 * 4) -> bool:
-    """Whether `decoded_batches` decodes in worker processes: ``threads``/``processes`` as asked; ``auto``:
+    """Whether `decoded_batches` decodes in worker processes: ``threads``/``processes`` as asked (``device``:
+    no); ``auto``:
     processes on Linux for more than 2 workers and at least `PROCESS_MIN_BATCHES` batches, else threads, and
     threads (with a warning) when /dev/shm cannot hold the batches in flight (a container's default is 64 MB;
     a worker there would die of a bus error), `image_bytes` being one preprocessed image.
@@ -101,6 +106,7 @@ def use_processes(decoder: str, *, images: int, batch_size: int, workers: int, p
         raise UsageError(f"--decode must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if decoder != "auto":
         return decoder == "processes"
+    # auto never picks "device": on CUDA it waits for benchmarks/gpu.py's measurement (README, GPU section)
     batches = -(-images // batch_size)
     if not (sys.platform.startswith("linux") and workers > THREADS_SCALE_TO and batches >= PROCESS_MIN_BATCHES):
         return False
@@ -121,25 +127,42 @@ def _shared_memory_free() -> int | None:
         return None
 
 
-def _image_bytes(preprocess: Callable[[Image.Image], torch.Tensor]) -> int:
-    """Bytes of one preprocessed float32 image: the model's input size when `preprocess` names it, else 224."""
+def _image_bytes(preprocess: Callable[[Image.Image], torch.Tensor], uint8: bool) -> int:
+    """Bytes of one preprocessed image (float32, or uint8): the model's input size when `preprocess` names it,
+    else 224."""
     size = getattr(preprocess, "size", 224)
     height, width = (size, size) if isinstance(size, int) else size
-    return 3 * height * width * 4
+    return 3 * height * width * (1 if uint8 else 4)
 
 
 def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
                     preprocess: Callable[[Image.Image], torch.Tensor], batch_size: int, workers: int,
                     draft_size: int | None = None, prefetch: int = 2, decoder: str = "auto",
-                    pin_memory: bool = False) -> Iterator[Batch]:
+                    pin_memory: bool = False, uint8: bool = False, device: str | torch.device = "cpu",
+                    report: Counter | None = None) -> Iterator[Batch]:
     """Batches in input order, decoded up to `prefetch` batches ahead (per worker, with processes) by
     `workers` threads or worker processes (`decoder`: threads, processes or auto, see `use_processes`); JPEGs
     at a reduced scale no smaller than `draft_size`, when given. With processes, each worker decodes whole
-    batches and the pixels arrive in pinned memory when `pin_memory`; the outputs equal the threads'."""
+    batches and the pixels arrive in pinned memory when `pin_memory`; the outputs equal the threads'. With
+    `uint8` (`preprocess` a `treeclip.model.preprocess.Preprocess`) the pixels are uint8, to be normalised by
+    the scorer (`Preprocess.normalize`). ``decoder="device"``: JPEGs decoded on `device`, float pixels there,
+    `report` counting where each image was decoded (`treeclip.predict.decode_device`)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if decoder == "device" or uint8:
+        _check_splits(preprocess, decoder)
+    if decoder == "device":
+        from treeclip.predict.decode_device import device_batches  # noqa: PLC0415 - a cycle: it builds Batches
+
+        yield from device_batches(items, names, preprocess=preprocess, batch_size=batch_size, workers=workers,
+                                  device=torch.device(device), draft_size=draft_size, prefetch=prefetch,
+                                  report=report)
+        return
+    image_bytes = _image_bytes(preprocess, uint8)
+    if uint8:
+        preprocess = preprocess.to_uint8
     if use_processes(decoder, images=len(items), batch_size=batch_size, workers=workers, prefetch=prefetch,
-                     image_bytes=_image_bytes(preprocess)):
+                     image_bytes=image_bytes):
         yield from _process_batches(items, names, preprocess=preprocess, batch_size=batch_size,
                                     workers=max(1, workers), draft_size=draft_size, prefetch=prefetch,
                                     pin_memory=pin_memory)
@@ -148,11 +171,18 @@ def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
         pending: deque[tuple[int, list[Future]]] = deque()
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            pending.append((start, [pool.submit(_load, item, preprocess, draft_size) for item in chunk]))
+            pending.append((start, [pool.submit(load_pixels, item, preprocess, draft_size) for item in chunk]))
             if len(pending) > prefetch:
                 yield _collect(*pending.popleft(), names)
         while pending:
             yield _collect(*pending.popleft(), names)
+
+
+def _check_splits(preprocess: Any, decoder: str) -> None:
+    """UsageError unless `preprocess` can run its steps apart (`treeclip.model.preprocess.Preprocess.steps`)."""
+    if getattr(preprocess, "steps", None) is None:
+        raise UsageError(f"--decode {decoder}: this model's preprocessing cannot be split into resize/crop and "
+                         "normalisation steps; use --decode threads or processes")
 
 
 def _collect(start: int, futures: list[Future], names: Sequence[str]) -> Batch:
@@ -170,7 +200,7 @@ class _Decoding(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor | str:
-        return _load(self.items[index], self.preprocess, self.draft_size)
+        return load_pixels(self.items[index], self.preprocess, self.draft_size)
 
 
 def _process_batches(items: Sequence[ImageItem], names: Sequence[str], *,
@@ -213,13 +243,15 @@ def _quiet_dropped_connections(hook: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_batches(items: Sequence[ImageItem], *, score: Scorer, preprocess: Callable[[Image.Image], torch.Tensor],
                 batch_size: int = 32, workers: int = 2, name_key: str = "file_name", draft_size: int | None = None,
-                progress: Callable[[int], Any] | None = None, decoder: str = "auto",
-                pin_memory: bool = False) -> Iterator[list[Row]]:
-    """Rows per batch (scored rows in input order, then the batch's error rows); `decoder` and `pin_memory`
-    as in `decoded_batches`."""
+                progress: Callable[[int], Any] | None = None, decoder: str = "auto", pin_memory: bool = False,
+                uint8: bool = False, device: str | torch.device = "cpu",
+                report: Counter | None = None) -> Iterator[list[Row]]:
+    """Rows per batch (scored rows in input order, then the batch's error rows); `decoder`, `pin_memory`,
+    `uint8`, `device` and `report` as in `decoded_batches`."""
     names = [item_name(item, i) for i, item in enumerate(items)]
     for batch in decoded_batches(items, names, preprocess=preprocess, batch_size=batch_size, workers=workers,
-                                 draft_size=draft_size, decoder=decoder, pin_memory=pin_memory):
+                                 draft_size=draft_size, decoder=decoder, pin_memory=pin_memory, uint8=uint8,
+                                 device=device, report=report):
         rows = score(batch.pixels, batch.names) if batch.pixels is not None else []
         rows.extend({name_key: name, "error": reason} for name, reason in batch.errors)
         if progress is not None:
@@ -231,11 +263,13 @@ def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[
                   writer: Any, batch_size: int = 32, workers: int = 2, name_key: str = "file_name",
                   draft_size: int | None = None, progress: Callable[[int], Any] | None = None,
                   engine: str = "local", ray_address: str | None = None, decoder: str = "auto",
-                  pin_memory: bool = False) -> list[tuple[str, str]]:
+                  pin_memory: bool = False, uint8: bool = False, device: str | torch.device = "cpu",
+                  report: Counter | None = None) -> list[tuple[str, str]]:
     """Score the `items` not yet in ``writer.done``, writing each batch as it completes; returns the
     (name, reason) of every image that could not be read. ``engine="ray"`` scores the same batches on Ray
     actors (`treeclip.predict.ray_engine`; a cluster at `ray_address`, else a local runtime), each decoding
-    with threads; the local engine decodes as `decoder` says, into pinned memory with `pin_memory`."""
+    float pixels with threads; the local engine decodes as `decoder` says (with `pin_memory`, `uint8`,
+    `device` and `report` as in `decoded_batches`)."""
     check_engine(engine, ray_address)
     todo = [item for item in items if item not in writer.done]
     options = {"score": score, "preprocess": preprocess, "batch_size": batch_size, "workers": workers,
@@ -245,7 +279,8 @@ def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[
 
         batches = ray_batches(todo, **options, ray_address=ray_address)
     else:
-        batches = run_batches(todo, **options, decoder=decoder, pin_memory=pin_memory)
+        batches = run_batches(todo, **options, decoder=decoder, pin_memory=pin_memory, uint8=uint8, device=device,
+                              report=report)
     errors: list[tuple[str, str]] = []
     for rows in batches:
         writer.write(rows)
