@@ -511,23 +511,29 @@ def test_exclusion_key_sets_keep_the_first_file_and_match_exactly() -> None:
 
 
 def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
-    """Dedup groups by an 8-byte prefix first: two images whose sha256 share that prefix are distinct, a true
-    copy is dropped with the kept key, and keys ending in zero bytes keep all their hex digits."""
+    """Dedup buckets rows by an 8-byte prefix of their sha256: two images whose sha256 share that prefix land in
+    one bucket and are distinct, a true copy is dropped with the kept key, and keys ending in zero digits keep
+    all their hex digits."""
     import pyarrow as pa
 
     from treeclip.data import plan as plan_module
+    from treeclip.data.exclude import Exclusions
+    from treeclip.data.partitions import read_ipc, write_ipc
 
-    rows = [{"key": f"{i:024x}", "source": "csv", "source_id": str(i), "path": f"/x/{i}.jpg", "origin": f"f:{i}"}
-            for i in (0, 1, 2, 3)]
-    spill = tmp_path / "spill.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), spill)
     twins = [b"\x01" * 8 + bytes([n]) * 24 for n in (1, 2)]  # same first 8 bytes, different sha256
-    columns = plan_module._Columns(
-        spill=spill, taxa=[], key=np.array([bytes.fromhex(r["key"]) for r in rows], "S12"),
-        taxon=np.zeros(4, np.int32), val=np.zeros(4, bool), order=np.zeros(4),
-        digest=np.array([twins[0], twins[1], twins[0], b"\x02" * 32], "S32"), alive=np.ones(4, bool))
-    plan = plan_module.Plan(jobs=[], alignment=None)  # type: ignore[arg-type]
-    plan_module._dedup(columns, plan)
-    assert columns.alive.tolist() == [True, True, False, True]
-    assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped] == [(rows[2]["key"], "0" * 24, "f:2")]
-    assert plan.counts["duplicates"] == 1
+    digests = [twins[0], twins[1], twins[0], b"\x02" * 32]
+    rows = [{"position": i, "stable": f"csv:{i}", "key": f"{i:024x}", "source": "csv", "source_id": str(i),
+             "path": f"/x/{i}.jpg", "origin": f"f:{i}", "license": "", "owner": "", "sha256": "", "member_tar": None,
+             "member_offset": None, "member_size": None, **dict.fromkeys(RANKS, ""), "common": "", "digest": digest}
+            for i, digest in enumerate(digests)]
+    write_ipc(pa.Table.from_pylist(rows, schema=plan_module._CANDIDATE_SCHEMA), tmp_path / "bucket.arrow")
+    buckets = plan_module._digest_bucket(pa.chunked_array([pa.array(twins, pa.binary(32))]), 7)
+    assert buckets[0] == buckets[1]  # the twins meet in one bucket: only the whole digest tells them apart
+    job = plan_module._BytesJob(0, [(str(tmp_path / "bucket.arrow"), 0, 4)], Exclusions(), val_fraction=0.0, seed=0,
+                                ranges=1, work=str(tmp_path), dropped=str(tmp_path))
+    _, kept = plan_module.settle_bytes((0, job))
+    plan = plan_module.Plan(jobs=[], alignment=None, dropped_files=[kept.dropped])  # type: ignore[arg-type]
+    assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped_rows()] == [(rows[2]["key"], "0" * 24, "f:2")]
+    assert kept.tally["duplicates"][0] == 1
+    path, start, end = kept.slices[0]  # the train split's only range
+    assert read_ipc(path).slice(start, end - start).column("key").to_pylist() == [rows[i]["key"] for i in (0, 1, 3)]

@@ -4,15 +4,16 @@ Output layout (``OUT/``): ``train/shard-NNNNNN.tar`` and ``val/shard-NNNNNN.tar`
 ``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``alignment.json`` and
 ``alignment.txt`` (the alignment report and its readable summary) and finally ``manifest.json``: a build is
 complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`),
-while the build runs the plan's spill and items files (`treeclip.data.plan`), and the build lock
+while the build runs the plan's partitions, dropped-row files and items files (`treeclip.data.plan`), and the build lock
 (``OUT/.build/lock``): a second build or ``--resume`` of the same folder while one runs is refused with one
 line, before it touches any file.
 
 Engines (`treeclip.data.engines`, ``--engine local|ray``): the same stage functions run in this process, a
-process or thread pool, or on Ray (pass 1 per source and shard writing as Ray tasks, hashing as a Ray Data
-pipeline), under one Ray session per build; every output is byte-identical either way. The driver never
-holds the catalog's rows: shard workers return a summary, and ``catalog.parquet`` is streamed from the
-journal entries one shard at a time (rows in shard order: train shards, then val, each in tar order).
+process pool, or as Ray tasks (every planning stage over disk-backed partitions, and shard writing), under
+one Ray session per build; every output is byte-identical either way. The driver never holds per-image
+rows: shard workers return a summary, ``catalog.parquet`` is streamed from the journal entries one shard at
+a time (rows in shard order: train shards, then val, each in tar order) and ``dropped.csv`` from the plan's
+sorted files.
 
 Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
 removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
@@ -238,7 +239,7 @@ def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, An
     report, then the manifest (last)."""
     samples = write_catalog((journal_rows(out, r.split, r.index) for r in results), out / CATALOG)
     bad = [dict(s, id=s["key"]) for result in results for s in result.skipped]
-    write_dropped(plan.dropped + bad, out / DROPPED)
+    write_dropped(itertools.chain(plan.dropped_rows(), bad), out / DROPPED)
     write_report(plan.alignment, out / "alignment.json")
     atomic_write(out / "alignment.txt", plan.alignment.summary())
     manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=samples)

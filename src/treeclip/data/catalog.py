@@ -4,12 +4,11 @@ then the val shards, each shard's samples in tar order) and ``dropped.csv``."""
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from treeclip.atomic import atomic_path, atomic_write
+from treeclip.atomic import atomic_path
 from treeclip.formats.shards import CATALOG, CATALOG_COLUMNS, EXTRA_COLUMNS, MANIFEST, catalog_schema
 
 DROPPED = "dropped.csv"
@@ -43,10 +42,10 @@ def write_catalog(parts: Iterable[Sequence[Mapping[str, Any]]], path: str | Path
 
 
 def write_dropped(rows: Iterable[Mapping[str, str]], path: str | Path) -> None:
-    """Write every record left out of the shards, with the reason (and the kept copy for duplicates)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=DROPPED_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({name: row.get(name, "") for name in DROPPED_COLUMNS})
-    atomic_write(path, buffer.getvalue())
+    """Write every record left out of the shards, with the reason (and the kept copy for duplicates),
+    atomically, streaming the rows."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DROPPED_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({name: row.get(name, "") for name in DROPPED_COLUMNS})

@@ -3,38 +3,45 @@
 1. Pass 1 reads every source into an `Aligner` tally (and reports the sources' bad rows and files): one
    `observe_source` job per source on the build's engine (in this process, a process pool or Ray tasks);
    the per-source tallies (distinct lineage and source counts) are merged in source order.
-2. Pass 2 streams the sources again and resolves each record's taxon; records the alignment drops, records
-   their source marks as held out (``split=unseen``, as `treeclip synth` marks its unseen species), and
-   source ids repeated within a source (reported), are left out. Rows whose source mended a gap in their
-   lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks back (from
-   the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest unbroken run.
-3. The sha256 of every remaining image's source bytes is taken where the bytes are read: `hash_batch` over
-   the spill's batches on the build's engine (threads locally, Ray Data tasks on Ray). Unreadable files are
-   reported and left out.
+2. Pass 2, one `resolve_source` job per source (the alignment broadcast to it), streams the source again and
+   resolves each record's taxon; records the alignment drops and records their source marks as held out
+   (``split=unseen``, as `treeclip synth` marks its unseen species) are left out. Rows whose source mended a
+   gap in their lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks
+   back (from the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest
+   unbroken run.
+3. Source ids repeated within a source are left out (reported); two sources of one kind that use the same
+   source id for different images keep both, the later one's id qualified by its spec (``"{id}@{spec}"``).
+   Then the sha256 of every remaining image's source bytes is taken where the bytes are read (`hash_batch`);
+   unreadable files are reported and left out. Both happen in `settle_ids` jobs, one per id bucket.
 4. Exclusions: every record matching an `--exclude` entry (name, hash, path or id) is left out, and so is
    every other copy of an excluded image's bytes, so an evaluation image cannot leak in under another label.
 5. Exact duplicates: among records with the same sha256 the first in source order (the order of
    ``--source`` options, then each source's own order) is kept; the others are dropped with ``kept_id``.
+   Steps 4 and 5 run in `settle_bytes` jobs, one per sha256 bucket.
 6. Splits come from a hash of each stable id (`treeclip.data.splits`); within a split, images are ordered
-   by a seeded hash of the stable id and cut into shards of `shard_size`.
+   by a seeded hash of the stable id and cut into shards of `shard_size`: `order_range` jobs, one per range
+   of that hash, sort their range and write the shards' items files.
 
 Because duplicates are resolved here, from hashes of every candidate, the plan is exact and a pure
 function of the inputs: a resumed build recomputes the very same shard jobs.
 
-**Memory is columnar.** No Python object lives per image beyond one batch of `_BATCH` records. Pass 2 writes
-each candidate's strings (ids, path, origin, licence...) to a Parquet spill file (``OUT/.build/candidates.parquet``)
-and keeps in memory only fixed-width columns (`_Columns`: 12-byte key, 32-byte sha256, taxon index, split, shard
-order: ~70 bytes per image). Repeated ids, exclusion of copies and exact duplicates are set operations on those
-arrays (sort/unique/search); later steps stream the spill file batch by batch. The shard jobs are written as one
-small items file per shard (`treeclip.data.shards.items_path`) through a bucketed external sort, so a job is a
-file name and a count. Every step is a per-batch map or a group-by on the key/sha256 columns, the shape a
-distributed dataframe engine (Ray Data) can run as is.
+**Driver memory does not grow with the image count.** Every per-image step is a job on the build's engine
+(`treeclip.data.engines.map_unordered`: this process, a process pool, or Ray tasks) over disk-backed
+partitions (`treeclip.data.partitions`, Arrow IPC files under ``OUT/.build/plan/work/``): records are
+hash-partitioned by source id (every record whose id could be equal to another's, qualified or not, shares a
+bucket, so each bucket replays the repeated-id rule exactly), then by sha256 (every copy of an image shares a
+bucket), then range-partitioned by the seeded shard-order hash (uniform, so ranges balance), each range
+sorted on its own and placed by the counts of the ranges before it. Each row carries its position (source
+index, record index), so every rule is "first in source order" as in one pass. The process that plans holds
+the alignment, the partitions' row offsets, the shard jobs and the counts; the rows left out (``dropped.csv``)
+stay in sorted files merged when written (`Plan.dropped_rows`), so only the problems list grows with bad rows.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
+import math
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -48,9 +55,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from treeclip.data.align import Aligner, Alignment
-from treeclip.data.engines import map_table_batches, map_unordered
+from treeclip.data.engines import map_unordered
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
+from treeclip.data.partitions import Slice, merged_rows, read_ipc, read_slices, write_ipc, write_partitioned
 from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
 from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
@@ -60,46 +68,48 @@ from treeclip.taxonomy import RANK_NAMES, Taxon
 log = logging.getLogger(__name__)
 ProblemHandler = Callable[[Problem], None]
 HELD_OUT_SPLIT = "unseen"  # a source split that must never reach training (evaluation-only taxa)
-SPILL_FILE = ".build/candidates.parquet"
-_BATCH = 16_384  # records per pass-2 batch and rows per spill read
-_HASH_ROWS = 256  # files per `hash_batch` call: a unit of work for a thread or a Ray Data task
-_BUCKET_ROWS = 65_536  # rows per bucket (an Arrow IPC stream file) of the external sort that writes the items files
-_KEY = "S12"  # a sample key (24 hex digits) as raw bytes
-_DIGEST = "S32"  # a sha256 as raw bytes
-_SPILL_SCHEMA = pa.schema([
-    *((name, pa.string()) for name in ("key", "stable", "source", "source_id", "path", "origin", "license", "owner",
-                                       "sha256", "member_tar")),
-    ("member_offset", pa.int64()), ("member_size", pa.int64()), ("taxon", pa.int32()),
+WORK_DIR = "work"  # under PLAN_DIR: the partitions, removed when the plan is made
+DROPPED_DIR = "dropped"  # under PLAN_DIR: the sorted files of rows left out, kept until dropped.csv is written
+_BATCH = 16_384  # records per pass-2 batch
+_HASH_ROWS = 256  # files per `hash_batch` call
+_BUCKET_ROWS = 131_072  # target rows per partition (id, sha256 and shard-order buckets): a job's share
+_ROW_BITS = 40  # a position is (source index << _ROW_BITS) | record index within the source
+_HELD_OUT, _UNRESOLVED = 1, 2  # pass-2 status of a row (0: a candidate)
+_STAGES = ("resolve", "unreadable", "excluded", "duplicates")  # the order of dropped.csv's sections
+_TAXON_COLUMNS = (*RANK_NAMES, "common")
+_ITEM_FIELDS = [(name, pa.string()) for name in ("key", "source", "source_id", "path", "origin", "license",
+                                                  "owner", "sha256", "member_tar")] + [
+    ("member_offset", pa.int64()), ("member_size", pa.int64()), *((name, pa.string()) for name in _TAXON_COLUMNS)]
+_ROW_SCHEMA = pa.schema([  # pass 2's output: one row per record
+    ("position", pa.int64()), ("group", pa.uint64()), ("stable", pa.string()), *_ITEM_FIELDS,
+    ("status", pa.int8()), ("reason", pa.string()), ("no_kingdom", pa.bool_()), ("gap", pa.string()),
 ])
+_CANDIDATE_SCHEMA = pa.schema([("position", pa.int64()), ("stable", pa.string()), *_ITEM_FIELDS,
+                               ("digest", pa.binary(32))])
+_RANGED_SCHEMA = pa.schema([*_ITEM_FIELDS, ("shard_order", pa.float64())])
+_DROPPED_SCHEMA = pa.schema([("stage", pa.int8()), ("position", pa.int64()),
+                             *((name, pa.string()) for name in ("id", "source", "source_id", "path", "origin",
+                                                                "reason", "kept_id", "problem_origin",
+                                                                "problem_reason"))])
+DROPPED_FIELDS = ("id", "source", "source_id", "path", "origin", "reason", "kept_id")
 
 
 @dataclass
 class Plan:
-    """The shard jobs, everything left out (with reasons), the problems met and the alignment."""
+    """The shard jobs, the files of everything left out (with reasons), the problems met and the alignment."""
 
     jobs: list[ShardJob]
     alignment: Alignment
-    dropped: list[dict[str, str]] = field(default_factory=list)
+    dropped_files: list[str] = field(default_factory=list)  # sorted by (stage, position): see `dropped_rows`
     problems: list[Problem] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     source_counts: list[dict[str, Any]] = field(default_factory=list)
 
-
-@dataclass
-class _Columns:
-    """The fixed-width, in-memory columns of the candidates (row i = row i of the spill file)."""
-
-    spill: Path
-    taxa: list[Taxon]  # the distinct aligned taxa; `taxon` indexes them
-    key: np.ndarray  # S12
-    taxon: np.ndarray  # int32
-    val: np.ndarray  # bool: in the val split
-    order: np.ndarray  # float64: `shard_order` of the stable id
-    digest: np.ndarray = field(default_factory=lambda: np.empty(0, _DIGEST))  # S32, set by `_hash_all`
-    alive: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # not dropped (yet)
-
-    def key_hex(self, index: int) -> str:
-        return self.key[index:index + 1].tobytes().hex()  # tobytes keeps trailing zero bytes
+    def dropped_rows(self) -> Iterator[dict[str, str]]:
+        """Every record left out, with its reason: the pass-2 drops, unreadable, excluded, then duplicate
+        images, each in source order (merged from the jobs' sorted files, one batch per file at a time)."""
+        for row in merged_rows(self.dropped_files, DROPPED_FIELDS):
+            yield {name: row[name] for name in DROPPED_FIELDS}
 
 
 def plan_build(
@@ -119,10 +129,9 @@ def plan_build(
     ray_address: str | None = None,
     on_problem: ProblemHandler | None = None,
 ) -> Plan:
-    """Run the planning passes described in the module docstring, write the jobs' items files under
-    ``out/.build/plan/`` (replacing earlier ones) and return the shard jobs. Hashing (step 3) runs on
-    `engine` (`treeclip.data.engines.map_table_batches`: `workers` threads, or Ray Data); the plan is the
-    same on either."""
+    """Run the planning passes described in the module docstring on `engine` (`workers` processes, or Ray
+    tasks), write the jobs' items files under ``out/.build/plan/`` (replacing earlier ones) and return the
+    shard jobs. The plan is the same on either engine and for any number of workers."""
     report = _Reporter(on_problem)
     per_source = _observe(sources, aligner, report, engine=engine, workers=workers, ray_address=ray_address)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
@@ -130,19 +139,61 @@ def plan_build(
     plan.counts["records"] = sum(n["records"] for n in per_source)
     plan_dir = Path(out) / PLAN_DIR
     shutil.rmtree(plan_dir, ignore_errors=True)
-    plan_dir.mkdir(parents=True)
-    spill = Path(out) / SPILL_FILE
+    work = plan_dir / WORK_DIR
+    work.mkdir(parents=True)
+    (plan_dir / DROPPED_DIR).mkdir()
+    buckets = max(1, math.ceil(plan.counts["records"] / _BUCKET_ROWS))
+    local_workers = workers if buckets > 1 or engine != "local" else 1  # one bucket: no process pool to start
+    run = _Runner(engine=engine, workers=local_workers, ray_address=ray_address)
     try:
-        columns = _resolve(sources, plan, report, spill, val_fraction=val_fraction, seed=seed)
-        _hash_all(columns, plan, report, engine=engine, workers=workers, ray_address=ray_address)
-        _exclude(columns, exclusions, plan)
-        _dedup(columns, plan)
-        plan.jobs = _shard_jobs(columns, out=out, shard_size=shard_size, image_size=image_size,
-                                resize_mode=resize_mode, quality=quality)
+        _plan_images(plan, run, report, sources=sources, exclusions=exclusions, buckets=buckets, out=out,
+                     shard_size=shard_size, image_size=image_size, resize_mode=resize_mode, quality=quality,
+                     val_fraction=val_fraction, seed=seed)
     finally:
-        spill.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     plan.counts["planned"] = sum(job.count for job in plan.jobs)
     return plan
+
+
+@dataclass(frozen=True)
+class _Runner:
+    engine: str
+    workers: int
+    ray_address: str | None
+
+    def __call__(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        """Every job's result, in job order (the engine finishes them in any order)."""
+        results = map_unordered(fn, [(i, job) for i, job in enumerate(jobs)], engine=self.engine,
+                                workers=self.workers, ray_address=self.ray_address)
+        return [result for _, result in sorted(results, key=lambda pair: pair[0])]
+
+
+def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequence[Source], exclusions: Exclusions,
+                 buckets: int, out: str, shard_size: int, image_size: int, resize_mode: str, quality: int,
+                 val_fraction: float, seed: int) -> None:
+    work = Path(out) / PLAN_DIR / WORK_DIR
+    dropped = Path(out) / PLAN_DIR / DROPPED_DIR
+    slim = Alignment(taxa=plan.alignment.taxa, dropped=plan.alignment.dropped, report={})
+    parts = run(resolve_source, [_SourceJob(i, src, slim, buckets, str(work)) for i, src in enumerate(sources)])
+    specs = tuple(src.spec for src in sources)
+    settled = run(settle_ids, [_IdsJob(b, [p[b] for p in parts if b in p], specs, buckets, str(work), str(dropped))
+                               for b in range(buckets)])
+    tally = _Tally()
+    for result in settled:
+        tally.add(result.tally)
+    plan.dropped_files = [result.dropped for result in settled]
+    for row in merged_rows(plan.dropped_files, ("problem_origin", "problem_reason")):
+        if row["problem_reason"] is not None:
+            report(Problem(row["problem_origin"], row["problem_reason"]))
+    ranges = buckets
+    kept = run(settle_bytes, [_BytesJob(q, [result.slices[q] for result in settled], exclusions, val_fraction, seed,
+                                        ranges, str(work), str(dropped)) for q in range(buckets)])
+    for result in kept:
+        tally.add(result.tally)
+    plan.dropped_files += [result.dropped for result in kept]
+    tally.into(plan.counts)
+    plan.jobs = _shard_jobs(kept, run, ranges=ranges, out=out, shard_size=shard_size, image_size=image_size,
+                            resize_mode=resize_mode, quality=quality)
 
 
 class _Reporter:
@@ -158,6 +209,35 @@ class _Reporter:
             self._handler(problem)
         else:
             log.warning("%s: %s", problem.origin, problem.reason)
+
+
+class _Tally:
+    """Counts with the position of their first row, so that they are listed in the order one pass over the
+    records in source order would first meet them (the manifest lists its counts in that order)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}  # name -> [count, first position]
+
+    def count(self, name: str, mask: np.ndarray, positions: np.ndarray, *, present: bool = False) -> None:
+        """Count the rows in `mask` (a boolean array over `positions`), first met at the first of them, or
+        with `present` at the first of `positions` (listed even when none is counted)."""
+        hits = np.flatnonzero(mask)
+        if present and len(positions):
+            self.add({name: [len(hits), int(positions.min())]})
+        elif len(hits):
+            self.add({name: [len(hits), int(positions[hits].min())]})
+
+    def add(self, counts: dict[str, list[int]]) -> None:
+        for name, (number, first) in counts.items():
+            mine = self.counts.setdefault(name, [0, first])
+            mine[0] += number
+            mine[1] = min(mine[1], first)
+
+    def into(self, counter: Counter[str]) -> None:
+        stage = {"unreadable": 1, "excluded": 2, "duplicates": 3}
+        for name, (number, _) in sorted(self.counts.items(), key=lambda item: (
+                stage.get(item[0], 0), item[1][1], item[0] != "no_kingdom")):
+            counter[name] += number
 
 
 @dataclass
@@ -198,192 +278,218 @@ def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, 
     return [one.counts for one in observed]
 
 
-def _drop(plan: Plan, row: Record | dict[str, Any], reason: str, counter: str, *, key: str,
-          kept_id: str = "") -> None:
-    fields = row if isinstance(row, dict) else {name: getattr(row, name) for name in
-                                                 ("source", "source_id", "path", "origin")}
-    plan.counts[counter] += 1
-    plan.dropped.append({"id": key, "source": fields["source"], "source_id": fields["source_id"],
-                         "path": fields["path"], "origin": fields["origin"], "reason": reason, "kept_id": kept_id})
+# ---- pass 2: one job per source -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _SourceJob:
+    index: int
+    source: Source
+    alignment: Alignment
+    buckets: int
+    work: str
 
 
-def _in_sorted(values: np.ndarray, sorted_arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Whether each value occurs in any of the sorted arrays."""
-    found = np.zeros(len(values), bool)
-    for array in sorted_arrays:
-        if len(array) and len(values):
-            at = np.minimum(np.searchsorted(array, values), len(array) - 1)
-            found |= array[at] == values
-    return found
+def id_group(source: str, source_id: str) -> int:
+    """The id bucket hash of a record: of its source kind and its id up to the first ``@``, which a
+    qualified id (``"{id}@{spec}"``) keeps, so every id that could equal another's hashes alike."""
+    text = f"{source}:{source_id.partition('@')[0]}"
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def _chunks(array: np.ndarray, size: int = 1 << 20) -> Iterator[np.ndarray]:
-    return (array[start:start + size] for start in range(0, len(array), size))
-
-
-def _merge_sorted(array: np.ndarray, values: np.ndarray) -> np.ndarray:
-    values = np.sort(values)
-    return np.insert(array, np.searchsorted(array, values), values)
-
-
-class _Pass2:
-    """Pass 2, one batch of records at a time: drops in record order, candidates to the spill and columns."""
-
-    def __init__(self, plan: Plan, report: _Reporter, spill: Path, *, val_fraction: float, seed: int) -> None:
-        self.plan, self.report = plan, report
-        self.val_fraction, self.seed = val_fraction, seed
-        self.writer = pq.ParquetWriter(spill, _SPILL_SCHEMA)
-        self.taxon_ids: dict[tuple[tuple[str, ...], str], int] = {}
-        self.taxa: list[Taxon] = []
-        self.parts: dict[str, list[np.ndarray]] = {"key": [], "taxon": [], "val": [], "order": []}
-        self.owners: list[tuple[str, np.ndarray]] = []  # (spec, sorted accepted keys) of each finished source
-
-    def source(self, source: Source) -> None:
-        accepted = np.empty(0, _KEY)
-        records = (item for item in source.records() if isinstance(item, Record))
+def resolve_source(job: tuple[int, _SourceJob]) -> tuple[int, dict[int, str]]:
+    """Pass 2 for one source: its records resolved, one row each (`_ROW_SCHEMA`), written to one file per id
+    bucket; returns {bucket: file}."""
+    index, one = job
+    files: dict[int, str] = {}
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+    records = (item for item in one.source.records() if isinstance(item, Record))
+    first = one.index << _ROW_BITS
+    try:
         while batch := list(islice(records, _BATCH)):
-            accepted = _merge_sorted(accepted, self._batch(source.spec, batch, accepted))
-        self.owners.append((source.spec, accepted))
+            table = _resolved_rows(batch, one.alignment, first)
+            first += len(batch)
+            bucket = (table.column("group").to_numpy() % np.uint64(one.buckets)).astype(np.int64)
+            for b in np.unique(bucket).tolist():
+                if b not in writers:
+                    files[b] = str(Path(one.work) / f"ids-{b:06d}-{one.index:06d}.arrow")
+                    writers[b] = pa.ipc.new_file(files[b], _ROW_SCHEMA)
+                writers[b].write_table(table.filter(pa.array(bucket == b)))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return index, files
 
-    def _batch(self, spec: str, records: list[Record], accepted: np.ndarray) -> np.ndarray:
-        """Handle one batch; return the keys it accepted.
 
-        Two sources of one kind may use the same source id for different images (two ``folder:`` roots with
-        the same layout): the later source's id is then qualified by its spec, ``"{source_id}@{spec}"``."""
-        stables = [stable_id(r.source, r.source_id) for r in records]
-        keys = _keys(stables)
-        others = [keys_ for owner, keys_ in self.owners if owner != spec]
-        for i in np.flatnonzero(_in_sorted(keys, others)):
-            stables[i] = stable_id(records[i].source, f"{records[i].source_id}@{spec}")
-            keys[i] = bytes.fromhex(sample_key(stables[i]))
-        taxa = [self.plan.alignment.resolve(record) for record in records]
-        usable = np.array([r.split_hint != HELD_OUT_SPLIT and t is not None and bool(t.taxonomic or t.common)
-                           for r, t in zip(records, taxa)], bool)
-        repeated = usable & _in_sorted(keys, [keys_ for _, keys_ in self.owners] + [accepted])
-        first = np.zeros(len(keys), bool)
-        first[np.flatnonzero(usable)[np.unique(keys[usable], return_index=True)[1]]] = True
-        repeated |= usable & ~first
-        rows = [self._one(spec, record, taxon, stable, key, repeat)
-                for record, taxon, stable, key, repeat in zip(records, taxa, stables, _hex(keys), repeated)]
-        taken = [row for row in rows if row is not None]
-        if taken:
-            self.writer.write_table(pa.Table.from_pylist(taken, schema=_SPILL_SCHEMA))
-            kept = usable & ~repeated
-            self.parts["key"].append(keys[kept])
-            self.parts["taxon"].append(np.array([row["taxon"] for row in taken], np.int32))
-            self.parts["val"].append(np.array([assign_split(row["stable"], val_fraction=self.val_fraction,
-                                                            seed=self.seed) == VAL for row in taken], bool))
-            self.parts["order"].append(np.array([shard_order(row["stable"], seed=self.seed) for row in taken]))
-        return keys[usable & ~repeated]
-
-    def _one(self, spec: str, record: Record, taxon: Taxon | None, stable: str, key: str,
-             repeated: bool) -> dict[str, Any] | None:
-        """The spill row of a candidate, or None when the record is dropped (and recorded as such)."""
-        plan = self.plan
+def _resolved_rows(records: list[Record], alignment: Alignment, first: int) -> pa.Table:
+    rows = []
+    for offset, record in enumerate(records):
+        stable = stable_id(record.source, record.source_id)
+        taxon = alignment.resolve(record)
+        status, reason, gap = 0, "", ""
         if record.split_hint == HELD_OUT_SPLIT:
-            _drop(plan, record, f"held out by its source (split={HELD_OUT_SPLIT})", "held_out", key=key)
+            status, reason = _HELD_OUT, f"held out by its source (split={HELD_OUT_SPLIT})"
         elif taxon is None or not (taxon.taxonomic or taxon.common):
-            reason = f"not aligned: {plan.alignment.why_dropped(record) or 'empty taxon'}"
-            _drop(plan, record, reason, "unresolved", key=key)
-        elif repeated:
-            self.report(Problem(record.origin or spec, f"source id {record.source_id!r} repeated; kept the first"))
-            _drop(plan, record, "repeated source id", "repeated_id", key=key)
-        else:
-            plan.counts["no_kingdom"] += not taxon.kingdom
-            if record.gap:
-                _count_gap(plan, record, taxon)
-            member = record.member or (None, None, None)
-            return {"key": key, "stable": stable, "source": record.source, "source_id": record.source_id,
-                    "path": record.path, "origin": record.origin, "license": record.license, "owner": record.owner,
-                    "sha256": record.sha256, "member_tar": member[0], "member_offset": member[1],
-                    "member_size": member[2], "taxon": self._taxon_id(taxon)}
-        return None
-
-    def _taxon_id(self, taxon: Taxon) -> int:
-        index = self.taxon_ids.get((taxon.lineage, taxon.common))
-        if index is None:
-            index = self.taxon_ids[(taxon.lineage, taxon.common)] = len(self.taxa)
-            self.taxa.append(taxon)
-        return index
-
-    def finish(self, spill: Path) -> _Columns:
-        self.writer.close()
-        empty = {"key": np.empty(0, _KEY), "taxon": np.empty(0, np.int32), "val": np.empty(0, bool),
-                 "order": np.empty(0, float)}
-        parts = {name: np.concatenate(arrays) if arrays else empty[name] for name, arrays in self.parts.items()}
-        columns = _Columns(spill=spill, taxa=self.taxa, **parts)
-        columns.alive = np.ones(len(columns.key), bool)
-        return columns
+            status = _UNRESOLVED
+            reason = f"not aligned: {alignment.why_dropped(record) or 'empty taxon'}"
+        elif record.gap:
+            gap = _gap(record, taxon)
+        taxon = taxon if status == 0 else Taxon()
+        member = record.member or (None, None, None)
+        rows.append({
+            "position": first + offset, "group": id_group(record.source, record.source_id), "stable": stable,
+            "key": sample_key(stable), "source": record.source, "source_id": record.source_id, "path": record.path,
+            "origin": record.origin, "license": record.license, "owner": record.owner, "sha256": record.sha256,
+            "member_tar": member[0], "member_offset": member[1], "member_size": member[2],
+            **dict(zip(RANK_NAMES, taxon.lineage)), "common": taxon.common, "status": status, "reason": reason,
+            "no_kingdom": not taxon.kingdom, "gap": gap})
+    return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
 
 
-def _count_gap(plan: Plan, record: Record, taxon: Taxon) -> None:
-    """Count a row whose lineage had a gap: ``gap_filled`` when the alignment (the backbone, or other records
-    of its taxon) gave back the ranks its source emptied, else ``gap_kept`` (kept from its deepest unbroken run)."""
+def _gap(record: Record, taxon: Taxon) -> str:
+    """A row whose lineage had a gap: ``filled`` when the alignment (the backbone, or other records of its
+    taxon) gave back the ranks its source emptied, else ``kept`` (kept from its deepest unbroken run)."""
     emptied = [RANK_NAMES.index(rank.strip()) for rank in record.gap.split(",")]
     filled = all(taxon.lineage[rank] for rank in emptied)
-    plan.counts["gap_filled" if filled else "gap_kept"] += 1
     log.debug("%s: lineage gap, %s emptied; %s", record.origin, record.gap, "filled" if filled else "kept as is")
+    return "filled" if filled else "kept"
 
 
-def _keys(stables: Sequence[str]) -> np.ndarray:
-    return np.array([bytes.fromhex(sample_key(stable)) for stable in stables], _KEY)
+# ---- repeated ids and hashing: one job per id bucket ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class _IdsJob:
+    bucket: int
+    files: list[str]  # the bucket's file from each source, in source order
+    specs: tuple[str, ...]
+    buckets: int  # sha256 buckets to write
+    work: str
+    dropped: str
 
 
-def _hex(array: np.ndarray) -> list[str]:
-    """The hex digits of each fixed-width bytes value (trailing zero bytes included)."""
-    raw, width = array.tobytes(), array.itemsize
-    return [raw[i:i + width].hex() for i in range(0, len(raw), width)]
+@dataclass
+class _Settled:
+    slices: list[Slice]  # per sha256 bucket
+    dropped: str
+    tally: dict[str, list[int]]
 
 
-def _resolve(sources: Sequence[Source], plan: Plan, report: _Reporter, spill: Path, *, val_fraction: float,
-             seed: int) -> _Columns:
-    """Pass 2: aligned taxa; records without one, and ids repeated within a source, are dropped."""
-    pass2 = _Pass2(plan, report, spill, val_fraction=val_fraction, seed=seed)
-    for source in sources:
-        pass2.source(source)
-    return pass2.finish(spill)
+def settle_ids(job: tuple[int, _IdsJob]) -> tuple[int, _Settled]:
+    """Repeated ids and hashing for one id bucket: the bucket's candidates, with the sha256 taken, written by
+    sha256 bucket; the rows left out written sorted by position (with their problems)."""
+    index, one = job
+    rows = pa.concat_tables([read_ipc(path) for path in one.files]) if one.files else _ROW_SCHEMA.empty_table()
+    keys, stables, repeated = replay_ids(rows, one.specs)
+    rows = rows.set_column(rows.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("stable"), "stable", pa.array(stables, pa.string()))
+    positions = rows.column("position").to_numpy()
+    status = rows.column("status").to_numpy()
+    accepted = (status == 0) & ~repeated
+    tally = _Tally()
+    for name, mask in (("held_out", status == _HELD_OUT), ("unresolved", status == _UNRESOLVED),
+                       ("repeated_id", repeated)):
+        tally.count(name, mask, positions)
+    _count_kept(tally, rows, accepted, positions)
+    drops = [_resolve_drops(rows, status, repeated, one.specs)]
+    candidates = rows.filter(pa.array(accepted))
+    digests, errors = _hash(candidates)
+    bad = np.array([error is not None for error in errors], bool)
+    tally.count("unreadable", bad, candidates.column("position").to_numpy())
+    drops.append(_unreadable_drops(candidates, bad, errors))
+    readable = candidates.select(list(_CANDIDATE_SCHEMA.names[:-1])).append_column(
+        "digest", pa.array(digests, pa.binary(32))).filter(pa.array(~bad))
+    dropped = str(Path(one.dropped) / f"ids-{one.bucket:06d}.arrow")
+    write_ipc(pa.concat_tables(drops).sort_by([("stage", "ascending"), ("position", "ascending")]), dropped)
+    partition = _digest_bucket(readable.column("digest"), one.buckets)
+    slices = write_partitioned(readable, partition, one.buckets, Path(one.work) / f"bytes-{one.bucket:06d}.arrow")
+    return index, _Settled(slices, dropped, tally.counts)
 
 
-def _spill_rows(columns: _Columns, names: Sequence[str], wanted: np.ndarray | None = None
-                ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(candidate index, {name: value}) of the spill's rows, in order; only the `wanted` ones if given."""
-    start = 0
-    for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH, columns=list(names)):
-        stop = start + batch.num_rows
-        if wanted is None:
-            picked = range(start, stop)
-        else:
-            picked = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, stop)]
-        if len(picked):
-            values = batch.take(pa.array(np.asarray(picked) - start)).to_pydict()
-            for i, index in enumerate(picked):
-                yield int(index), {name: values[name][i] for name in names}
-        start = stop
+def _count_kept(tally: _Tally, rows: pa.Table, accepted: np.ndarray, positions: np.ndarray) -> None:
+    """The accepted rows' counts: no kingdom (listed whenever a row is accepted), gaps filled or kept."""
+    no_kingdom = rows.column("no_kingdom").to_numpy(zero_copy_only=False)
+    gap = np.array(rows.column("gap").to_pylist(), object)
+    if accepted.any():
+        tally.count("no_kingdom", (accepted & no_kingdom)[accepted], positions[accepted], present=True)
+    tally.count("gap_filled", accepted & (gap == "filled"), positions)
+    tally.count("gap_kept", accepted & (gap == "kept"), positions)
 
 
-_DROP_FIELDS = ("key", "source", "source_id", "path", "origin")
+def replay_ids(rows: pa.Table, specs: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """(key, stable id, repeated) of each row of one id bucket, rows in source order: a one-pass replay of
+    the rule. A row whose id another (earlier) source of a different spec already took gets its id qualified
+    by its own spec; an accepted row (a candidate whose key no earlier row took) takes its key; a candidate
+    whose key was taken is a repeated id. Only rows sharing their `id_group` with another row can interact,
+    so only they are replayed one by one."""
+    keys = rows.column("key").to_pylist()
+    stables = rows.column("stable").to_pylist()
+    repeated = np.zeros(len(keys), bool)
+    if not len(keys):
+        return keys, stables, repeated
+    _, inverse, sizes = np.unique(rows.column("group").to_numpy(), return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(sizes[inverse.ravel()] > 1)
+    source_index = (rows.column("position").to_numpy() >> _ROW_BITS)[shared].tolist()
+    candidate = (rows.column("status").to_numpy() == 0)[shared].tolist()
+    kinds = rows.column("source").take(pa.array(shared)).to_pylist()
+    ids = rows.column("source_id").take(pa.array(shared)).to_pylist()
+    taken: dict[str, int] = {}  # key -> index of the source that accepted it
+    for at, row in enumerate(shared.tolist()):
+        source, key = source_index[at], keys[row]
+        owner = taken.get(key)
+        if owner is not None and owner < source and specs[owner] != specs[source]:
+            stables[row] = stable_id(kinds[at], f"{ids[at]}@{specs[source]}")
+            keys[row] = key = sample_key(stables[row])
+        if candidate[at]:
+            if key in taken:
+                repeated[row] = True
+            else:
+                taken[key] = source
+    return keys, stables, repeated
 
 
-def _hash_all(columns: _Columns, plan: Plan, report: _Reporter, *, engine: str, workers: int,
-              ray_address: str | None) -> None:
-    """Fill `columns.digest` with the sha256 of each candidate's source bytes, taken by `hash_batch` on the
-    engine's workers (where the bytes are read); unreadable images are reported and dropped."""
-    digests = np.zeros(len(columns.key), _DIGEST)
-    failed: dict[int, str] = {}
-    start = 0
-    for table in map_table_batches(hash_batch, str(columns.spill), columns=("path", "sha256"),
-                                   batch_rows=_HASH_ROWS, engine=engine, workers=workers, ray_address=ray_address):
-        stop = start + table.num_rows
-        digests[start:stop] = np.array(table.column("digest").to_pylist(), _DIGEST)
-        failed.update((start + int(i), table.column("error")[int(i)].as_py())
-                      for i in np.flatnonzero(np.asarray(table.column("error").is_valid())))
-        start = stop
-    for index, row in _spill_rows(columns, _DROP_FIELDS, np.array(sorted(failed), np.int64)):
-        error = failed[index]
-        report(Problem(row["origin"] or row["path"], f"cannot read image {row['path']}: {error}"))
-        _drop(plan, row, f"cannot read image: {error}", "unreadable", key=row["key"])
-        columns.alive[index] = False
-    columns.digest = digests
+def _drop_table(rows: pa.Table, stage: int, reasons: Sequence[str], kept_ids: Sequence[str] | None = None,
+                problems: Sequence[tuple[str, str] | None] | None = None) -> pa.Table:
+    """The dropped-file rows of `rows` (left out at `stage`, with their reasons)."""
+    count = rows.num_rows
+    problems = problems or [None] * count
+    return pa.table({
+        "stage": pa.array([stage] * count, pa.int8()), "position": rows.column("position"),
+        **{name: rows.column(name) for name in ("source", "source_id", "path", "origin")},
+        "reason": pa.array(reasons, pa.string()), "kept_id": pa.array(kept_ids or [""] * count, pa.string()),
+        "problem_origin": pa.array([p and p[0] for p in problems], pa.string()),
+        "problem_reason": pa.array([p and p[1] for p in problems], pa.string()),
+        "id": rows.column("key"),
+    }).select(_DROPPED_SCHEMA.names).cast(_DROPPED_SCHEMA)
+
+
+def _resolve_drops(rows: pa.Table, status: np.ndarray, repeated: np.ndarray, specs: Sequence[str]) -> pa.Table:
+    left_out = rows.filter(pa.array((status != 0) | repeated))
+    is_repeated = repeated[(status != 0) | repeated]
+    reasons = [reason if not again else "repeated source id"
+               for reason, again in zip(left_out.column("reason").to_pylist(), is_repeated.tolist())]
+    problems = [(origin or specs[position >> _ROW_BITS], f"source id {source_id!r} repeated; kept the first")
+                if again else None
+                for origin, source_id, position, again in zip(
+                    left_out.column("origin").to_pylist(), left_out.column("source_id").to_pylist(),
+                    left_out.column("position").to_pylist(), is_repeated.tolist())]
+    return _drop_table(left_out, 0, reasons, problems=problems)
+
+
+def _unreadable_drops(candidates: pa.Table, bad: np.ndarray, errors: list[str | None]) -> pa.Table:
+    unreadable = candidates.filter(pa.array(bad))
+    errors = [error for error in errors if error is not None]
+    problems = [(origin or path, f"cannot read image {path}: {error}") for origin, path, error in zip(
+        unreadable.column("origin").to_pylist(), unreadable.column("path").to_pylist(), errors)]
+    return _drop_table(unreadable, 1, [f"cannot read image: {error}" for error in errors], problems=problems)
+
+
+def _hash(candidates: pa.Table) -> tuple[list[bytes], list[str | None]]:
+    digests: list[bytes] = []
+    errors: list[str | None] = []
+    for start in range(0, candidates.num_rows, _HASH_ROWS):
+        result = hash_batch(candidates.slice(start, _HASH_ROWS).select(["path", "sha256"]))
+        digests += result.column("digest").to_pylist()
+        errors += result.column("error").to_pylist()
+    return digests, errors
 
 
 def hash_batch(batch: pa.Table) -> pa.Table:
@@ -401,119 +507,152 @@ def hash_batch(batch: pa.Table) -> pa.Table:
     return pa.table({"digest": pa.array(digests, pa.binary(32)), "error": pa.array(errors, pa.string())})
 
 
-def _exclude(columns: _Columns, exclusions: Exclusions, plan: Plan) -> None:
-    """Drop excluded records and every copy of their bytes."""
-    if not exclusions:
-        return
-    alive = np.flatnonzero(columns.alive)
-    reasons = {index: reason for index, row in _spill_rows(columns, ("stable", "path"), alive)  # only the matches
-               if (reason := exclusions.match(stable=row["stable"], path=row["path"],
-                                              taxon=columns.taxa[columns.taxon[index]],
-                                              sha256=_hex(columns.digest[index:index + 1])[0]))}
-    matched = np.array(sorted(reasons, reverse=True), np.int64)  # a copy takes the last match's reason
-    tainted_digests, last = np.unique(columns.digest[matched], return_index=True)
-    tainted = np.concatenate([np.empty(0, np.int64)] + [  # in chunks: no whole-column copy of the digests
-        chunk[_in_sorted(columns.digest[chunk], [tainted_digests])] for chunk in _chunks(alive)])
-    for index, row in _spill_rows(columns, _DROP_FIELDS, tainted):
-        reason = reasons.get(index)
-        if reason is None:
-            at = np.searchsorted(tainted_digests, columns.digest[index])
-            reason = f"same bytes as an excluded image: {reasons[int(matched[last[at]])]}"
-        _drop(plan, row, reason, "excluded", key=row["key"])
-    columns.alive[tainted] = False
+def _digest_bucket(digests: pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """The sha256 bucket of each digest: its first 8 bytes modulo the bucket count."""
+    raw = np.frombuffer(b"".join(digests.to_pylist()), np.uint8).reshape(-1, 32)[:, :8].copy()
+    return (raw.view(">u8").ravel() % np.uint64(buckets)).astype(np.int64)
 
 
-def _dedup(columns: _Columns, plan: Plan) -> None:
-    """Keep the first record (in source order) of each distinct sha256.
+# ---- exclusion, exact duplicates, splits: one job per sha256 bucket -------------------------------------------
 
-    Memory: candidates are first grouped by an 8-byte prefix of their sha256 (a sort of 8-byte integers);
-    only those sharing a prefix with another (the duplicates, and rare prefix collisions) are grouped by
-    their whole sha256."""
-    alive = np.flatnonzero(columns.alive)
-    prefix = columns.digest.view(np.uint64)[::4][alive]  # the first 8 bytes of each sha256
-    order = np.argsort(prefix, kind="stable")
-    ordered = prefix[order]
-    del prefix
-    same = ordered[1:] == ordered[:-1]
-    shared = np.zeros(len(alive), bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    suspects = np.sort(alive[order[shared]])  # in source order
-    del order, ordered, same, shared
-    _, first, group = np.unique(columns.digest[suspects], return_index=True, return_inverse=True)
-    kept_of = suspects[first[group.ravel()]]  # per suspect: the candidate kept for its bytes
-    duplicates = suspects[kept_of != suspects]
-    kept_by_index = dict(zip(duplicates.tolist(), kept_of[kept_of != suspects].tolist()))
-    for index, row in _spill_rows(columns, _DROP_FIELDS, duplicates):
-        kept = columns.key_hex(kept_by_index[index])
-        _drop(plan, row, f"exact duplicate of {kept}", "duplicates", key=row["key"], kept_id=kept)
-    columns.alive[duplicates] = False
+@dataclass(frozen=True)
+class _BytesJob:
+    bucket: int
+    slices: list[Slice]  # the bucket's slice of every id bucket's output
+    exclusions: Exclusions
+    val_fraction: float
+    seed: int
+    ranges: int  # shard-order ranges per split
+    work: str
+    dropped: str
 
 
-def _shard_jobs(columns: _Columns, *, out: str, shard_size: int, image_size: int, resize_mode: str,
-                quality: int) -> list[ShardJob]:
-    """Cut each split, in shard order, into jobs of `shard_size` and write their items files."""
-    position = np.full(len(columns.key), -1, np.int64)  # each kept candidate's place in the jobs' sequence
-    jobs, starts, placed = [], [], 0
-    for split in SPLITS:
-        members = np.flatnonzero(columns.alive & (columns.val == (split == VAL)))
-        members = members[np.lexsort((columns.key[members], columns.order[members]))]
-        position[members] = placed + np.arange(len(members))
-        for index, start in enumerate(range(0, len(members), shard_size)):
-            count = min(shard_size, len(members) - start)
-            jobs.append(ShardJob(out=out, split=split, index=index, items_file=str(items_path(out, split, index)),
-                                 count=count, image_size=image_size, resize_mode=resize_mode, quality=quality))
-            starts.append(placed + start)
-        placed += len(members)
-    _write_items(columns, position, jobs, np.array(starts, np.int64))
+@dataclass
+class _Kept:
+    slices: list[Slice]  # per (split, range): split index * ranges + range
+    dropped: str
+    tally: dict[str, list[int]]
+
+
+def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
+    """Exclusion, exact duplicates, split and shard order for one sha256 bucket (every copy of an image is
+    in the same bucket): the kept rows written by (split, shard-order range)."""
+    index, one = job
+    rows = read_slices(one.slices, _CANDIDATE_SCHEMA).sort_by("position")
+    positions = rows.column("position").to_numpy()
+    tally = _Tally()
+    excluded, drops = exclude_copies(rows, one.exclusions)
+    tally.count("excluded", excluded, positions)
+    duplicate, kept_of = first_copies(rows, ~excluded)
+    tally.count("duplicates", duplicate, positions)
+    keys = rows.column("key").to_pylist()
+    drops.append(_drop_table(rows.filter(pa.array(duplicate)), 3,
+                             [f"exact duplicate of {keys[k]}" for k in kept_of[duplicate].tolist()],
+                             kept_ids=[keys[k] for k in kept_of[duplicate].tolist()]))
+    dropped = str(Path(one.dropped) / f"bytes-{one.bucket:06d}.arrow")
+    write_ipc(pa.concat_tables(drops), dropped)
+    kept = rows.filter(pa.array(~excluded & ~duplicate))
+    stables = kept.column("stable").to_pylist()
+    val = np.array([assign_split(s, val_fraction=one.val_fraction, seed=one.seed) == VAL for s in stables], bool)
+    order = np.array([shard_order(s, seed=one.seed) for s in stables], np.float64)
+    partition = val * one.ranges + np.minimum((order * one.ranges).astype(np.int64), one.ranges - 1)
+    digests = pa.array([d.hex() for d in kept.column("digest").to_pylist()], pa.string())
+    ranged = kept.set_column(kept.schema.get_field_index("sha256"), "sha256", digests).select(
+        [name for name, _ in _ITEM_FIELDS]).append_column("shard_order", pa.array(order))
+    slices = write_partitioned(ranged, partition, 2 * one.ranges, Path(one.work) / f"kept-{one.bucket:06d}.arrow")
+    return index, _Kept(slices, dropped, tally.counts)
+
+
+def exclude_copies(rows: pa.Table, exclusions: Exclusions) -> tuple[np.ndarray, list[pa.Table]]:
+    """(excluded, [dropped-file rows]) of rows in source order: every row an exclusion matches, and every
+    other copy of a matched row's bytes (with the reason of the last match of those bytes)."""
+    excluded = np.zeros(rows.num_rows, bool)
+    if not exclusions or not rows.num_rows:
+        return excluded, []
+    reasons: dict[int, str] = {}
+    digests = rows.column("digest").to_pylist()
+    columns = {name: rows.column(name).to_pylist() for name in ("stable", "path", *_TAXON_COLUMNS)}
+    for i, digest in enumerate(digests):
+        taxon = Taxon(tuple(columns[rank][i] for rank in RANK_NAMES), columns["common"][i])
+        if reason := exclusions.match(stable=columns["stable"][i], path=columns["path"][i], taxon=taxon,
+                                      sha256=digest.hex()):
+            reasons[i] = reason
+    last = {digests[i]: reason for i, reason in reasons.items()}  # in row order: the last match wins
+    excluded[:] = [digest in last for digest in digests]
+    why = [reasons.get(i) or f"same bytes as an excluded image: {last[digests[i]]}" for i in np.flatnonzero(excluded)]
+    return excluded, [_drop_table(rows.filter(pa.array(excluded)), 2, why)]
+
+
+def first_copies(rows: pa.Table, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate, kept) over rows in source order: among the `alive` rows of each sha256, all but the first
+    are duplicates; `kept` gives each row's first copy (the row itself when it is the first or not alive)."""
+    kept = np.arange(rows.num_rows)
+    living = np.flatnonzero(alive)
+    if len(living):
+        digests = np.array(rows.column("digest").take(pa.array(living)).to_pylist(), "S32")
+        _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+        kept[living] = living[first[inverse.ravel()]]
+    return kept != np.arange(rows.num_rows), kept
+
+
+# ---- shard order and items files: one job per shard-order range -----------------------------------------------
+
+@dataclass(frozen=True)
+class _RangeJob:
+    split: str
+    slices: list[Slice]  # the range's slice of every sha256 bucket's output
+    start: int  # the range's first position in its split
+    total: int  # rows in the split
+    shard_size: int
+    out: str
+    work: str
+
+
+def _shard_jobs(kept: list[_Kept], run: _Runner, *, ranges: int, out: str, shard_size: int, image_size: int,
+                resize_mode: str, quality: int) -> list[ShardJob]:
+    """Cut each split, in shard order, into jobs of `shard_size` and write their items files: each range job
+    writes the shards it holds whole and a fragment of the ones it shares with a neighbour, joined here."""
+    counts = np.array([[end - start for _, start, end in result.slices] for result in kept], np.int64).reshape(
+        len(kept), 2 * ranges).sum(axis=0)
+    jobs, range_jobs = [], []
+    for s, split in enumerate(SPLITS):
+        split_counts = counts[s * ranges:(s + 1) * ranges]
+        total = int(split_counts.sum())
+        starts = np.concatenate([[0], np.cumsum(split_counts)[:-1]])
+        range_jobs += [_RangeJob(split, [result.slices[s * ranges + r] for result in kept], int(starts[r]), total,
+                                 shard_size, out, str(Path(out) / PLAN_DIR / WORK_DIR))
+                       for r in range(ranges) if split_counts[r]]
+        jobs += [ShardJob(out=out, split=split, index=index, items_file=str(items_path(out, split, index)),
+                          count=min(shard_size, total - start), image_size=image_size, resize_mode=resize_mode,
+                          quality=quality) for index, start in enumerate(range(0, total, shard_size))]
+    fragments: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    for job, written in zip(range_jobs, run(order_range, range_jobs)):
+        for index, path in written:
+            fragments.setdefault((job.split, index), []).append((job.start, path))
+    for (split, index), parts in fragments.items():
+        write_items(pa.concat_tables([read_ipc(path) for _, path in sorted(parts)]), items_path(out, split, index))
     return jobs
 
 
-def _write_items(columns: _Columns, position: np.ndarray, jobs: list[ShardJob], starts: np.ndarray) -> None:
-    """Write every job's items file: the spill's kept rows are first spread into buckets of whole jobs
-    (`_BUCKET_ROWS` rows each), then each bucket is sorted by position and cut into its jobs."""
-    if not jobs:
-        return
-    bucket_of_job = starts // _BUCKET_ROWS
-    folder = Path(jobs[0].items_file).parent
-    schema = _SPILL_SCHEMA.append(pa.field("position", pa.int64()))
-    with contextlib.ExitStack() as stack:
-        writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
-        for table in _kept_rows(columns, position):
-            buckets = bucket_of_job[np.searchsorted(starts, table.column("position").to_numpy(), side="right") - 1]
-            for bucket in np.unique(buckets).tolist():
-                if bucket not in writers:
-                    sink = stack.enter_context(pa.OSFile(str(folder / f"bucket-{bucket}.arrow"), "wb"))
-                    writers[bucket] = stack.enter_context(pa.ipc.new_stream(sink, schema))
-                writers[bucket].write_table(table.take(pa.array(np.flatnonzero(buckets == bucket))))
-    for bucket in sorted(writers):
-        _cut_bucket(columns, folder / f"bucket-{bucket}.arrow", jobs, starts)
+def order_range(job: tuple[int, _RangeJob]) -> tuple[int, list[tuple[int, str]]]:
+    """Sort one shard-order range of one split (by shard order, then key) and write the items files of the
+    shards wholly inside it; returns (shard index, fragment file) of the shards it holds only part of."""
+    index, one = job
+    rows = read_slices(one.slices, _RANGED_SCHEMA).sort_by([("shard_order", "ascending"), ("key", "ascending")])
+    end = one.start + rows.num_rows
+    fragments = []
+    for shard in range(one.start // one.shard_size, (end - 1) // one.shard_size + 1):
+        low, high = shard * one.shard_size, min((shard + 1) * one.shard_size, one.total)
+        part = rows.slice(max(low, one.start) - one.start, min(high, end) - max(low, one.start))
+        if low >= one.start and high <= end:
+            write_items(part, items_path(one.out, one.split, shard))
+        else:
+            path = str(Path(one.work) / f"part-{one.split}-{shard:06d}-{one.start:012d}.arrow")
+            write_ipc(part, path)
+            fragments.append((shard, path))
+    return index, fragments
 
 
-def _kept_rows(columns: _Columns, position: np.ndarray) -> Iterator[pa.Table]:
-    """The spill's kept rows, batch by batch, with their position and the sha256 taken (not the given one)."""
-    start = 0
-    for batch in pq.ParquetFile(columns.spill).iter_batches(batch_size=_BATCH):
-        where = position[start:start + batch.num_rows]
-        rows = np.flatnonzero(where >= 0)
-        table = pa.Table.from_batches([batch]).take(pa.array(rows)).append_column("position", pa.array(where[rows]))
-        digests = pa.array(_hex(columns.digest[start + rows]), pa.string())
-        start += batch.num_rows
-        yield table.set_column(table.schema.get_field_index("sha256"), "sha256", digests)
-
-
-def _cut_bucket(columns: _Columns, path: Path, jobs: list[ShardJob], starts: np.ndarray) -> None:
-    with pa.OSFile(str(path), "rb") as source:
-        table = pa.ipc.open_stream(source).read_all().sort_by("position")
-    path.unlink()
-    taxa = pa.table({**{rank: [t.lineage[i] for t in columns.taxa] for i, rank in enumerate(RANK_NAMES)},
-                     "common": [t.common for t in columns.taxa]}, schema=pa.schema(
-                         [(name, pa.string()) for name in (*RANK_NAMES, "common")])).take(table.column("taxon"))
-    for name in taxa.column_names:
-        table = table.append_column(name, taxa.column(name))
-    positions = table.column("position").to_numpy()
-    first_job, last_job = np.searchsorted(starts, positions[[0, -1]], side="right") - 1
-    for job_index in range(int(first_job), int(last_job) + 1):
-        job = jobs[job_index]
-        offset = int(starts[job_index] - positions[0])
-        pq.write_table(table.slice(offset, job.count).select(list(ITEM_COLUMNS)), job.items_file)
+def write_items(rows: pa.Table, path: str | Path) -> None:
+    """One shard job's items file (`treeclip.data.shards.ITEM_COLUMNS`), rows in shard order."""
+    pq.write_table(rows.select(list(ITEM_COLUMNS)), path)
