@@ -1,0 +1,180 @@
+"""The plan's partitioned rules against a brute-force, one-pass reference.
+
+The plan resolves repeated ids per id bucket, exclusion and exact duplicates per sha256 bucket and shard order
+per range (`treeclip.data.plan`). Here a generated input whose repeated ids, qualified ids, byte copies and
+excluded copies fall in *different* buckets goes through `plan_build` with many small buckets, and every kept
+image (shard by shard, in order), every dropped row (in order, with reason and kept id) and every problem must
+equal what a plain sequential pass over the records, written here from the rules' description, gives.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from treeclip.data import plan as plan_module
+from treeclip.data.align import Aligner, Alignment
+from treeclip.data.exclude import Exclusions, load_exclusions
+from treeclip.data.records import Record
+from treeclip.data.shards import read_items
+from treeclip.data.sources import open_source
+from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+LINEAGES = [("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula", "penicillata"),
+            ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus"),
+            ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "alba"),
+            ("Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "muscaria")]
+SHARD_SIZE, VAL_FRACTION, SEED = 5, 0.25, 7
+
+
+def _write_source(folder: Path, rows: list[dict[str, str]]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "cat.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "path", "split", *RANKS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return f"csv:{folder / 'cat.csv'}"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Four csv sources (the first given twice) over a pool of 60 byte contents: ids repeated within a source,
+    ids shared across sources (qualified by spec; one source's id equal to another's qualified id), copies of
+    bytes everywhere, held-out rows, an exclusion table (species, a sha256, paths) and files that cannot be
+    read when hashed."""
+    root = tmp_path_factory.mktemp("generated")
+    rng = np.random.default_rng(11)
+    pool = root / "pool"
+    pool.mkdir()
+    for i in range(60):
+        (pool / f"b{i}.bin").write_bytes(f"bytes {i}".encode() * (1 + i % 3))
+    specs = []
+    for s in range(4):
+        folder = root / f"src{s}"
+        rows = []
+        for i in range(70):
+            content = int(rng.integers(0, 60))
+            image = folder / "img" / f"{i}.bin"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes((pool / f"b{content}.bin").read_bytes())
+            rows.append({"id": f"id{int(rng.integers(0, 90))}", "path": f"img/{i}.bin",
+                         "split": "unseen" if rng.random() < 0.05 else "",
+                         **dict(zip(RANKS, LINEAGES[int(rng.integers(0, len(LINEAGES)))]))})
+        chained = [("shared", "shared")] if s < 2 else [(f"shared@{specs[1]}", "shared-chain")] * (s == 3)
+        for i, (source_id, name) in enumerate(chained):  # src3's id equals src1's qualified one
+            (folder / f"{name}.bin").write_bytes(f"{name} {s}".encode())
+            rows.append({"id": source_id, "path": f"{name}.bin", "split": "", **dict(zip(RANKS, LINEAGES[0]))})
+        specs.append(_write_source(folder, rows))
+    specs.append(specs[0])  # the same source twice: its ids are repeated, never qualified
+    excluded_bytes = hashlib.sha256((pool / "b3.bin").read_bytes()).hexdigest()
+    table = root / "exclude.csv"
+    paths = "".join(f",{root / 'src1/img' / f'{i}.bin'},\n" for i in range(5, 15))
+    table.write_text(f"sha256,path,binomial\n{excluded_bytes},,\n{paths},,Amanita muscaria\n")
+    unreadable = {str(root / "src2/img/8.bin"), str(root / "src0/img/9.bin")}
+    return {"root": root, "specs": specs, "exclusions": load_exclusions([table]), "unreadable": unreadable}
+
+
+def _reference(specs: list[str], alignment: Alignment, exclusions: Exclusions, unreadable: set[str]
+               ) -> dict[str, Any]:
+    """One plain pass over the records in source order: keys per split, cut into shards; dropped (id,
+    reason, kept id) in dropped.csv's order; problem reasons; the source ids qualified by their spec, and the
+    (source id, kept copy's source id) of each duplicate."""
+    taken: dict[str, int] = {}
+    qualified, source_ids = [], {}
+    resolve_drops, problems, candidates = [], [], []
+    for index, spec in enumerate(specs):
+        for record in open_source(spec).records():
+            if not isinstance(record, Record):
+                continue
+            stable = stable_id(record.source, record.source_id)
+            owner = taken.get(sample_key(stable))
+            if owner is not None and owner < index and specs[owner] != spec:
+                stable = stable_id(record.source, f"{record.source_id}@{spec}")
+                qualified.append(record.source_id)
+            key, taxon = sample_key(stable), alignment.resolve(record)
+            source_ids[key] = record.source_id
+            if record.split_hint == "unseen":
+                resolve_drops.append((key, "held out by its source (split=unseen)", ""))
+            elif key in taken:
+                resolve_drops.append((key, "repeated source id", ""))
+                problems.append(f"source id {record.source_id!r} repeated; kept the first")
+            else:
+                taken[key] = index
+                candidates.append((key, stable, record, taxon))
+    readable, unreadable_drops = [], []
+    for key, stable, record, taxon in candidates:
+        if record.path in unreadable:
+            unreadable_drops.append((key, "cannot read image: unreadable here", ""))
+            problems.append(f"cannot read image {record.path}: unreadable here")
+        else:
+            readable.append((key, stable, record, taxon, hashlib.sha256(Path(record.path).read_bytes()).hexdigest()))
+    reasons = {key: reason for key, stable, record, taxon, digest in readable
+               if (reason := exclusions.match(stable=stable, path=record.path, taxon=taxon, sha256=digest))}
+    last = {digest: reasons[key] for key, _, _, _, digest in readable if key in reasons}
+    excluded = [(key, reasons.get(key) or f"same bytes as an excluded image: {last[digest]}", "")
+                for key, _, _, _, digest in readable if digest in last]
+    first: dict[str, str] = {}
+    duplicates, kept = [], []
+    for key, stable, _, _, digest in readable:
+        if digest in last:
+            continue
+        if digest in first:
+            duplicates.append((key, f"exact duplicate of {first[digest]}", first[digest]))
+        else:
+            first[digest] = key
+            kept.append((key, stable))
+    shards = {}
+    for split in SPLITS:
+        members = sorted((shard_order(stable, seed=SEED), key) for key, stable in kept
+                         if (assign_split(stable, val_fraction=VAL_FRACTION, seed=SEED) == VAL) == (split == VAL))
+        keys = [key for _, key in members]
+        shards[split] = [keys[start:start + SHARD_SIZE] for start in range(0, len(keys), SHARD_SIZE)]
+    return {"shards": shards, "dropped": resolve_drops + unreadable_drops + excluded + duplicates,
+            "problems": problems, "qualified": qualified,
+            "pairs": [(source_ids[key], source_ids[kept]) for key, _, kept in duplicates]}
+
+
+@pytest.mark.parametrize("bucket_rows", [1_000_000, 23])
+def test_partitioned_plan_equals_a_one_pass_reference(generated: dict[str, object], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, bucket_rows: int) -> None:
+    specs, exclusions, unreadable = generated["specs"], generated["exclusions"], generated["unreadable"]
+    real_sha256 = plan_module.sha256_file
+
+    def sha256_file(path: str) -> str:
+        if path in unreadable:
+            raise OSError("unreadable here")
+        return real_sha256(path)
+
+    monkeypatch.setattr(plan_module, "sha256_file", sha256_file)
+    monkeypatch.setattr(plan_module, "_BUCKET_ROWS", bucket_rows)
+    monkeypatch.setattr(plan_module, "_HASH_ROWS", 3)
+    plan = plan_module.plan_build(
+        sources=[open_source(spec) for spec in specs], out=str(tmp_path), aligner=Aligner(require_kingdom=False),
+        exclusions=exclusions, image_size=16, resize_mode="squash", quality=90, shard_size=SHARD_SIZE,
+        val_fraction=VAL_FRACTION, seed=SEED, on_problem=lambda problem: None)
+    expected = _reference(specs, plan.alignment, exclusions, unreadable)
+    shards, dropped, problems = expected["shards"], expected["dropped"], expected["problems"]
+    got = {split: [[item.key for item in read_items(job.items_file)] for job in plan.jobs if job.split == split]
+           for split in SPLITS}
+    assert got == shards
+    assert [(row["id"], row["reason"], row["kept_id"]) for row in plan.dropped_rows()] == dropped
+    assert [problem.reason for problem in plan.problems] == problems
+    reasons = Counter(reason.split(" ")[0] for _, reason, _ in dropped)
+    assert reasons["repeated"] > 20 and reasons["exact"] > 20 and reasons["held"] and reasons["cannot"] == 2
+    for kind in ("same bytes", "excluded image path", "excluded image sha256", "excluded species"):
+        assert any(reason.startswith(kind) for _, reason, _ in dropped), kind
+    assert len(expected["qualified"]) > 10  # ids shared by sources of different specs
+    assert expected["qualified"].count(f"shared@{specs[1]}") == 1  # the chained id, qualified once more
+    if bucket_rows < 100:  # many buckets: duplicates must cross id buckets for the test to mean anything
+        buckets = -(-plan.counts["records"] // bucket_rows)
+        assert buckets >= 10
+        crossing = [plan_module.id_group("csv", a) % buckets != plan_module.id_group("csv", b) % buckets
+                    for a, b in expected["pairs"]]
+        assert sum(crossing) > 10
