@@ -397,7 +397,8 @@ def test_fused_to_tensor_normalize_gives_the_same_bits(tmp_path: Path) -> None:
     from _shards import write_shards
 
     urls = list_shards(write_shards(tmp_path, n_species=3) / "train")
-    compose = augment()
+    compose = augment(tv.RandomHorizontalFlip())  # a step without a tensor kernel here: geometry by PIL
+    assert ImageTransform(compose).tensor_head is None
     torch.manual_seed(0)
     fused = batches(urls, transform=compose, shuffle_buffer=0)
     torch.manual_seed(0)
@@ -417,3 +418,62 @@ def test_fused_to_tensor_normalize_gives_the_same_bits(tmp_path: Path) -> None:
     assert torch.equal(fused_images.stack(items), expected)
     with pytest.raises(RuntimeError, match="differ in shape"):
         fused_images.stack([items[0], torch.zeros(1, 16, 16)])
+
+
+MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+
+
+def pil_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader as it was before tensor geometry: every step of the transform on the PIL image."""
+    monkeypatch.setattr(loader, "tensor_steps", lambda steps: None)
+
+
+@pytest.mark.parametrize("geometry", [
+    [tv.RandomResizedCrop(16, scale=(0.5, 1.0))],  # open_clip's training geometry (downscaling here)
+    [tv.RandomResizedCrop(48, scale=(0.9, 1.0), interpolation=tv.InterpolationMode.BICUBIC)],  # upscaling
+    [tv.Resize(20, interpolation=tv.InterpolationMode.BICUBIC), tv.CenterCrop(16)],  # open_clip's inference
+])
+def test_tensor_geometry_and_uint8_batches_match_the_pil_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              geometry: list) -> None:
+    """Geometry on uint8 tensors (torchvision's kernels) against PIL's: the same crops and pixels within two
+    levels, almost all equal; the uint8 batch normalised by `normalize_uint8` equals the float batch bit for
+    bit. A different crop draw, a channel swap, a wrong mean or std would be far outside these bounds."""
+    from _shards import write_shards
+    from treeclip.model.preprocess import normalize_uint8
+
+    urls = list_shards(write_shards(tmp_path, n_species=6) / "train")
+    compose = tv.Compose([*geometry, tv.ToTensor(), tv.Normalize(MEAN, STD)])
+    assert ImageTransform(compose).tensor_head is not None
+
+    def run(**options) -> list[dict]:
+        torch.manual_seed(3)
+        return batches(urls, transform=compose, shuffle_buffer=0, **options)
+
+    pixels, floats = run(normalize=False), run()
+    pil_geometry(monkeypatch)
+    reference = run()
+    for uint8, normalised, pil in zip(pixels, floats, reference, strict=True):
+        assert uint8["image"].dtype == torch.uint8 and normalised["image"].dtype == torch.float32
+        assert uint8["__key__"] == pil["__key__"] and torch.equal(uint8["text"], pil["text"])
+        assert torch.equal(normalize_uint8(uint8["image"], MEAN, STD), normalised["image"])
+        levels = (normalised["image"] - pil["image"]).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
+        assert levels.max() <= 2.01 and levels.mean() < 0.25  # rounding: 0.3 % of values off by one at 224 px
+
+
+def test_uint8_batches_only_where_the_transform_allows(tmp_path: Path) -> None:
+    urls = make_shards(tmp_path, 1, 6) and list_shards(tmp_path / "train")
+    plain = batches(urls, normalize=False, shuffle_buffer=0)  # a function, not a Compose: its floats as given
+    assert plain[0]["image"].dtype == torch.float32
+    gray = tv.Compose([tv.Resize(8), tv.Grayscale(num_output_channels=3), tv.ToTensor(), tv.Normalize(MEAN, STD)])
+    assert ImageTransform(gray).tensor_head is None  # Grayscale: PIL steps, still uint8 pixels at the end
+    torch.manual_seed(0)
+    got = batches(urls, transform=gray, normalize=False, shuffle_buffer=0)
+    torch.manual_seed(0)
+    assert torch.equal(normalize_uint8_of(got[0]["image"]), batches(urls, transform=gray, shuffle_buffer=0)[0]["image"])
+
+
+def normalize_uint8_of(pixels: torch.Tensor) -> torch.Tensor:
+    from treeclip.model.preprocess import normalize_uint8
+
+    assert pixels.dtype == torch.uint8
+    return normalize_uint8(pixels, MEAN, STD)

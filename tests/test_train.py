@@ -153,6 +153,31 @@ def test_accumulation_gives_the_large_batch_gradient() -> None:
         torch.testing.assert_close(grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_loop_normalises_the_loaders_uint8_pixels_as_the_loader_would(shards: Path) -> None:
+    """The training loader hands over uint8 pixels and the loop normalises them where the model is: the model's
+    input equals the loader's own float batch bit for bit (a swapped or wrong mean/std, or pixels left
+    unnormalised, would not); float batches pass as they are; uint8 without a known mean/std is an error."""
+    _, preprocess_train, preprocess_val, tokenizer = create_model("treeclip-test")
+    pixel_norm = loop.deferred_normalization(preprocess_train)
+    assert pixel_norm == (tuple(preprocess_train.transforms[-1].mean), tuple(preprocess_train.transforms[-1].std))
+    assert loop.deferred_normalization(lambda image: image) is None
+    cpu = torch.device("cpu")
+
+    def first_images(**options) -> torch.Tensor:
+        torch.manual_seed(0)
+        return next(iter(make_loader(shards / "train", transform=preprocess_train, tokenizer=tokenizer,
+                                     batch_size=4, shuffle_buffer=0, **options)))["image"]
+
+    pixels, floats = first_images(normalize=False), first_images()
+    assert pixels.dtype == torch.uint8 and floats.dtype == torch.float32
+    assert torch.equal(loop.model_images(pixels, device=cpu, pixel_norm=pixel_norm), floats)
+    assert torch.equal(loop.model_images(floats, device=cpu, pixel_norm=pixel_norm), floats)
+    channels_last = loop.model_images(pixels, device=cpu, pixel_norm=pixel_norm, memory_format=torch.channels_last)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, floats)
+    with pytest.raises(ValueError, match="mean and std"):
+        loop.model_images(pixels, device=cpu)
+
+
 def test_class_index_per_rank_ignores_missing_ranks() -> None:
     lineages = [("A", "B", "C", "D", "E", "G", "s"), ("A", "B", "C", "D", "E", "G", "t"),
                 ("A", "X", "", "", "", "", "")]
@@ -202,8 +227,8 @@ def test_nan_loss_stops_naming_step_and_checkpoint(shards: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real = loop._step_function
 
-    def poisoned(config, env, class_index):  # noqa: ANN001, ANN202 - wraps the real step function
-        step_fn, calls = real(config, env, class_index), []
+    def poisoned(*args):  # noqa: ANN002, ANN202 - wraps the real step function
+        step_fn, calls = real(*args), []
 
         def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             calls.append(1)

@@ -9,6 +9,17 @@ Batches are dicts::
     {"image": FloatTensor[B, 3, H, W], "text": LongTensor[B, L], "text_type": list[str],
      "__key__": list[str], "lineage": list[tuple[str, ...]]}   # lineage: 7 ranks, "" where unknown
 
+With ``normalize=False`` and a transform ending in ``ToTensor, Normalize`` (open_clip's) "image" is the
+ByteTensor[B, 3, H, W] of RGB pixels before those two steps, for the consumer to finish where the model is
+(`treeclip.model.preprocess.normalize_uint8`; the training loop does): 4x fewer bytes through worker pipes,
+pinned memory and the host-to-device copy, and no float work in the workers.
+
+Image steps. Such a transform's geometry (``RandomResizedCrop``, ``Resize``, ``CenterCrop``) runs on the
+decoded pixels as a uint8 tensor with torchvision's tensor kernels (antialiased like PIL's; crops drawn by
+the step's own ``get_params``, so the same crops), about 4x cheaper than PIL's resize on the CPU: within 2
+levels of PIL's pixels, ~0.3 % of values differ (`tests/test_loader.py`, `benchmarks/loader.py`). Any other
+step keeps the whole transform on the PIL image.
+
 Text choice. Each sample carries every caption it has; the text type is drawn per sample
 (``text_mix="sample"``) or once per batch (``"batch"``, what BioCLIP's code did) from `text_types` with
 `text_weights`, by a generator seeded with (seed, epoch, rank, worker); only the chosen caption is tokenised.
@@ -43,6 +54,7 @@ import random
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +63,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torchvision import transforms as tv
+from torchvision.transforms.v2 import functional as tensor_ops
 
 from treeclip.data.images import ImageError, decode_image
 from treeclip.data.sources.wds import NAME_KEYS, sample_taxon
@@ -87,13 +100,15 @@ def make_loader(
     partial: bool = True,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    normalize: bool = True,
 ) -> wds.WebLoader:
     """An iterable of dict batches over the shards named by `urls` (see the module docstring).
 
     `urls`: a shard folder, a glob, a brace pattern (``shard-{000000..000009}.tar``), a URL wds can open,
     or a list of any of these. `shuffle_buffer` <= 1 disables sample shuffling. `partial=False` drops each
     worker's last incomplete batch. Call again with the next `epoch` for a new order. `prefetch_factor`:
-    batches each worker prepares ahead (with `num_workers` > 0).
+    batches each worker prepares ahead (with `num_workers` > 0). `normalize=False`: uint8 images where the
+    transform allows (module docstring).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -104,7 +119,7 @@ def make_loader(
     shards = list_shards(urls)
     chooser = TextChooser(text_types, text_weights)
     seeds = _Seeds(seed=seed, epoch=epoch, rank=rank, world_size=world_size)
-    images = ImageTransform(transform)
+    images = ImageTransform(transform, normalize=normalize)
     pipeline = wds.DataPipeline(
         _resampled_source(shards, seeds) if resampled else _ShardSplit(shards, seeds),
         _TarSamples((*IMAGE_KEYS, *chooser.names, *LINEAGE_MEMBERS)),
@@ -331,46 +346,75 @@ class _Prepare:
 
 class ImageTransform:
     """`transform` per image and `stack` per batch. A torchvision ``Compose`` that ends in ``ToTensor,
-    Normalize`` (open_clip's) stops before those two for RGB images, which `stack` then finishes in their slots
-    of the batch tensor: the same float operations in the same order, so the same bits, without the per-image
-    intermediate tensors and the copy into the batch (`benchmarks/loader.py`)."""
+    Normalize`` (open_clip's) stops before those two for RGB images, giving uint8 ``[3, H, W]`` pixels (its
+    geometry run on a tensor where torchvision can: module docstring); `stack` then does ``ToTensor`` +
+    ``Normalize`` in place in the batch tensor (the same float operations in the same order), or with
+    `normalize` False leaves them to the consumer and returns the uint8 batch (`benchmarks/loader.py`)."""
 
-    def __init__(self, transform: Callable[[Any], torch.Tensor]) -> None:
-        self.transform = transform
+    def __init__(self, transform: Callable[[Any], torch.Tensor], *, normalize: bool = True) -> None:
+        self.transform, self.normalize = transform, normalize
         steps = transform.transforms if isinstance(transform, tv.Compose) else []
         fusable = len(steps) >= 2 and isinstance(steps[-2], tv.ToTensor) and isinstance(steps[-1], tv.Normalize) \
             and not steps[-1].inplace and all(std != 0 for std in steps[-1].std)
         self.head = tv.Compose(steps[:-2]) if fusable else None
+        self.tensor_head = tensor_steps(steps[:-2]) if fusable else None
         self.tail = tv.Compose(steps[-2:]) if fusable else None
         self.mean_std = (steps[-1].mean, steps[-1].std) if fusable else None
 
-    def __call__(self, image: Any) -> torch.Tensor | np.ndarray:
-        """The transformed image, or its RGB pixels (H, W, 3 uint8) that `stack` finishes."""
+    def __call__(self, image: Any) -> torch.Tensor:
+        """The transformed image (float), or its RGB pixels (uint8 ``[3, H, W]``) that `stack` finishes."""
         if self.head is None:
             return self.transform(image)
+        if self.tensor_head is not None and isinstance(image, Image.Image) and image.mode == "RGB":
+            pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+            for step in self.tensor_head:
+                pixels = step(pixels)
+            return pixels
         image = self.head(image)
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             return self.tail(image)
-        return np.array(image)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
-    def stack(self, images: list[torch.Tensor | np.ndarray]) -> torch.Tensor:
-        """The batch [B, C, H, W] (`torch.stack` of the transformed images)."""
+    def stack(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The batch [B, C, H, W]: float, or uint8 pixels when `normalize` is False and all are pixels."""
         if self.head is None:
             return torch.stack(images)
-        dtype = torch.get_default_dtype()
-        mean, std = (torch.as_tensor(values, dtype=dtype).view(-1, 1, 1) for values in self.mean_std)
-        first = images[0]
-        shape = tuple(first.shape) if isinstance(first, torch.Tensor) else (3, *first.shape[:2])
+        pixels_only = all(image.dtype == torch.uint8 for image in images)
+        dtype = torch.uint8 if pixels_only and not self.normalize else torch.get_default_dtype()
+        mean, std = (torch.as_tensor(values, dtype=torch.get_default_dtype()).view(-1, 1, 1)
+                     for values in self.mean_std)
+        shape = tuple(images[0].shape)
         out = torch.empty((len(images), *shape), dtype=dtype)
         for slot, image in zip(out, images):
-            if isinstance(image, np.ndarray):
-                image = torch.from_numpy(image).permute(2, 0, 1)
             if tuple(image.shape) != shape:
                 raise RuntimeError(f"images of one batch differ in shape: {shape} and {tuple(image.shape)}")
-            slot.copy_(image)  # ToTensor's uint8 -> float (a finished image: as it is)
-            if image.dtype == torch.uint8:
+            slot.copy_(image)  # pixels as they are, or ToTensor's uint8 -> float (a finished image: as it is)
+            if image.dtype == torch.uint8 and dtype != torch.uint8:
                 slot.div_(255).sub_(mean).div_(std)  # ToTensor's / 255, then Normalize
         return out
+
+
+def tensor_steps(steps: Sequence[Callable]) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """The geometry `steps` as functions of a uint8 ``[3, H, W]`` RGB tensor (torchvision's tensor kernels,
+    the step's own parameters and random draws), or None when a step has no such equivalent."""
+    functions = []
+    for step in steps:
+        if isinstance(step, tv.RandomResizedCrop):
+            functions.append(partial(_random_resized_crop, step))
+        elif isinstance(step, tv.Resize):
+            functions.append(partial(tensor_ops.resize, size=step.size, interpolation=step.interpolation,
+                                     max_size=step.max_size, antialias=step.antialias))
+        elif isinstance(step, tv.CenterCrop):
+            functions.append(partial(tensor_ops.center_crop, output_size=list(step.size)))
+        elif type(step).__name__ != "MaybeConvertMode":  # open_clip's convert("RGB"): RGB already
+            return None
+    return functions
+
+
+def _random_resized_crop(step: tv.RandomResizedCrop, pixels: torch.Tensor) -> torch.Tensor:
+    top, left, height, width = step.get_params(pixels, step.scale, step.ratio)
+    return tensor_ops.resized_crop(pixels, top, left, height, width, list(step.size),
+                                   interpolation=step.interpolation, antialias=step.antialias)
 
 
 def sample_lineage(sample: Mapping[str, Any]) -> tuple[str, ...]:

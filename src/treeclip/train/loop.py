@@ -31,7 +31,9 @@ Choices worth knowing:
   blocks call it), optional ``train.compile`` (model and loss), ``train.patch_dropout`` (FLIP),
   ``model.grad_checkpointing``, ``train.channels_last``, and loader workers with prefetching and pinned
   memory. Every logged record carries samples/s (global and per device) and the model FLOPs utilisation
-  (`treeclip.train.throughput`).
+  (`treeclip.train.throughput`). With open_clip's transforms the loader hands over uint8 pixels (4x fewer
+  bytes through worker pipes, pinned memory and the host-to-device copy) and the loop does ``ToTensor`` +
+  ``Normalize`` on the device (`treeclip.model.preprocess.normalize_uint8`: the same floats).
 * **Seeds.** The process seeds torch's RNG with ``train.seed`` before building the model (all processes
   build the same initial weights), then with ``seed + rank`` (per-rank augmentation and dropout), unless a
   resumed checkpoint restores the RNG state.
@@ -58,6 +60,7 @@ from treeclip.data.loader import make_loader
 from treeclip.errors import TreeclipError, UsageError
 from treeclip.taxonomy import Taxon
 from treeclip.model import create_model, model_config
+from treeclip.model.preprocess import normalize_uint8, split_steps
 from treeclip.train import checkpoint as ckpt
 from treeclip.train.config import CONFIG_FILE, Config, loader_workers, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
@@ -99,16 +102,23 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the logged records of this process
 
 
+BatchStream = Callable[[Iterator[dict]], Iterator[dict]]
+PixelNorm = tuple[tuple[float, ...], tuple[float, ...]]
+
+
 def train(config: Config, *, data_dir: Path, out_dir: Path, resume: str | None = None,
-          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_step: Callable[[dict[str, Any]], None] | None = None, batch_stream: BatchStream | None = None
+          ) -> TrainResult:
     """Train per `config` on ``data_dir/{train,val}/*.tar``, writing ``out_dir``; works under torchrun.
 
     `resume`: ``"latest"`` (the newest checkpoint in `out_dir`, or a fresh start when there is none) or a
     checkpoint path. `on_step` receives every step's metrics (rank 0 only), e.g. to drive a progress bar.
+    `batch_stream` maps the loader's endless micro-batches to the ones trained on (`benchmarks/gpu.py`
+    repeats one batch held in memory to time the model without the loader).
     """
     env = init_distributed(config.train.device)
     try:
-        return _train(env, config, Path(data_dir), Path(out_dir), resume, on_step)
+        return _train(env, config, Path(data_dir), Path(out_dir), resume, on_step, batch_stream)
     finally:
         shutdown(env)
 
@@ -144,11 +154,12 @@ class Session:
     transforms: tuple[Callable, Callable]  # (train, val)
     tokenizer: Callable
     autocast: Callable[[], contextlib.AbstractContextManager]
+    pixel_norm: PixelNorm | None  # mean, std of the train transform when its loader hands over uint8 pixels
     val_taxa: dict[tuple[str, ...], Taxon] = field(default_factory=dict)  # lineage -> taxon of the val shards
 
 
 def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: str | None,
-           on_step: Callable | None) -> TrainResult:
+           on_step: Callable | None, batch_stream: BatchStream | None) -> TrainResult:
     plan = plan_run(config, data_dir, env.world_size)
     _prepare_run_dir(env, config, out_dir, resume)
     module, transforms, tokenizer, class_index = _build(env, config, data_dir, plan)
@@ -158,7 +169,7 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
     precision = resolved_precision(config, env.device.type)
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     s = Session(env, config, plan, out_dir, module, optimizer, scaler, transforms, tokenizer,
-                _autocast(precision, env), shard_taxa(plan.val_shards) if config.eval.zero_shot and env.is_main else {})
+                _autocast(precision, env), deferred_normalization(transforms[0]), shard_taxa(plan.val_shards) if config.eval.zero_shot and env.is_main else {})
     flops = count_flops_per_sample(module, tokenizer=tokenizer, device=env.device)
     timer = Throughput(config.train.batch_size, world_size=env.world_size, flops_per_sample=flops,
                        peak_tflops=config.train.peak_tflops or _table_peak(precision, env))
@@ -169,7 +180,8 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
     if config.train.compile:
         model = torch.compile(model)
     batches = MicroBatches(partial(_train_loader, s), data_pass)
-    step_fn = _step_function(config, env, class_index)
+    stream = batch_stream(batches) if batch_stream is not None else batches
+    step_fn = _step_function(config, env, class_index, s.pixel_norm)
     writer = MetricsWriter(out_dir, tensorboard=config.log.tensorboard, resume_step=step) if env.is_main else None
     result = TrainResult(out_dir, step, last_checkpoint)
     timer.reset()
@@ -178,7 +190,7 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
         lr = lr_at(step, base_lr=config.optim.lr, warmup_steps=config.optim.warmup_steps,
                    total_steps=plan.stop_step, schedule=config.optim.schedule)
         set_lr(optimizer, lr)
-        micro_batches = [next(batches) for _ in range(config.train.accum_steps)]
+        micro_batches = [next(stream) for _ in range(config.train.accum_steps)]
         loss = step_fn(model, micro_batches, autocast=s.autocast, scaler=scaler)
         _optimizer_step(module, optimizer, scaler, config.optim.grad_clip)
         step += 1
@@ -240,7 +252,10 @@ def _build(env: DistEnv, config: Config, data_dir: Path, plan: Plan
         heads = ClassifierHeads(clip.visual.output_dim, class_index.sizes).to(env.device)
         for name, param in clip.named_parameters():
             param.requires_grad = name.startswith("visual.")  # the text tower has no part in the ce losses
-    transforms = (preprocess_train if config.data.augment else preprocess_val, preprocess_val)
+    # without augmentation the training loader gets the inference transform's own steps (a torchvision
+    # Compose for open_clip models), which it can hand over as uint8 pixels
+    plain = getattr(preprocess_val, "transform", preprocess_val)
+    transforms = (preprocess_train if config.data.augment else plain, preprocess_val)
     return TrainModule(clip, heads), transforms, tokenizer, class_index
 
 
@@ -258,6 +273,13 @@ def _apply_speed_options(clip: nn.Module, config: Config) -> None:
                 param.requires_grad = False
 
 
+def deferred_normalization(transform: Callable) -> PixelNorm | None:
+    """(mean, std) when the training loader can hand over uint8 pixels for the loop to normalise on the
+    device: a transform ending in ``ToTensor, Normalize`` (open_clip's); None for any other."""
+    steps = split_steps(transform)
+    return (steps.mean, steps.std) if steps is not None and not steps.tensor else None
+
+
 def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
     config, env = s.config, s.env
     return make_loader(
@@ -266,7 +288,7 @@ def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
         text_weights=None if config.data.text_type else config.data.text_weights, seed=config.train.seed,
         shuffle_buffer=config.data.shuffle_buffer, num_workers=loader_workers(config, env.device.type),
         rank=env.rank, world_size=env.world_size, epoch=data_pass, partial=False, pin_memory=env.device.type == "cuda",
-        prefetch_factor=config.data.prefetch_factor,
+        prefetch_factor=config.data.prefetch_factor, normalize=s.pixel_norm is None,
     )
 
 
@@ -327,13 +349,27 @@ def _autocast(precision: str, env: DistEnv) -> Callable[[], contextlib.AbstractC
 StepFn = Callable[..., torch.Tensor]
 
 
-def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None) -> StepFn:
+def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None,
+                   pixel_norm: PixelNorm | None) -> StepFn:
     layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    to_model = partial(model_images, device=env.device, memory_format=layout, pixel_norm=pixel_norm)
     if class_index is None:
         loss_fn = clip_loss(env.rank, env.world_size)
         loss_fn = torch.compile(loss_fn) if config.train.compile else loss_fn
-        return partial(clip_step, loss_fn=loss_fn, device=env.device, memory_format=layout)
-    return partial(ce_step, class_index=class_index, device=env.device, memory_format=layout)
+        return partial(clip_step, loss_fn=loss_fn, device=env.device, model_input=to_model)
+    return partial(ce_step, class_index=class_index, device=env.device, model_input=to_model)
+
+
+def model_images(images: torch.Tensor, *, device: torch.device, pixel_norm: PixelNorm | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A batch's images as the model's input on `device`: uint8 pixels (the loader's ``normalize=False``) cross
+    as bytes and are normalised there with `pixel_norm` (mean, std); float images cross as they are."""
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if pixel_norm is None:
+            raise ValueError("the loader handed over uint8 pixels but the transform's mean and std are unknown")
+        images = normalize_uint8(images, *pixel_norm)
+    return images.contiguous(memory_format=memory_format)
 
 
 def _sync_unless_last(model: nn.Module, index: int, count: int) -> contextlib.AbstractContextManager:
@@ -344,9 +380,11 @@ def _sync_unless_last(model: nn.Module, index: int, count: int) -> contextlib.Ab
 
 def clip_step(model: nn.Module, micro_batches: list[dict], *, loss_fn: nn.Module, device: torch.device,
               autocast: Callable, scaler: torch.amp.GradScaler,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Back-propagate the contrastive loss of the whole accumulated batch; returns this process's loss."""
-    images = [b["image"].to(device, non_blocking=True, memory_format=memory_format) for b in micro_batches]
+              model_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Back-propagate the contrastive loss of the whole accumulated batch; returns this process's loss.
+    `model_input` turns a batch's images into the model's input (default: `model_images` on `device`)."""
+    to_model = model_input or partial(model_images, device=device)
+    images = [to_model(b["image"]) for b in micro_batches]
     texts = [b["text"].to(device, non_blocking=True) for b in micro_batches]
     count = len(micro_batches)
     cached = []
@@ -372,12 +410,13 @@ def _swap_in(live: torch.Tensor, cached: list[torch.Tensor], index: int) -> torc
 
 def ce_step(model: nn.Module, micro_batches: list[dict], *, class_index: ClassIndex, device: torch.device,
             autocast: Callable, scaler: torch.amp.GradScaler,
-            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+            model_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Back-propagate the (hierarchical) cross-entropy, averaged over the micro-batches."""
+    to_model = model_input or partial(model_images, device=device)
     total = torch.zeros((), device=device)
     for j, batch in enumerate(micro_batches):
         with _sync_unless_last(model, j, len(micro_batches)), autocast():
-            logits = model(batch["image"].to(device, non_blocking=True, memory_format=memory_format))
+            logits = model(to_model(batch["image"]))
             loss = cross_entropy_sum(logits, class_index.labels(batch["lineage"], device)) / len(micro_batches)
         scaler.scale(loss).backward()
         total += loss.detach()
