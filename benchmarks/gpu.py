@@ -3,21 +3,34 @@
 One prepared script for a GPU machine (no downloads: random weights, generated shards), a few minutes:
 
 - loader: samples per CPU-second of `make_loader` on ONE core (no workers, one torch thread) decoding 224 px
-  JPEGs with the model's random-crop training augmentation and tokenising captions; a host must supply
-  (GPUs x samples/s per GPU) / this rate cores;
+  JPEGs with the model's random-crop training augmentation and tokenising captions, handing over uint8
+  batches as the training loop asks; a host must supply (GPUs x samples/s per GPU) / this rate cores;
 - training: `treeclip.train.loop.train` itself (the real loader with workers, prefetch and pinned memory,
   bf16 autocast, fused AdamW, the CLIP loss) for each variant of `train.compile` x `train.patch_dropout`;
   the figures are the loop's own per-step records (median after the warm-up steps): samples/s per GPU and
   MFU (model FLOPs counted once by FlopCounterMode, over the GPU's dense bf16 peak; see
-  `treeclip.train.throughput`);
+  `treeclip.train.throughput`). Each variant's run goes on, in the same process and compiled model, for
+  two in-memory phases (`train`'s ``batch_stream``): the loader's last batch repeated from pinned host
+  memory (the model + the host-to-device copy, no loader), then the same batch resident on the device (the
+  model alone: the compute-bound rate). Loader-fed / device-batch near 1 means compute-bound; well below 1,
+  the loader (or the copy: compare the pinned figure) is the ceiling;
 - inference: image-tower images/s at bf16 (`encode_image`, inference mode), and `treeclip predict`'s path end
-  to end from JPEG files (threaded decode with JPEG draft mode, pinned-memory copies, bf16 autocast, the bank
-  matmul and top-k on the device) over a 100K-taxon bank, as a share of the tower-alone rate (goal >= 0.8).
+  to end from JPEG files (uint8 batches normalised on the device, pinned-memory copies, bf16 autocast, the bank
+  matmul and top-k on the device) over a 100K-taxon bank, as a share of the tower-alone rate (goal >= 0.8), for
+  each decoder: threads and worker processes (PIL, JPEG draft mode) and device (nvJPEG via torchvision, resize
+  and crop by torch on the GPU), each also alone (decoding without the model) on the same files.
 
-It prints a table and writes the figures as JSON. ``--cpu-smoke`` runs the same code path on the CPU with a
-tiny model, a small batch and two steps (compile off), to test the script itself where there is no GPU.
+It prints a table and writes the figures as JSON, with the wall seconds of each part (``wall_s``).
+``--cpu-smoke`` runs the same code path on the CPU with a tiny model, a small batch and two steps (compile
+off), to test the script itself where there is no GPU.
 
-    python benchmarks/gpu.py [--model ViT-B-16] [--batch 256] [--steps 30] [--warmup 10] [--json gpu_results.json]
+Budget: the previous version (40 loader-fed steps per variant) took about 280 s on the H200 host; the two
+in-memory phases add 2 x (3 + 15) steps per variant, at most ~4 s per variant at the step times measured
+there (87-139 ms), so the whole run stays near 300 s, within one device call (600 s); ``--memory-steps``
+and ``--steps`` trim it.
+
+    python benchmarks/gpu.py [--model ViT-B-16] [--batch 256] [--steps 30] [--warmup 10] [--memory-steps 15]
+                             [--json gpu_results.json]
     python benchmarks/gpu.py --cpu-smoke --json /tmp/smoke.json
 """
 
@@ -32,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +73,8 @@ class Setup:
     workers: int
     device: str
     variants: tuple[tuple[bool, float], ...]
+    memory_steps: int = 15  # timed steps of each in-memory phase (pinned host batch, device batch)
+    settle: int = 3  # untimed steps at the start of each in-memory phase (the loader's workers wind down)
 
 
 @dataclass
@@ -70,6 +85,10 @@ class TrainFigures:
     step_ms: float
     tflops_per_gpu: float
     mfu: float | None
+    pinned_batch_samples_per_s: float  # one batch from pinned host memory, repeated: the model + the copy
+    pinned_batch_mfu: float | None
+    device_batch_samples_per_s: float  # one batch resident on the device, repeated: the model alone
+    device_batch_mfu: float | None
 
 
 @dataclass
@@ -81,22 +100,29 @@ class Results:
     loader_samples_per_s_per_core: float
     train: list[TrainFigures] = field(default_factory=list)
     inference_images_per_s: float = 0.0
-    predict_images_per_s: float = 0.0
-    decode_images_per_s: float = 0.0  # predict's decode + preprocessing threads alone, same images and threads
+    predict_images_per_s: float = 0.0  # with the decoder `--decode auto` picks on this host
+    decode_images_per_s: float = 0.0  # that decoder alone (decode + preprocessing), same images and workers
+    predict_decoder: str = ""  # the decoder auto picks here
+    predict_by_decoder: dict[str, float] = field(default_factory=dict)  # images/s end to end per --decode
+    decode_by_decoder: dict[str, float] = field(default_factory=dict)  # images/s of each decoder alone
+    device_decode_fallbacks: int = 0  # images the device decoder left to the CPU (0 expected: plain JPEGs)
     failed: list[str] = field(default_factory=list)  # training variants that raised, with the error
+    wall_s: dict[str, float] = field(default_factory=dict)  # wall seconds of each part of the run
     torch: str = torch.__version__
     python: str = platform.python_version()
 
 
 def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) -> float:
-    """Samples/s of the training loader in this process on one thread: decode, augment, tokenise."""
+    """Samples/s of the training loader in this process on one thread: decode, augment, tokenise, batch as
+    the training loop asks (uint8 pixels where the transform allows)."""
     _, preprocess_train, _, tokenizer = create_model(model)
     urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
+    normalize = loop.deferred_normalization(preprocess_train) is None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         batch_iter = iter(make_loader(urls, transform=preprocess_train, tokenizer=tokenizer, batch_size=batch,
-                                      shuffle_buffer=0, partial=False))
+                                      shuffle_buffer=0, partial=False, normalize=normalize))
         next(batch_iter)  # opening the first shard is not part of the rate
         start = time.process_time()  # CPU time of this one-threaded work: other processes' load does not count
         for _ in range(batches):
@@ -106,9 +132,39 @@ def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) 
         torch.set_num_threads(threads)
 
 
+class PhasedBatches:
+    """`train`'s batch stream for one run in three phases: the loader's batches for `loader_steps` steps, then
+    its last batch repeated from (pinned) host memory for `host_steps`, then that batch on `device` ever after."""
+
+    def __init__(self, *, loader_steps: int, host_steps: int, device: torch.device) -> None:
+        self.loader_steps, self.host_steps, self.device = loader_steps, host_steps, device
+
+    def __call__(self, batches: Iterator[dict]) -> Iterator[dict]:
+        batch: dict = {}
+        for _ in range(self.loader_steps):
+            batch = next(batches)
+            yield batch
+        for _ in range(self.host_steps):
+            yield batch
+        resident = {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                    for key, value in batch.items()}
+        while True:
+            yield resident
+
+
+def _median_figures(records: list[dict]) -> tuple[float, float, float | None]:
+    """Median samples/s per device, TFLOP/s per device and MFU (None without a known peak) of `records`."""
+    mfus = [r["mfu"] for r in records if "mfu" in r]
+    return (statistics.median(r["samples_per_s_per_device"] for r in records),
+            statistics.median(r["tflops_per_device"] for r in records), statistics.median(mfus) if mfus else None)
+
+
 def train_run(shards: Path, out: Path, setup: Setup, *, compile_model: bool, patch_dropout: float) -> TrainFigures:
-    """`treeclip train` for warm-up + timed steps; the median of its own per-step figures after the warm-up."""
-    total = setup.warmup + setup.steps
+    """`treeclip train` for warm-up + timed loader-fed steps, then the two in-memory phases (`PhasedBatches`),
+    each after `setup.settle` untimed steps; the medians of the loop's own per-step figures in each phase."""
+    loader_steps = setup.warmup + setup.steps
+    memory_phase = setup.settle + setup.memory_steps
+    total = loader_steps + 2 * memory_phase
     config = load_config(overrides=[
         f"model.name={setup.model}", f"train.batch_size={setup.batch}", f"train.max_steps={total}",
         f"train.device={setup.device}", f"train.compile={str(compile_model).lower()}",
@@ -117,14 +173,16 @@ def train_run(shards: Path, out: Path, setup: Setup, *, compile_model: bool, pat
         f"log.every_steps={total}", "log.tensorboard=false", "optim.warmup_steps=1",
     ])
     records: list[dict] = []
-    loop.train(config, data_dir=shards, out_dir=out, on_step=records.append)
-    timed = records[setup.warmup:]
-    mfus = [r["mfu"] for r in timed if "mfu" in r]
-    rate = statistics.median(r["samples_per_s_per_device"] for r in timed)
+    phases = PhasedBatches(loader_steps=loader_steps, host_steps=memory_phase, device=torch.device(setup.device))
+    loop.train(config, data_dir=shards, out_dir=out, on_step=records.append, batch_stream=phases)
+    rate, tflops, mfu = _median_figures(records[setup.warmup:loader_steps])
+    pinned_start = loader_steps + setup.settle
+    pinned_rate, _, pinned_mfu = _median_figures(records[pinned_start:pinned_start + setup.memory_steps])
+    device_rate, _, device_mfu = _median_figures(records[pinned_start + memory_phase:])
     return TrainFigures(compile=compile_model, patch_dropout=patch_dropout, samples_per_s_per_gpu=rate,
-                        step_ms=setup.batch / rate * 1e3,
-                        tflops_per_gpu=statistics.median(r["tflops_per_device"] for r in timed),
-                        mfu=statistics.median(mfus) if mfus else None)
+                        step_ms=setup.batch / rate * 1e3, tflops_per_gpu=tflops, mfu=mfu,
+                        pinned_batch_samples_per_s=pinned_rate, pinned_batch_mfu=pinned_mfu,
+                        device_batch_samples_per_s=device_rate, device_batch_mfu=device_mfu)
 
 
 def synchronize(device: torch.device) -> None:
@@ -158,16 +216,23 @@ def inference_rate(setup: Setup) -> float:
     return setup.batch / timed_calls(encode, calls=setup.steps, warmup=setup.warmup, device=device)
 
 
-def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> tuple[float, float]:
-    """Images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (two batches per decoding worker, after
-    one warm-up batch; enough for the default decoder to use worker processes), and of its decoding alone on the
-    same files (what bounds it on a fast device)."""
+PREDICT_DECODERS = ("threads", "processes", "device")
+
+
+def predict_rate(setup: Setup, work: Path, results: Results, *, taxa: int = 100_000) -> None:
+    """Per decoder (`PREDICT_DECODERS`): images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (two
+    batches per decoding worker, after one warm-up batch; enough for auto to use worker processes), and of the
+    decoder alone on the same files (what bounds it on a fast device); `results.predict_images_per_s` is the
+    decoder auto picks here."""
+    from collections import Counter  # noqa: PLC0415
+
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
     from treeclip.model.bank import LabelBank  # noqa: PLC0415
     from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
-    from treeclip.predict.runner import decoded_batches  # noqa: PLC0415
+    from treeclip.predict.decode_device import ON_DEVICE  # noqa: PLC0415
+    from treeclip.predict.runner import decoded_batches, use_processes  # noqa: PLC0415
 
     model, _, preprocess, _ = create_model(setup.model, device=setup.device)
     rng = np.random.default_rng(0)
@@ -183,18 +248,30 @@ def predict_rate(setup: Setup, work: Path, *, taxa: int = 100_000) -> tuple[floa
         path = work / "jpegs" / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(path, quality=90)
         paths.append(str(path))
-    classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers)
-    device = torch.device(setup.device)
-    synchronize(device)
-    start = time.perf_counter()
-    classifier.predict(paths[setup.batch :], batch_size=setup.batch, workers=workers)
-    synchronize(device)
-    end_to_end = (len(paths) - setup.batch) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for _ in decoded_batches(paths[setup.batch :], paths[setup.batch :], preprocess=preprocess,
-                             batch_size=setup.batch, workers=workers, draft_size=classifier.draft_size):
-        pass
-    return end_to_end, (len(paths) - setup.batch) / (time.perf_counter() - start)
+    device, timed = torch.device(setup.device), paths[setup.batch :]
+    for decoder in PREDICT_DECODERS:
+        classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers, decoder=decoder)
+        synchronize(device)
+        start = time.perf_counter()
+        classifier.predict(timed, batch_size=setup.batch, workers=workers, decoder=decoder)
+        synchronize(device)
+        results.predict_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
+        report: Counter = Counter()
+        start = time.perf_counter()
+        for batch in decoded_batches(timed, timed, preprocess=preprocess, batch_size=setup.batch, workers=workers,
+                                     draft_size=classifier.draft_size, report=report,
+                                     **classifier.decoding(decoder)):
+            if batch.pixels is not None:
+                batch.pixels.to(device, non_blocking=True)  # the copy to the device is part of feeding it
+        synchronize(device)
+        results.decode_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
+        if decoder == "device":
+            results.device_decode_fallbacks = sum(n for how, n in report.items() if how != ON_DEVICE)
+    auto = "processes" if use_processes("auto", images=len(timed), batch_size=setup.batch, workers=workers) \
+        else "threads"
+    results.predict_decoder = auto
+    results.predict_images_per_s = results.predict_by_decoder[auto]
+    results.decode_images_per_s = results.decode_by_decoder[auto]
 
 
 def run(setup: Setup, work: Path) -> Results:
@@ -214,11 +291,10 @@ def run(setup: Setup, work: Path) -> Results:
     print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
     # inference first: short, and its figures survive a time-out during the (compiling) training variants
     results.inference_images_per_s = inference_rate(setup)
-    results.predict_images_per_s, results.decode_images_per_s = predict_rate(
-        setup, work, taxa=1000 if setup.device == "cpu" else 100_000)
-    print(f"inference: tower {results.inference_images_per_s:,.1f} images/s, predict from JPEGs "
-          f"{results.predict_images_per_s:,.1f} images/s, decoding alone {results.decode_images_per_s:,.1f}",
-          flush=True)
+    predict_rate(setup, work, results, taxa=1000 if setup.device == "cpu" else 100_000)
+    print(f"inference: tower {results.inference_images_per_s:,.1f} images/s; predict from JPEGs per --decode: "
+          + ", ".join(f"{decoder} {rate:,.1f} (decoding alone {results.decode_by_decoder[decoder]:,.1f})"
+                      for decoder, rate in results.predict_by_decoder.items()), flush=True)
     for index, (compile_model, patch_dropout) in enumerate(setup.variants):
         try:
             figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
@@ -239,10 +315,12 @@ def table(results: Results) -> str:
             ("train batch (per GPU)", str(results.batch)), ("loader workers", str(results.loader_workers)),
             ("loader samples/s per core (224 px, augmented)", f"{results.loader_samples_per_s_per_core:,.1f}"),
             ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}"),
-            ("predict images/s (JPEG files to top-5, bank on the device)",
-             f"{results.predict_images_per_s:,.1f} ({results.predict_images_per_s / results.inference_images_per_s:.2f}x "
-             "the tower alone)"),
-            ("predict's decode + preprocess threads alone (same files)", f"{results.decode_images_per_s:,.1f}")]
+            *[(f"predict images/s, --decode {decoder}{' (auto here)' if decoder == results.predict_decoder else ''}"
+               " (JPEG files to top-5, bank on the device)",
+               f"{rate:,.1f} ({rate / results.inference_images_per_s:.2f}x the tower alone); decoding alone "
+               f"{results.decode_by_decoder[decoder]:,.1f}")
+              for decoder, rate in results.predict_by_decoder.items()],
+            ("images the device decoder left to the CPU", str(results.device_decode_fallbacks))]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU |", "|---|---|---|---|---|"]
     for figures in results.train:

@@ -20,6 +20,13 @@ def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     assert figures["model"] == "treeclip-test" and figures["batch"] == 8
     assert figures["loader_samples_per_s_per_core"] > 0 and figures["inference_images_per_s"] > 0
     assert figures["failed"] == [] and figures["decode_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
+    # every predict decoder ran end to end and alone; the device decoder took every (plain) JPEG itself
+    decoders = ["threads", "processes", "device"]
+    assert list(figures["predict_by_decoder"]) == decoders and list(figures["decode_by_decoder"]) == decoders
+    assert all(rate > 0 for rate in [*figures["predict_by_decoder"].values(), *figures["decode_by_decoder"].values()])
+    assert figures["device_decode_fallbacks"] == 0
+    assert figures["predict_images_per_s"] == figures["predict_by_decoder"][figures["predict_decoder"]]
+    assert "--decode device" in done.stdout
     plain, dropped = figures["train"]
     assert (plain["patch_dropout"], dropped["patch_dropout"]) == (0.0, 0.5)
     assert plain["samples_per_s_per_gpu"] > 0 and plain["tflops_per_gpu"] > 0
