@@ -1,14 +1,14 @@
 """`check_shards`: verify a shard folder written by `treeclip build`.
 
-Checks that every shard opens and reads to the end; that every sample has a decodable ``.jpg``, a
-``taxon.json`` and every text file `treeclip.taxonomy.shard_texts` gives for that taxon, with exactly that
-text; that no key appears twice; that no temporary file is left; and that the shards, their sample counts
-and the catalog's ids agree with ``manifest.json``.
+Checks that every shard opens and reads to the end (`treeclip.formats.shards.TarReader`, samples grouped as
+webdataset groups them); that every sample has a decodable ``.jpg``, a ``taxon.json`` and every text file
+`treeclip.taxonomy.shard_texts` gives for that taxon, with exactly that text, and no repeated member; that no
+key appears twice; that no temporary file is left; and that the shards, their sample counts and the catalog's
+ids agree with ``manifest.json``.
 """
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ from treeclip.atomic import is_temp_file
 from treeclip.data.images import ImageError, decode_image
 from treeclip.errors import UsageError
 from treeclip.formats import open_table
-from treeclip.formats.shards import CATALOG, MANIFEST, TAXON_JSON, read_manifest, read_taxon_json, shard_counts
+from treeclip.formats.shards import (CATALOG, MANIFEST, TAXON_JSON, TarReader, TarSample, read_manifest,
+                                     read_taxon_json, shard_counts)
 from treeclip.taxonomy import shard_texts
 
 
@@ -65,40 +66,25 @@ def _files(root: Path) -> Iterator[Path]:
     return (p for p in root.rglob("*") if p.is_file() and ".build" not in p.relative_to(root).parts)
 
 
-def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: data}) for each run of members sharing a key, reading every member's data."""
-    key, members = None, {}
-    for member in tar:
-        if not member.isfile():
-            continue
-        name_key, _, suffix = Path(member.name).name.partition(".")
-        if name_key != key and key is not None:
-            yield key, members
-            members = {}
-        key = name_key
-        handle = tar.extractfile(member)
-        members[suffix] = handle.read() if handle else b""
-    if key is not None:
-        yield key, members
-
-
 def _check_tar(path: Path, name: str, report: CheckReport) -> None:
     count = 0
     try:
-        with tarfile.open(path, "r") as tar:
-            for key, members in _samples(tar):
+        with open(path, "rb") as stream:
+            for sample in TarReader(stream).samples():
                 count += 1
+                key = sample.key
                 if key in report.keys:
                     report.problems.append(f"{name}: key {key} repeated (also in {report.keys[key]})")
                 report.keys.setdefault(key, name)
-                report.problems += [f"{name}: {key}: {issue}" for issue in _sample_issues(members)]
-    except (tarfile.TarError, OSError, EOFError) as exc:
+                report.problems += [f"{name}: {key}: {issue}" for issue in _sample_issues(sample)]
+    except (ValueError, OSError) as exc:
         report.problems.append(f"{name}: unreadable tar ({exc})")
     report.shards[name] = count
 
 
-def _sample_issues(members: dict[str, bytes]) -> list[str]:
-    issues = []
+def _sample_issues(sample: TarSample) -> list[str]:
+    members = {suffix: entry.data or b"" for suffix, entry in sample.members.items()}
+    issues = [f"member {member} repeated" for member in sample.duplicates]
     if "jpg" not in members:
         issues.append("no .jpg image")
     else:
@@ -113,9 +99,9 @@ def _sample_issues(members: dict[str, bytes]) -> list[str]:
     except (ValueError, TypeError) as exc:
         return issues + [f"bad {TAXON_JSON}: {exc}"]
     for filename, text in shard_texts(taxon).items():
-        if filename not in members:
+        if filename.lower() not in members:  # suffixes are compared lower-cased, as webdataset reads them
             issues.append(f"no {filename}")
-        elif members[filename].decode("utf-8", errors="replace") != text:
+        elif members[filename.lower()].decode("utf-8", errors="replace") != text:
             issues.append(f"{filename} does not match {TAXON_JSON}")
     return issues
 

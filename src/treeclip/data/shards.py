@@ -32,7 +32,7 @@ from PIL import Image
 from treeclip import __version__
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
-from treeclip.formats.shards import TAXON_JSON, read_member, shard_name, taxon_json
+from treeclip.formats.shards import TAXON_JSON, TarReader, read_member, shard_name, taxon_json
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
 JOURNAL_DIR = ".build/journal"
@@ -260,12 +260,12 @@ def _write_journal(job: ShardJob, result: ShardResult, items: tuple[WorkItem, ..
 
 
 def list_samples(path: str | Path) -> dict[str, list[str]]:
-    """{key: [member suffixes in order]} of a tar, reading it to the end; `tarfile.TarError`/OSError if bad."""
+    """{key: [member suffixes in order]} of a tar, its headers read to the end (`TarReader`, no member data);
+    ValueError/OSError if bad."""
     samples: dict[str, list[str]] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            key, _, suffix = Path(member.name).name.partition(".")
-            samples.setdefault(key, []).append(suffix)
+    with open(path, "rb") as stream:
+        for sample in TarReader(stream).samples(lambda name, size: False):
+            samples.setdefault(sample.key, []).extend(sample.members)
     return samples
 
 
@@ -282,7 +282,7 @@ def completed_shard(job: ShardJob) -> ShardResult | None:
     try:
         entry = json.loads(journal.read_text(encoding="utf-8"))
         samples = list_samples(tar_path)
-    except (OSError, ValueError, tarfile.TarError):
+    except (OSError, ValueError):
         return None
     if entry.get("fingerprint") != job.fingerprint() or list(samples) != [row["id"] for row in entry["rows"]]:
         return None

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from treeclip.data.loader import IMAGE_KEYS, num_samples, sample_lineage
 from treeclip.data.sources.wds import sample_taxon
 from treeclip.errors import UsageError
 from treeclip.formats import open_table
-from treeclip.formats.shards import CATALOG
+from treeclip.formats.shards import CATALOG, TarReader, TarSample, split_member
 from treeclip.taxonomy import RANK_NAMES, Taxon
 
 _TEXT_SUFFIXES = (".txt", ".json")
@@ -32,17 +31,23 @@ def count_samples(shards: Sequence[str]) -> int:
 
 
 def _count_tar(path: Path) -> int:
+    """Samples with an image, as the loader reads them (no member data is read)."""
+    return sum(1 for sample in _tar_samples(path, lambda name, size: False)
+               if any(suffix in sample.members for suffix in IMAGE_KEYS))
+
+
+def _is_text(name: str, _size: int) -> bool:
+    parts = split_member(name)
+    return parts is not None and parts[1].lower().endswith(_TEXT_SUFFIXES)
+
+
+def _tar_samples(path: str | Path, want: Callable[[str, int], bool]) -> Iterator[TarSample]:
+    """The samples of one shard; UsageError naming it when it cannot be read to the end."""
     try:
-        with tarfile.open(path, "r") as tar:
-            return len({_split(m.name)[0] for m in tar if _split(m.name)[1] in IMAGE_KEYS})
-    except (OSError, tarfile.TarError) as error:
+        with open(path, "rb") as stream:
+            yield from TarReader(stream).samples(want)
+    except (OSError, ValueError) as error:
         raise UsageError(f"--data: cannot read shard {path} ({error}); rebuild it with treeclip build") from None
-
-
-def _split(name: str) -> tuple[str, str]:
-    """(key, suffix) of a WebDataset member name: the key ends at the first dot of the file name."""
-    stem, _, suffix = Path(name).name.partition(".")
-    return str(Path(name).parent / stem), suffix.lower()
 
 
 def train_lineages(data_dir: Path, shards: Sequence[str]) -> list[tuple[str, ...]]:
@@ -76,12 +81,10 @@ def shard_taxa(shards: Sequence[str]) -> dict[tuple[str, ...], Taxon]:
 
 
 def _text_members(shards: Sequence[str]) -> Iterator[dict[str, bytes | str]]:
-    """The text and JSON members of each sample (``{"__key__": key, "taxon.json": b"...", ...}``)."""
+    """The text and JSON members of each sample that has some (``{"__key__": key, "taxon.json": b"...", ...}``);
+    images are passed over unread."""
     for shard in shards:
-        samples: dict[str, dict[str, bytes | str]] = {}
-        with tarfile.open(shard, "r") as tar:
-            for member in tar:
-                key, suffix = _split(member.name)
-                if member.isfile() and suffix.endswith(_TEXT_SUFFIXES):
-                    samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(member).read()
-        yield from samples.values()
+        for sample in _tar_samples(shard, _is_text):
+            texts = {suffix: entry.data for suffix, entry in sample.members.items() if entry.data is not None}
+            if texts:
+                yield {"__key__": sample.key, **texts}

@@ -3,8 +3,8 @@ or re-shard.
 
 GLOB is a shard file, a glob (``shards/train/*.tar``, ``**`` allowed), a webdataset brace range
 (``shard-{000000..000165}.tar``) or a folder (every ``.tar``/``.tar.gz``/``.tgz`` below it). Tars are read
-with the standard `tarfile` module in streaming mode; a sample is the run of consecutive members sharing a
-key (the member path up to the first dot of its basename), as webdataset defines it.
+by `treeclip.formats.shards.TarReader` (plain or gzip); a sample is the run of consecutive members sharing a
+key (the member path up to the first dot of its basename), suffixes lower-cased, as webdataset defines it.
 
 Each sample becomes a Record that points at its image member (first of ``.jpg .jpeg .png .webp``) by tar path,
 offset and size, with the sha256 taken while streaming: image bytes are never kept (the shard writer reads
@@ -21,7 +21,7 @@ a split name (``SHARDS/train/shard-000000.tar`` → ``train``).
 from __future__ import annotations
 
 import glob
-import tarfile
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from braceexpand import braceexpand
 
 from treeclip.data.images import sha256_bytes
 from treeclip.errors import UsageError
-from treeclip.formats.shards import TAXON_JSON, read_taxon_json, split_member
+from treeclip.formats.shards import TAXON_JSON, TarReader, TarSample, read_taxon_json, split_member
 from treeclip.taxonomy import Taxon, clean_common, parse_label
 
 from ..records import Problem, Record
@@ -41,6 +41,7 @@ MAX_TEXT_BYTES = 1024 * 1024
 NAME_KEYS = ("taxonTag.txt", "taxonomic_name.txt", "scientific_name.txt")
 SPLIT_NAMES = frozenset({"train", "train_small", "train_mini", "val", "validation", "test"})
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+log = logging.getLogger(__name__)
 
 
 class WdsSource(Source):
@@ -89,32 +90,40 @@ def expand_shards(pattern: str) -> list[Path]:
 
 def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, Any]] | Problem]:
     """(key, {suffix: bytes, or (offset, size, sha256) for images}) per sample of a tar, streaming; a Problem
-    for a member over the size limits (skipped unread) or when the tar breaks (the sample being read then
-    is dropped)."""
-    key, files = "", {}
+    for a member over the size limits (skipped unread), for a repeated suffix (the first is kept) and when the
+    tar breaks (a sample whose members were not all read is then dropped)."""
     try:
-        with tarfile.open(shard, "r|*") as tar:
-            for member in tar:
-                split = split_member(member.name) if member.isfile() else None
-                if split is None:
-                    continue
-                if split[0] != key and files:
-                    yield key, files
-                    files = {}
-                key = split[0]
-                image = split[1].lower() in IMAGE_KEYS
-                if member.size > (MAX_IMAGE_BYTES if image else MAX_TEXT_BYTES):
-                    yield Problem(f"{shard}:{key}", f"member {member.name} is {member.size} bytes; skipped "
-                                  f"(limit {MAX_IMAGE_BYTES if image else MAX_TEXT_BYTES})")
-                    continue
-                handle = tar.extractfile(member)
-                data = handle.read() if handle else b""
-                files[split[1]] = (member.offset_data, member.size, sha256_bytes(data)) if image else data
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        with open(shard, "rb") as stream:
+            reader = TarReader(stream)
+            for sample in reader.samples(_within_limits):
+                yield from _sample_files(shard, sample)
+        if reader.skipped:
+            log.info("%s: skipped %d members that are not samples' files (%s)", shard, sum(reader.skipped.values()),
+                     reader.skipped)
+    except (ValueError, OSError) as exc:
         yield Problem(str(shard), f"unreadable shard: {one_line(exc)}")
-        return
+
+
+def _limit(name: str) -> int:
+    parts = split_member(name)
+    return MAX_IMAGE_BYTES if parts is not None and parts[1].lower() in IMAGE_KEYS else MAX_TEXT_BYTES
+
+
+def _within_limits(name: str, size: int) -> bool:
+    return size <= _limit(name)
+
+
+def _sample_files(shard: Path, sample: TarSample) -> Iterator[tuple[str, dict[str, Any]] | Problem]:
+    where, files = f"{shard}:{sample.key}", {}
+    for suffix, (name, offset, size, data) in sample.members.items():
+        if data is None:
+            yield Problem(where, f"member {name} is {size} bytes; skipped (limit {_limit(name)})")
+        else:
+            files[suffix] = (offset, size, sha256_bytes(data)) if suffix in IMAGE_KEYS else data
+    yield from (Problem(where, f"member {name} repeats a suffix of its sample; the first kept")
+                for name in sample.duplicates)
     if files:
-        yield key, files
+        yield sample.key, files
 
 
 def sample_taxon(where: str, files: dict[str, bytes]) -> Taxon | Problem:
