@@ -275,6 +275,7 @@ def predict_rate(setup: Setup, work: Path, results: Results, *, taxa: int = 100_
 
 
 def run(setup: Setup, work: Path) -> Results:
+    started = time.perf_counter()
     device = torch.device(setup.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     # one shard of two batches per loader worker: each worker batches its own shard, so each needs full batches
@@ -288,14 +289,17 @@ def run(setup: Setup, work: Path) -> Results:
     results = Results(device_name=name, model=setup.model, batch=setup.batch, loader_workers=setup.workers,
                       loader_samples_per_s_per_core=loader_rate_per_core(
                           shards, model=setup.model, batch=loader_batch, batches=loader_batches))
+    results.wall_s["shards + loader"] = time.perf_counter() - started
     print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
     # inference first: short, and its figures survive a time-out during the (compiling) training variants
     results.inference_images_per_s = inference_rate(setup)
     predict_rate(setup, work, results, taxa=1000 if setup.device == "cpu" else 100_000)
+    results.wall_s["inference + predict"] = time.perf_counter() - started - sum(results.wall_s.values())
     print(f"inference: tower {results.inference_images_per_s:,.1f} images/s; predict from JPEGs per --decode: "
           + ", ".join(f"{decoder} {rate:,.1f} (decoding alone {results.decode_by_decoder[decoder]:,.1f})"
                       for decoder, rate in results.predict_by_decoder.items()), flush=True)
     for index, (compile_model, patch_dropout) in enumerate(setup.variants):
+        variant_start = time.perf_counter()
         try:
             figures = train_run(shards, work / f"run{index}", setup, compile_model=compile_model,
                                 patch_dropout=patch_dropout)
@@ -305,6 +309,8 @@ def run(setup: Setup, work: Path) -> Results:
             continue
         finally:
             shutil.rmtree(work / f"run{index}", ignore_errors=True)  # a ViT-B-16 checkpoint with AdamW is ~2 GB
+            results.wall_s[f"train compile={compile_model} patch_dropout={patch_dropout}"] = \
+                time.perf_counter() - variant_start
         print(f"train: {asdict(figures)}", flush=True)  # partial results survive a time-out
         results.train.append(figures)
     return results
@@ -322,14 +328,22 @@ def table(results: Results) -> str:
               for decoder, rate in results.predict_by_decoder.items()],
             ("images the device decoder left to the CPU", str(results.device_decode_fallbacks))]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU |", "|---|---|---|---|---|"]
+    lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU | pinned batch: samples/s, "
+              "MFU | device batch: samples/s, MFU | loader-fed / device batch |", "|---|---|---|---|---|---|---|---|"]
     for figures in results.train:
         label = f"compile {'on' if figures.compile else 'off'}, patch dropout {figures.patch_dropout:g}"
-        mfu = f"{figures.mfu:.1%}" if figures.mfu is not None else "n/a (no known peak)"
         lines.append(f"| {label} | {figures.samples_per_s_per_gpu:,.1f} | {figures.step_ms:,.1f} | "
-                     f"{figures.tflops_per_gpu:,.2f} | {mfu} |")
-    lines += [f"| FAILED: {failure} | | | | |" for failure in results.failed]
+                     f"{figures.tflops_per_gpu:,.2f} | {_share(figures.mfu)} | "
+                     f"{figures.pinned_batch_samples_per_s:,.1f}, {_share(figures.pinned_batch_mfu)} | "
+                     f"{figures.device_batch_samples_per_s:,.1f}, {_share(figures.device_batch_mfu)} | "
+                     f"{figures.samples_per_s_per_gpu / figures.device_batch_samples_per_s:.2f} |")
+    lines += [f"| FAILED: {failure} | | | | | | | |" for failure in results.failed]
+    lines += ["", "wall seconds: " + ", ".join(f"{part} {seconds:.0f}" for part, seconds in results.wall_s.items())]
     return "\n".join(lines)
+
+
+def _share(mfu: float | None) -> str:
+    return f"{mfu:.1%}" if mfu is not None else "n/a (no known peak)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--memory-steps", type=int, default=15,
+                        help="timed steps per variant of each in-memory phase (pinned host batch, device batch)")
     parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)),
                         help="loader worker processes")
     parser.add_argument("--no-compile", action="store_true", help="skip the train.compile variants")
@@ -347,13 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpu_smoke:
         setup = Setup(model="treeclip-test", batch=8, steps=2, warmup=1, workers=0, device="cpu",
-                      variants=((False, 0.0), (False, 0.5)))
+                      variants=((False, 0.0), (False, 0.5)), memory_steps=2, settle=1)
     elif not torch.cuda.is_available():
         parser.error("no CUDA GPU visible; run on a GPU machine, or pass --cpu-smoke to test the script")
     else:
         variants = tuple(v for v in VARIANTS if not (args.no_compile and v[0]))
         setup = Setup(model=args.model, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                      workers=args.workers, device="cuda", variants=variants)
+                      workers=args.workers, device="cuda", variants=variants, memory_steps=args.memory_steps)
     with tempfile.TemporaryDirectory(prefix="treeclip-gpu-") as tmp:
         results = run(setup, Path(tmp))
     print(table(results))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,3 +37,22 @@ def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     assert per_sample[1] < per_sample[0]
     assert plain["mfu"] is None  # no peak is known for a CPU
     assert "| compile off, patch dropout 0.5 |" in done.stdout and "loader samples/s per core" in done.stdout
+    # each variant also ran from one batch in host memory and one on the device (the compute-bound rate)
+    assert all(run["pinned_batch_samples_per_s"] > 0 and run["device_batch_samples_per_s"] > 0
+               for run in (plain, dropped))
+    assert "| device batch: samples/s, MFU |" in done.stdout
+    assert {"train compile=False patch_dropout=0.0", "train compile=False patch_dropout=0.5"} <= set(figures["wall_s"])
+
+
+def test_phased_batches_switch_from_the_loader_to_one_batch_in_memory() -> None:
+    """The loader's batches first, then its last batch as it is (host memory), then a copy on the device."""
+    from benchmarks.gpu import PhasedBatches  # noqa: PLC0415 - imports torch and the test shards helper
+
+    loader = iter({"image": torch.full((2, 3), float(i)), "text": torch.ones(2, 4), "__key__": [f"k{i}"]}
+                  for i in range(10))
+    stream = PhasedBatches(loader_steps=3, host_steps=2, device=torch.device("cpu"))(loader)
+    got = [next(stream) for _ in range(8)]
+    assert [b["__key__"] for b in got[:3]] == [["k0"], ["k1"], ["k2"]]
+    assert got[3] is got[2] and got[4] is got[2]  # the host batch: the same pinned tensors, no loader
+    assert all(torch.equal(b["image"], got[2]["image"]) and b["__key__"] == ["k2"] for b in got[5:])
+    assert next(loader)["__key__"] == ["k3"]  # the loader is no longer drawn from
