@@ -613,9 +613,11 @@ def test_wds_brace_range_and_truncated_shard(tmp_path: Path) -> None:
 @pytest.mark.parametrize("alias", ["path", "filepath", "file_path", "file_name", "filename", "image",
                                    "image_path", "file", "Image_Path"])
 def test_every_path_alias_is_read_by_csv_source_and_exclusions(tmp_path: Path, alias: str) -> None:
-    """One alias list for both readers: an exclusion table keyed by the column a csv: source reads (the
-    exclusion reader used to know only 5 of the 8 names, so such a table excluded nothing by path)."""
+    """One alias list for every table reader: an exclusion table keyed by the column a csv: source reads (the
+    exclusion reader used to know only 5 of the 8 names, so such a table excluded nothing by path), and
+    make-benchmark's catalog (it knew 3)."""
     from treeclip.data.exclude import load_exclusions  # noqa: PLC0415
+    from treeclip.eval.heldout import read_catalog  # noqa: PLC0415
 
     jpeg(tmp_path / "pics/a.jpg")
     table = write_table(tmp_path / "t.csv", [alias, "genus", "species"], [["pics/a.jpg", "Pica", "pica"]])
@@ -623,3 +625,4 @@ def test_every_path_alias_is_read_by_csv_source_and_exclusions(tmp_path: Path, a
     assert not problems and Path(record.path) == (tmp_path / "pics/a.jpg").resolve()
     found = load_exclusions([table])
     assert len(found.paths) == 1 and found.paths.get(str((tmp_path / "pics/a.jpg").resolve())) == "t.csv"
+    assert [Path(image.path) for image in read_catalog(table)] == [tmp_path / "pics/a.jpg"]

@@ -31,7 +31,7 @@ import numpy as np
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.images import sha256_file
 from treeclip.errors import UsageError
-from treeclip.formats import TAXON_ROLES, Problem, has_ranks, open_table, resolve, taxon_of
+from treeclip.formats import PATH_ALIASES, TAXON_ROLES, Problem, has_ranks, open_table, resolve, taxon_of
 from treeclip.formats.species_lists import read_name_lines
 from treeclip.taxonomy import Taxon, parse_binomial
 
@@ -66,7 +66,7 @@ def read_catalog(path: str | os.PathLike[str], species: Iterable[str] | None = N
     path "" so that their source still counts."""
     table = open_table(Path(path), what="--catalog")
     roles = resolve(table.header, TAXON_ROLES, columns, where=str(path))
-    extra = {"path": table.find("path", "filepath", "file_path"), "source": table.find("source"),
+    extra = {"path": table.find(*PATH_ALIASES), "source": table.find("source"),
              "sha256": table.find("sha256")}
     if extra["path"] is None or not has_ranks(roles):
         raise UsageError(f"catalog {path}: missing the path or rank columns (expected {CATALOG_LAYOUT})")
