@@ -19,6 +19,7 @@ from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 from treeclip.errors import UsageError
 from treeclip.model import create_model
 from treeclip.model.preprocess import inference_preprocess, normalize_uint8
+from treeclip.predict import decode_device
 from treeclip.predict.decode_device import COLOUR, NOT_A_FILE, NOT_JPEG, ON_DEVICE, REFUSED, ROTATED
 from treeclip.predict.runner import decoded_batches
 
@@ -116,10 +117,10 @@ def _mixed_items(folder: Path) -> tuple[list, Counter]:
     return items, expected
 
 
-def _batches(items: list, preprocess, decoder: str, **options) -> list:
+def _batches(items: list, preprocess, decoder: str, batch_size: int = 4, **options) -> list:
     names = [f"n{index}" for index in range(len(items))]
-    return list(decoded_batches(items, names, preprocess=preprocess, batch_size=4, workers=2, draft_size=None,
-                                decoder=decoder, **options))
+    return list(decoded_batches(items, names, preprocess=preprocess, batch_size=batch_size, workers=2,
+                                draft_size=None, decoder=decoder, **options))
 
 
 @pytest.mark.parametrize("family", ["open_clip", "bioclip"])
@@ -143,6 +144,25 @@ def test_device_decoding_gives_the_cpu_batches_in_order_and_counts_fallbacks(
         assert (ours.pixels - theirs.pixels).abs().max() <= 3 * LEVEL
     errors = [name for batch in device for name, _ in batch.errors]
     assert errors == ["n2", "n6", "n9"]  # truncated, empty, text: in input order, with the CPU path's reasons
+
+
+def test_same_size_photos_are_transformed_in_groups_and_stay_in_order(open_clip_preprocess, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same-size JPEGs are resized as one stack, in groups capped by size: interleaved sizes and a cap of two
+    images per group must still give each image its own pixels in input order."""
+    monkeypatch.setattr(decode_device, "GROUP_VALUES", 2 * 3 * 120 * 90)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = []
+    for index in range(9):
+        items.append(str(folder / f"{index}.jpg"))
+        _photo(20 + index, (120, 90) if index % 3 else (90, 120)).save(items[-1], quality=92)
+    report: Counter = Counter()
+    (device,) = _batches(items, open_clip_preprocess, "device", device="cpu", report=report, batch_size=9)
+    (reference,) = _batches(items, open_clip_preprocess, "threads", batch_size=9)
+    assert report == Counter({ON_DEVICE: 9}) and device.names == reference.names
+    assert (device.pixels - reference.pixels).abs().max() <= 3 * LEVEL
+    assert (device.pixels[1] - reference.pixels[2]).abs().max() > 10 * LEVEL  # different photos differ
 
 
 def test_device_decoding_logs_one_line_of_fallbacks(open_clip_preprocess, tmp_path: Path,

@@ -94,10 +94,10 @@ class Preprocess:
         return normalize_uint8(pixels, steps.mean, steps.std)
 
     def from_decoded(self, image: torch.Tensor) -> torch.Tensor:
-        """The transform of a decoded ``[3, H, W]`` uint8 RGB tensor (e.g. a JPEG decoded on the GPU), run by
-        torch where the tensor is: the resize/crop steps on float values in 0..255, rounded to 8 bits as PIL's
-        resize would (a PIL crop or resize of the decoded image gives the same numbers within a level or two),
-        then the float steps and the normalisation. Float ``[3, H, W]``, normalised."""
+        """The transform of decoded uint8 RGB ``[3, H, W]`` (or a ``[N, 3, H, W]`` stack of same-size images;
+        e.g. JPEGs decoded on the GPU), run by torch where the tensor is: the resize/crop steps on float values in
+        0..255, rounded to 8 bits as PIL's resize would (a PIL crop or resize of the decoded image gives the same
+        numbers within a level or two), then the float steps and the normalisation. Float, normalised."""
         steps = self._split()
         pixels = image.float()
         if steps.pil:
