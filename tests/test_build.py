@@ -518,7 +518,7 @@ def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
 
     from treeclip.data import plan as plan_module
     from treeclip.data.exclude import Exclusions
-    from treeclip.data.partitions import read_ipc, write_ipc
+    from treeclip.data.partitions import read_partition, write_partitioned
 
     twins = [b"\x01" * 8 + bytes([n]) * 24 for n in (1, 2)]  # same first 8 bytes, different sha256
     digests = [twins[0], twins[1], twins[0], b"\x02" * 32]
@@ -526,14 +526,15 @@ def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
              "path": f"/x/{i}.jpg", "origin": f"f:{i}", "license": "", "owner": "", "sha256": "", "member_tar": None,
              "member_offset": None, "member_size": None, **dict.fromkeys(RANKS, ""), "common": "", "digest": digest}
             for i, digest in enumerate(digests)]
-    write_ipc(pa.Table.from_pylist(rows, schema=plan_module._CANDIDATE_SCHEMA), tmp_path / "bucket.arrow")
+    write_partitioned(pa.Table.from_pylist(rows, schema=plan_module._CANDIDATE_SCHEMA), np.zeros(4, np.int64), 1,
+                      tmp_path / "bytes-000000.arrow")  # one id bucket's output, all in sha256 bucket 0
     buckets = plan_module._digest_bucket(pa.chunked_array([pa.array(twins, pa.binary(32))]), 7)
     assert buckets[0] == buckets[1]  # the twins meet in one bucket: only the whole digest tells them apart
-    job = plan_module._BytesJob(0, [(str(tmp_path / "bucket.arrow"), 0, 4)], Exclusions(), val_fraction=0.0, seed=0,
-                                ranges=1, work=str(tmp_path), dropped=str(tmp_path))
+    job = plan_module._BytesJob(0, Exclusions(), val_fraction=0.0, seed=0, ranges=1, work=str(tmp_path),
+                                dropped=str(tmp_path))
     _, kept = plan_module.settle_bytes((0, job))
     plan = plan_module.Plan(jobs=[], alignment=None, dropped_files=[kept.dropped])  # type: ignore[arg-type]
     assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped_rows()] == [(rows[2]["key"], "0" * 24, "f:2")]
     assert kept.tally["duplicates"][0] == 1
-    path, start, end = kept.slices[0]  # the train split's only range
-    assert read_ipc(path).slice(start, end - start).column("key").to_pylist() == [rows[i]["key"] for i in (0, 1, 3)]
+    train = read_partition([tmp_path / "kept-000000.arrow"], 0, plan_module._RANGED_SCHEMA)  # its only range
+    assert kept.counts.tolist() == [3, 0] and train.column("key").to_pylist() == [rows[i]["key"] for i in (0, 1, 3)]

@@ -1,15 +1,17 @@
 """Disk-backed partitions for the build plan's group-by stages (`treeclip.data.plan`).
 
-A stage job writes its output rows as one Arrow IPC file, grouped by the partition each row goes to, and
-returns only the row offsets of the partitions (`write_partitioned`); the next stage's job for partition p
-reads its `Slice` of every such file (`read_slices`, memory-mapped). Tables sorted by (stage, position) are
-merged in that order by `merged_rows`, one record batch per file at a time. So the process that plans holds
-offsets and file names, never rows, whatever the number of images; a job holds one partition.
+A stage job writes its output rows as one Arrow IPC file, grouped by the partition each row goes to, with
+the partitions' row offsets in the file's schema metadata (`write_partitioned`); the next stage's job for
+partition p reads partition p of every such file (`read_partition`, memory-mapped). Tables sorted by
+(stage, position) are merged in that order by `merged_rows`, one record batch per file at a time. So the
+process that plans holds a folder name and counts, never rows or per-file offsets, whatever the number of
+images; a job holds one partition.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 _CHUNK_ROWS = 4096  # rows per record batch written: the unit `merged_rows` holds per file
-Slice = tuple[str, int, int]  # (IPC file, first row, end row) of one partition in one file
+_ENDS = b"treeclip.partition_ends"  # schema metadata: the end row of each partition, as JSON
 
 
 def write_ipc(table: pa.Table, path: str | Path) -> None:
@@ -32,19 +34,25 @@ def read_ipc(path: str | Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def write_partitioned(table: pa.Table, partition: np.ndarray, partitions: int, path: str | Path) -> list[Slice]:
-    """Write `table` to `path` grouped by `partition` (row order kept within a partition); return each
-    partition's slice of the file (`partitions` of them, empty ones included)."""
-    order = np.argsort(partition, kind="stable")
-    write_ipc(table.take(pa.array(order)), path)
-    ends = np.cumsum(np.bincount(partition, minlength=partitions)).tolist()
-    return [(str(path), start, end) for start, end in zip([0, *ends[:-1]], ends)]
+def write_partitioned(table: pa.Table, partition: np.ndarray, partitions: int, path: str | Path) -> np.ndarray:
+    """Write `table` to `path` grouped by `partition` (row order kept within a partition); return the row
+    count of each of the `partitions` partitions."""
+    counts = np.bincount(partition, minlength=partitions)
+    ends = json.dumps(np.cumsum(counts).tolist()).encode()
+    table = table.take(pa.array(np.argsort(partition, kind="stable")))
+    write_ipc(table.replace_schema_metadata({**(table.schema.metadata or {}), _ENDS: ends}), path)
+    return counts
 
 
-def read_slices(slices: Sequence[Slice], schema: pa.Schema) -> pa.Table:
-    """The rows of the given slices, concatenated in order."""
-    tables = [read_ipc(path).slice(start, end - start) for path, start, end in slices if end > start]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+def read_partition(paths: Sequence[str | Path], partition: int, schema: pa.Schema) -> pa.Table:
+    """Partition `partition` of each `write_partitioned` file, concatenated in the order of `paths`."""
+    tables = []
+    for path in paths:
+        table = read_ipc(path)
+        ends = [0, *json.loads(table.schema.metadata[_ENDS])]
+        if ends[partition + 1] > ends[partition]:
+            tables.append(table.slice(ends[partition], ends[partition + 1] - ends[partition]))
+    return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
 
 
 def _file_rows(path: str | Path, columns: Sequence[str]) -> Iterator[dict[str, Any]]:

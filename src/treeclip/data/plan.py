@@ -58,7 +58,7 @@ from treeclip.data.align import Aligner, Alignment
 from treeclip.data.engines import map_unordered
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
-from treeclip.data.partitions import Slice, merged_rows, read_ipc, read_slices, write_ipc, write_partitioned
+from treeclip.data.partitions import merged_rows, read_ipc, read_partition, write_ipc, write_partitioned
 from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
 from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
@@ -186,8 +186,8 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
         if row["problem_reason"] is not None:
             report(Problem(row["problem_origin"], row["problem_reason"]))
     ranges = buckets
-    kept = run(settle_bytes, [_BytesJob(q, [result.slices[q] for result in settled], exclusions, val_fraction, seed,
-                                        ranges, str(work), str(dropped)) for q in range(buckets)])
+    kept = run(settle_bytes, [_BytesJob(q, exclusions, val_fraction, seed, ranges, str(work), str(dropped))
+                              for q in range(buckets)])
     for result in kept:
         tally.add(result.tally)
     plan.dropped_files += [result.dropped for result in kept]
@@ -368,8 +368,7 @@ class _IdsJob:
 
 @dataclass
 class _Settled:
-    slices: list[Slice]  # per sha256 bucket
-    dropped: str
+    dropped: str  # the rows left out, sorted by (stage, position)
     tally: dict[str, list[int]]
 
 
@@ -400,8 +399,8 @@ def settle_ids(job: tuple[int, _IdsJob]) -> tuple[int, _Settled]:
     dropped = str(Path(one.dropped) / f"ids-{one.bucket:06d}.arrow")
     write_ipc(pa.concat_tables(drops).sort_by([("stage", "ascending"), ("position", "ascending")]), dropped)
     partition = _digest_bucket(readable.column("digest"), one.buckets)
-    slices = write_partitioned(readable, partition, one.buckets, Path(one.work) / f"bytes-{one.bucket:06d}.arrow")
-    return index, _Settled(slices, dropped, tally.counts)
+    write_partitioned(readable, partition, one.buckets, Path(one.work) / f"bytes-{one.bucket:06d}.arrow")
+    return index, _Settled(dropped, tally.counts)
 
 
 def _count_kept(tally: _Tally, rows: pa.Table, accepted: np.ndarray, positions: np.ndarray) -> None:
@@ -517,8 +516,7 @@ def _digest_bucket(digests: pa.ChunkedArray, buckets: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _BytesJob:
-    bucket: int
-    slices: list[Slice]  # the bucket's slice of every id bucket's output
+    bucket: int  # its rows: this partition of every id bucket's ``bytes-*.arrow`` output
     exclusions: Exclusions
     val_fraction: float
     seed: int
@@ -529,7 +527,7 @@ class _BytesJob:
 
 @dataclass
 class _Kept:
-    slices: list[Slice]  # per (split, range): split index * ranges + range
+    counts: np.ndarray  # rows per (split, range): partition split index * ranges + range
     dropped: str
     tally: dict[str, list[int]]
 
@@ -538,7 +536,8 @@ def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
     """Exclusion, exact duplicates, split and shard order for one sha256 bucket (every copy of an image is
     in the same bucket): the kept rows written by (split, shard-order range)."""
     index, one = job
-    rows = read_slices(one.slices, _CANDIDATE_SCHEMA).sort_by("position")
+    rows = read_partition(sorted(Path(one.work).glob("bytes-*.arrow")), one.bucket, _CANDIDATE_SCHEMA)
+    rows = rows.sort_by("position")
     positions = rows.column("position").to_numpy()
     tally = _Tally()
     excluded, drops = exclude_copies(rows, one.exclusions)
@@ -559,8 +558,8 @@ def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
     digests = pa.array([d.hex() for d in kept.column("digest").to_pylist()], pa.string())
     ranged = kept.set_column(kept.schema.get_field_index("sha256"), "sha256", digests).select(
         [name for name, _ in _ITEM_FIELDS]).append_column("shard_order", pa.array(order))
-    slices = write_partitioned(ranged, partition, 2 * one.ranges, Path(one.work) / f"kept-{one.bucket:06d}.arrow")
-    return index, _Kept(slices, dropped, tally.counts)
+    counts = write_partitioned(ranged, partition, 2 * one.ranges, Path(one.work) / f"kept-{one.bucket:06d}.arrow")
+    return index, _Kept(counts, dropped, tally.counts)
 
 
 def exclude_copies(rows: pa.Table, exclusions: Exclusions) -> tuple[np.ndarray, list[pa.Table]]:
@@ -600,7 +599,7 @@ def first_copies(rows: pa.Table, alive: np.ndarray) -> tuple[np.ndarray, np.ndar
 @dataclass(frozen=True)
 class _RangeJob:
     split: str
-    slices: list[Slice]  # the range's slice of every sha256 bucket's output
+    partition: int  # its rows: this partition of every sha256 bucket's ``kept-*.arrow`` output
     start: int  # the range's first position in its split
     total: int  # rows in the split
     shard_size: int
@@ -612,15 +611,14 @@ def _shard_jobs(kept: list[_Kept], run: _Runner, *, ranges: int, out: str, shard
                 resize_mode: str, quality: int) -> list[ShardJob]:
     """Cut each split, in shard order, into jobs of `shard_size` and write their items files: each range job
     writes the shards it holds whole and a fragment of the ones it shares with a neighbour, joined here."""
-    counts = np.array([[end - start for _, start, end in result.slices] for result in kept], np.int64).reshape(
-        len(kept), 2 * ranges).sum(axis=0)
+    counts = np.sum([result.counts for result in kept], axis=0)
     jobs, range_jobs = [], []
     for s, split in enumerate(SPLITS):
         split_counts = counts[s * ranges:(s + 1) * ranges]
         total = int(split_counts.sum())
         starts = np.concatenate([[0], np.cumsum(split_counts)[:-1]])
-        range_jobs += [_RangeJob(split, [result.slices[s * ranges + r] for result in kept], int(starts[r]), total,
-                                 shard_size, out, str(Path(out) / PLAN_DIR / WORK_DIR))
+        range_jobs += [_RangeJob(split, s * ranges + r, int(starts[r]), total, shard_size, out,
+                                 str(Path(out) / PLAN_DIR / WORK_DIR))
                        for r in range(ranges) if split_counts[r]]
         jobs += [ShardJob(out=out, split=split, index=index, items_file=str(items_path(out, split, index)),
                           count=min(shard_size, total - start), image_size=image_size, resize_mode=resize_mode,
@@ -638,7 +636,8 @@ def order_range(job: tuple[int, _RangeJob]) -> tuple[int, list[tuple[int, str]]]
     """Sort one shard-order range of one split (by shard order, then key) and write the items files of the
     shards wholly inside it; returns (shard index, fragment file) of the shards it holds only part of."""
     index, one = job
-    rows = read_slices(one.slices, _RANGED_SCHEMA).sort_by([("shard_order", "ascending"), ("key", "ascending")])
+    rows = read_partition(sorted(Path(one.work).glob("kept-*.arrow")), one.partition, _RANGED_SCHEMA)
+    rows = rows.sort_by([("shard_order", "ascending"), ("key", "ascending")])
     end = one.start + rows.num_rows
     fragments = []
     for shard in range(one.start // one.shard_size, (end - 1) // one.shard_size + 1):
