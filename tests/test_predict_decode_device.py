@@ -21,7 +21,7 @@ from treeclip.model import create_model
 from treeclip.model.preprocess import inference_preprocess, normalize_uint8
 from treeclip.predict import decode_device
 from treeclip.predict.decode_device import COLOUR, NOT_A_FILE, NOT_JPEG, ON_DEVICE, REFUSED, ROTATED
-from treeclip.predict.runner import decoded_batches
+from treeclip.predict.runner import decoded_batches, run_to_writer
 
 CLIP_NORM = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
 LEVEL = 1 / 255 / min(CLIP_NORM["std"])  # one 8-bit level, after normalisation
@@ -229,3 +229,11 @@ def test_cli_refuses_an_unknown_decoder_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert "--decode" in lines[-1] and "'gpu'" in lines[-1] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("decoder", ["device", "processes"])
+def test_ray_engine_refuses_a_decoder_it_would_ignore(decoder: str) -> None:
+    """Ray tasks decode with threads: asking for another decoder there is a usage error, not silently dropped."""
+    with pytest.raises(UsageError, match=f"--decode {decoder} applies to the local engine"):
+        run_to_writer(["a.jpg"], score=lambda pixels, names: [], preprocess=lambda image: image, writer=None,
+                      engine="ray", decoder=decoder)

@@ -270,6 +270,9 @@ def run_to_writer(items: Sequence[str], *, score: Scorer, preprocess: Callable[[
     actors (`treeclip.predict.ray_engine`; a cluster at `ray_address`, else a local runtime), each decoding
     float pixels with threads; the local engine decodes as `decoder` says (with `pin_memory`, `uint8`,
     `device` and `report` as in `decoded_batches`)."""
+    if engine == "ray" and decoder not in ("auto", "threads"):
+        raise UsageError(f"--decode {decoder} applies to the local engine; Ray tasks decode with threads "
+                         "(drop --decode or use --engine local)")
     check_engine(engine, ray_address)
     todo = [item for item in items if item not in writer.done]
     options = {"score": score, "preprocess": preprocess, "batch_size": batch_size, "workers": workers,
