@@ -1,15 +1,22 @@
 """The training loader's CPU cost per sample, before and after its speed-ups, side by side in one run on the same
-generated shards: "old" (webdataset's tarfile-based reader, the transform step by step), "reader" (treeclip's
-`TarReader`, only the members used) and "new" (that, plus ToTensor + Normalize done in place in the batch
-tensor: `treeclip.data.loader.ImageTransform`).
+generated shards:
 
-Both paths run `treeclip.data.loader.make_loader` in this process on one torch thread with the model's training
+- "old": webdataset's tarfile-based reader, the transform step by step;
+- "previous": treeclip's `TarReader` (only the members used), the crop on the PIL image, ToTensor + Normalize
+  in place in the batch tensor (the loader before tensor geometry);
+- "new": the same with the geometry (random resized crop) on a uint8 tensor by torchvision's kernels;
+- "uint8": that, handing over uint8 batches (``normalize=False``, what the training loop asks: ToTensor +
+  Normalize then run on the GPU, not counted here).
+
+Every path runs `treeclip.data.loader.make_loader` in this process on one torch thread with the model's training
 transform (random resized crop, ToTensor, normalise) and tokenizer, the way `benchmarks/gpu.py` measures
 "loader samples/s per core": samples per CPU-second of this process (other processes' load does not count,
-but shares the caches). "old" swaps the loader's shard reader back to ``wds.tarfile_to_samples``; "old" and
-"reader" pass the transform wrapped in a function, which the loader applies as given. The rounds alternate
-old, reader, new, old, ... and the median of each is reported, with the batches of old and new compared
-(images and token ids, same seed) so a faster path that changes the data would be reported as such.
+but shares the caches). "old" swaps the loader's shard reader back to ``wds.tarfile_to_samples`` and passes
+the transform wrapped in a function, which the loader applies as given; "previous" turns tensor geometry off.
+The rounds alternate old, previous, new, uint8, old, ... and the median of each is reported, with the batches
+compared (same seed): old and previous bit for bit, new against previous in 8-bit levels, uint8 normalised
+(`treeclip.model.preprocess.normalize_uint8`) against new bit for bit, so a faster path that changes the data
+is reported as such.
 
 The shards are BioCLIP's layout as ``treeclip build`` writes it (JPEG + 10 caption files + taxon.json per
 sample), 224 px JPEGs (`tests/_shards.py`).
@@ -36,6 +43,7 @@ import webdataset as wds
 
 from treeclip.data import loader
 from treeclip.model import create_model
+from treeclip.model.preprocess import normalize_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _shards import write_shards  # noqa: E402 - the test suite's generator of real-layout shards
@@ -46,21 +54,24 @@ def old_reader(_suffixes: Any) -> Callable:
     return wds.tarfile_to_samples(handler=loader._log_and_continue)
 
 
-PATHS = {"old": "wds.tarfile_to_samples, transform step by step", "reader": "TarReader, transform step by step",
-         "new": "TarReader, ToTensor + Normalize in the batch tensor"}
+PATHS = {"old": "wds.tarfile_to_samples, transform step by step",
+         "previous": "TarReader, PIL crop, ToTensor + Normalize in the batch tensor",
+         "new": "TarReader, crop on a uint8 tensor, ToTensor + Normalize in the batch tensor",
+         "uint8": "TarReader, crop on a uint8 tensor, uint8 batches (normalised on the GPU)"}
 
 
 def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str
             ) -> Iterator[dict[str, Any]]:
-    original = loader._TarSamples
-    loader._TarSamples = old_reader if path == "old" else original
-    as_given = transform if path == "new" else lambda image: transform(image)
+    reader, tensor_steps = loader._TarSamples, loader.tensor_steps
+    loader._TarSamples = old_reader if path == "old" else reader
+    loader.tensor_steps = tensor_steps if path in ("new", "uint8") else lambda steps: None
+    as_given = (lambda image: transform(image)) if path == "old" else transform
     try:
         torch.manual_seed(0)  # the transform's crops draw from torch's global generator
         yield from loader.make_loader(urls, transform=as_given, tokenizer=tokenizer, batch_size=batch,
-                                      shuffle_buffer=0, partial=False, seed=0)
+                                      shuffle_buffer=0, partial=False, seed=0, normalize=path != "uint8")
     finally:
-        loader._TarSamples = original
+        loader._TarSamples, loader.tensor_steps = reader, tensor_steps
 
 
 def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str) -> float:
@@ -73,12 +84,27 @@ def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: in
     return count / (time.process_time() - start)
 
 
-def same_batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int) -> bool:
-    old = list(batches(urls, transform, tokenizer, batch=batch, path="old"))
-    new = list(batches(urls, transform, tokenizer, batch=batch, path="new"))
-    return len(old) == len(new) and all(
-        a["__key__"] == b["__key__"] and a["text_type"] == b["text_type"] and a["lineage"] == b["lineage"]
-        and torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"]) for a, b in zip(old, new))
+def same_batches(a: list[dict[str, Any]], b: list[dict[str, Any]], *, images: bool = True) -> bool:
+    """Keys, text types, lineage, token ids (and with `images` the image tensors) equal."""
+    return len(a) == len(b) and all(
+        x["__key__"] == y["__key__"] and x["text_type"] == y["text_type"] and x["lineage"] == y["lineage"]
+        and torch.equal(x["text"], y["text"]) and (not images or torch.equal(x["image"], y["image"]))
+        for x, y in zip(a, b))
+
+
+def compare(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int) -> str:
+    """How the paths' batches compare (same seed), in words."""
+    runs = {path: list(batches(urls, transform, tokenizer, batch=batch, path=path)) for path in PATHS}
+    normalize = transform.transforms[-1]  # open_clip's training transform ends in Normalize
+    per_level = torch.tensor(normalize.std).view(1, 3, 1, 1) * 255
+    levels = torch.cat([((x["image"] - y["image"]).abs() * per_level).flatten()
+                        for x, y in zip(runs["new"], runs["previous"])])
+    normalised = [{**x, "image": normalize_uint8(x["image"], normalize.mean, normalize.std)} for x in runs["uint8"]]
+    return (f"old = previous bit for bit: {'yes' if same_batches(runs['old'], runs['previous']) else 'NO'}; "
+            f"new vs previous: keys, texts, token ids equal: "
+            f"{'yes' if same_batches(runs['new'], runs['previous'], images=False) else 'NO'}, pixels differ by "
+            f"at most {levels.max():.2f} levels, {(levels > 0.01).float().mean():.2%} of values differ; "
+            f"uint8 normalised = new bit for bit: {'yes' if same_batches(normalised, runs['new']) else 'NO'}")
 
 
 def main() -> None:
@@ -95,21 +121,22 @@ def main() -> None:
         root = write_shards(Path(tmp), n_species=9, per_species={"train": -(-args.samples // 9), "val": 1},
                             image_size=224)
         urls = sorted(str(path) for path in (root / "train").glob("*.tar"))
-        equal = same_batches(urls, transform, tokenizer, batch=args.batch)
+        comparison = compare(urls, transform, tokenizer, batch=args.batch)
         runs: dict[str, list[float]] = {path: [] for path in PATHS}
         for _ in range(args.rounds):
             for path in runs:
                 runs[path].append(rate(urls, transform, tokenizer, batch=args.batch, path=path))
-    old, reader, new = (statistics.median(runs[path]) for path in PATHS)
+    medians = {path: statistics.median(values) for path, values in runs.items()}
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
           f"torch: {torch.__version__}, load at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}, "
           f"model: {args.model}, samples: {args.samples}, batch: {args.batch}, rounds: {args.rounds}")
     print("\n| loader path | samples per CPU-second (median) | all rounds |\n|---|---|---|")
     for path, label in PATHS.items():
-        print(f"| {path}: {label} | {statistics.median(runs[path]):,.1f} | "
-              f"{', '.join(f'{value:,.0f}' for value in runs[path])} |")
-    print(f"\nreader / old: {reader / old:.2f}x, new / old: {new / old:.2f}x; batches of new and old identical "
-          f"(images, token ids, keys, text types, lineage): {'yes' if equal else 'NO'}")
+        print(f"| {path}: {label} | {medians[path]:,.1f} | {', '.join(f'{value:,.0f}' for value in runs[path])} |")
+    print("\n" + ", ".join(f"{path} / {base}: {medians[path] / medians[base]:.2f}x"
+                           for path, base in (("previous", "old"), ("new", "previous"), ("uint8", "previous"),
+                                              ("uint8", "old"))))
+    print(comparison)
 
 
 if __name__ == "__main__":
