@@ -1,15 +1,20 @@
-"""The ONNX runtime: `treeclip export --format onnx`, then predict / embed / serve with `--runtime onnx` give the
-torch runtime's answers on a model trained (here, in seconds) to tell its species apart.
+"""The exported runtimes: `treeclip export --format onnx`, then predict / embed / serve with `--runtime onnx`
+(ONNX Runtime) or `--runtime openvino` (OpenVINO, reading the same folder; skipped when it is not installed) give
+the torch runtime's answers on a model trained (here, in seconds) to tell its species apart.
 
-Tolerances: fp32 ONNX features equal torch's within 1e-4 (max abs), so every top-1 answer is identical and
-scores agree within 1e-4; the int8 tower keeps mean feature cosine >= 0.98 and top-1 agreement >= 90%.
+Tolerances: fp32 features of either runtime equal torch's within 1e-4 (max abs), so every top-1 answer is
+identical and scores agree within 1e-4; the int8 tower keeps mean feature cosine >= 0.98 and top-1 agreement
+>= 90%.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from PIL import Image
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'treeclip[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'treeclip[onnx]'")
 
+import treeclip.model.onnx as onnx_module  # noqa: E402
 from treeclip.cli import main  # noqa: E402
 from treeclip.model import create_model, export_model, load_model  # noqa: E402
 from treeclip.model.bank import build_bank, load_bank  # noqa: E402
@@ -32,6 +38,9 @@ from treeclip.taxonomy import Taxon  # noqa: E402
 ARCH = "treeclip-test"
 COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (210, 190, 40), (160, 40, 160), (40, 170, 170)]
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
+NO_OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                 reason="needs the openvino extra: pip install 'treeclip[openvino]'")
+RUNTIMES = ("onnx", pytest.param("openvino", marks=NO_OPENVINO))  # the runtimes of an exported folder
 
 
 def _taxa() -> list[Taxon]:
@@ -101,6 +110,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "model": model_dir, "bank": root / "bank", "onnx": root / "onnx", "images": images}
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runtimes whose towers were opened (a --runtime the commands ignored would still give right answers)."""
+    runtimes: list[str] = []
+    for runtime, name in (("onnx", "_ort_opener"), ("openvino", "_openvino_opener")):
+        real = getattr(onnx_module, name)
+        monkeypatch.setattr(onnx_module, name, lambda *args, real=real, runtime=runtime: (runtimes.append(runtime),
+                                                                                           real(*args))[1])
+    return runtimes
+
+
 def _predict(world: dict[str, Path], out: Path, *options: str) -> int:
     return main(["predict", str(world["images"]), "--bank", str(world["bank"]), "--output", str(out), *options])
 
@@ -136,12 +156,40 @@ def test_export_writes_both_towers_int8_and_the_preprocessing(world: dict[str, P
         assert (onnx_model.encode_text(tokens) - torch_model.encode_text(tokens)).abs().max() < 1e-4
 
 
+@NO_OPENVINO
+def test_openvino_features_equal_torch_in_float32(world: dict[str, Path]) -> None:
+    """OpenVINO's default on CPUs with bf16 instructions is bf16 (errors ~1e-2): the runtime must ask for f32."""
+    torch_model, _, torch_pre, torch_tok = load_model(world["model"])
+    model, preprocess, _ = load_onnx(world["onnx"], runtime="openvino")
+    pixels = torch.stack([torch_pre(_photo(s, np.random.default_rng(s), size=45)) for s in range(5)])
+    tokens = torch_tok(["a photo of Genusaa spa.", "x", "a longer caption of a bird in a tree"])
+    with torch.no_grad():
+        assert (model.encode_image(pixels) - torch_model.encode_image(pixels)).abs().max() < 1e-4
+        assert (model.encode_image(pixels[:2]) - torch_model.encode_image(pixels[:2])).abs().max() < 1e-4
+        assert (model.encode_text(tokens) - torch_model.encode_text(tokens)).abs().max() < 1e-4
+
+
+@NO_OPENVINO
+def test_openvino_tower_serves_concurrent_threads(world: dict[str, Path]) -> None:
+    """The server calls the model from several threads; a shared infer request would mix or refuse batches."""
+    model, preprocess, _ = load_onnx(world["onnx"], runtime="openvino")
+    photos = [preprocess(_photo(s % 6, np.random.default_rng(s))) for s in range(8)]
+    batches = [torch.stack(photos[:n]) for n in range(1, 9)]
+    alone = [model.encode_image(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(model.encode_image, batches * 4))
+    assert all(torch.equal(got, alone[i % len(batches)]) for i, got in enumerate(together))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_predict_onnx_gives_torch_answers_in_every_format(world: dict[str, Path], tmp_path: Path, fmt: str) -> None:
-    torch_out, onnx_out = tmp_path / f"torch.{fmt}", tmp_path / f"onnx.{fmt}"
+def test_predict_exported_gives_torch_answers_in_every_format(world: dict[str, Path], tmp_path: Path, fmt: str,
+                                                              runtime: str, opened: list[str]) -> None:
+    torch_out, onnx_out = tmp_path / f"torch.{fmt}", tmp_path / f"{runtime}.{fmt}"
     k = ["--k", "2", "--format", fmt]
     assert _predict(world, torch_out, "--model", str(world["model"]), *k) == 0
-    assert _predict(world, onnx_out, "--model", str(world["onnx"]), "--runtime", "onnx", *k) == 0
+    assert _predict(world, onnx_out, "--model", str(world["onnx"]), "--runtime", runtime, *k) == 0
+    assert opened == [runtime]
     expected, got = _rows(torch_out, fmt), _rows(onnx_out, fmt)
     assert len(got) == len(expected) == 2 * 24
     varying = {"score", "identificationRemarks"}  # the score, and Darwin Core's remarks naming model and score
@@ -189,15 +237,20 @@ def test_int8_tower_keeps_its_first_and_last_weight_products_in_float(world: dic
     assert sum(op == "MatMulInteger" for op in int8.values()) >= len(products) - 2
 
 
-def test_embed_onnx_equals_torch(world: dict[str, Path], tmp_path: Path) -> None:
-    for name, model in (("torch", world["model"]), ("onnx", world["onnx"])):
-        assert main(["embed", str(world["images"]), "--model", str(model), "--output", str(tmp_path / f"{name}.parquet")]) == 0
-    a, b = (pq.read_table(tmp_path / f"{name}.parquet").to_pylist() for name in ("torch", "onnx"))
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_embed_exported_equals_torch(world: dict[str, Path], tmp_path: Path, runtime: str,
+                                     opened: list[str]) -> None:
+    for name, model in (("torch", world["model"]), (runtime, world["onnx"])):
+        assert main(["embed", str(world["images"]), "--model", str(model), "--runtime", name,
+                     "--output", str(tmp_path / f"{name}.parquet")]) == 0
+    assert opened == [runtime]
+    a, b = (pq.read_table(tmp_path / f"{name}.parquet").to_pylist() for name in ("torch", runtime))
     assert [row["path"] for row in a] == [row["path"] for row in b]
     assert np.abs(np.array([r["embedding"] for r in a]) - np.array([r["embedding"] for r in b])).max() < 1e-4
 
 
-def test_serve_runs_on_onnx_with_custom_labels(world: dict[str, Path]) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_serve_runs_exported_with_custom_labels(world: dict[str, Path], runtime: str) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
@@ -205,8 +258,9 @@ def test_serve_runs_on_onnx_with_custom_labels(world: dict[str, Path]) -> None:
 
     photo = (world["images"] / "s2_02.jpg").read_bytes()
     answers = []
-    for model in (world["model"], world["onnx"]):
-        classifier = TreeOfLifeClassifier.from_pretrained(str(model), str(world["bank"]))
+    for model, name in ((world["model"], "torch"), (world["onnx"], runtime)):
+        classifier = TreeOfLifeClassifier.from_pretrained(str(model), str(world["bank"]), runtime=name)
+        assert name == "torch" or classifier.model.runtime == name
         with TestClient(create_app(classifier=classifier), base_url="http://localhost") as client:
             tol = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))], data={"k": "3"})
             labels = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))],
@@ -229,16 +283,39 @@ def test_runtime_mismatches_exit_2_with_the_fix(world: dict[str, Path], tmp_path
     assert "treeclip export MODEL --format onnx" in capsys.readouterr().err
     assert _predict(world, tmp_path / "b.csv", "--model", str(world["onnx"]), "--runtime", "torch") == 2
     assert "--runtime onnx" in capsys.readouterr().err
-    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+    assert _predict(world, tmp_path / "c.csv", "--model", str(world["model"]), "--runtime", "openvino") == 2
+    assert "needs an ONNX model folder" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("a.csv", "b.csv", "c.csv"))
 
 
-def test_onnx_model_pickles_for_ray_workers(world: dict[str, Path]) -> None:
+def test_openvino_missing_is_one_line_and_exit_2(world: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # importlib.util.find_spec now answers None
+    for command in (["predict", str(world["images"]), "--output", str(tmp_path / "a.csv")],
+                    ["embed", str(world["images"]), "--output", str(tmp_path / "a.parquet")], ["serve"]):
+        assert main([*command, "--model", str(world["onnx"]), "--runtime", "openvino"]) == 2
+        assert capsys.readouterr().err.strip().endswith("pip install 'treeclip[openvino]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@NO_OPENVINO
+def test_openvino_runs_on_the_cpu_only(world: dict[str, Path]) -> None:
+    from treeclip.errors import UsageError  # noqa: PLC0415
+
+    with pytest.raises(UsageError, match="--device cuda is not available with the openvino runtime"):
+        load_onnx(world["onnx"], runtime="openvino", device="cuda")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_exported_model_pickles_for_ray_workers(world: dict[str, Path], runtime: str) -> None:
     import pickle  # noqa: PLC0415
 
-    model, preprocess, _ = load_onnx(world["onnx"], precision="int8")
+    model, preprocess, _ = load_onnx(world["onnx"], precision="int8", runtime=runtime)
     copy = pickle.loads(pickle.dumps(model))
     pixels = preprocess(_photo(1, np.random.default_rng(0)))[None]
-    assert copy.precision == "int8" and torch.equal(copy.encode_image(pixels), model.encode_image(pixels))
+    assert copy.precision == "int8" and copy.runtime == runtime
+    assert torch.equal(copy.encode_image(pixels), model.encode_image(pixels))
     assert math.isclose(float(copy.logit_scale), float(model.logit_scale))
 
 

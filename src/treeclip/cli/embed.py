@@ -7,6 +7,7 @@ import argparse
 from treeclip.cli._options import RAY_ENGINE, check_hub_model
 from treeclip.cli.predict import (
     ONNX_RUNTIME,
+    OPENVINO_RUNTIME,
     add_batch_arguments,
     check_runtime,
     output_metadata,
@@ -14,7 +15,7 @@ from treeclip.cli.predict import (
     report_errors,
 )
 
-REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME, OPENVINO_RUNTIME)
 HELP = "write L2-normalised image embeddings to a Parquet file (path, embedding, model)"
 
 
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.predict.writers import RowWriter  # noqa: PLC0415
 
     check_runtime(args.model, args.runtime)
-    embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device)
+    embedder = ImageEmbedder.from_pretrained(args.model, precision=args.precision, device=args.device,
+                                             runtime=args.runtime)
     with RowWriter(args.output, fmt="parquet", columns=list(EMBED_COLUMNS), name_key=PATH,
                    model_id=embedder.model_id, metadata=output_metadata(embedder.model_id)) as writer:
         with progress_bar(len(items), sum(item in writer.done for item in items), command="embed") as bar:

@@ -9,11 +9,13 @@ from typing import Any
 from treeclip.cli._options import DEFAULT_MODEL, RAY_ENGINE, Requirement, add_engine_arguments, check_hub_model
 
 ONNX_RUNTIME = Requirement("onnx", ("onnxruntime",), when=lambda args: getattr(args, "runtime", None) == "onnx")
-REQUIRES = (RAY_ENGINE, ONNX_RUNTIME)
+OPENVINO_RUNTIME = Requirement("openvino", ("openvino",),
+                               when=lambda args: getattr(args, "runtime", None) == "openvino")
+REQUIRES = (RAY_ENGINE, ONNX_RUNTIME, OPENVINO_RUNTIME)
 HELP = "identify organisms in images (tree of life at any rank, custom labels, checklists, roll-up)"
 FORMATS = ("csv", "jsonl", "parquet", "dwc")
 DEFAULT_WORKERS = 2
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +37,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
     """--runtime (shared with `treeclip embed` and `treeclip serve`)."""
-    parser.add_argument("--runtime", choices=RUNTIMES, help="torch, or onnx (ONNX Runtime; --model is then a folder "
-                        "from `treeclip export --format onnx`). Default: onnx for such a folder, else torch")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="torch, onnx (ONNX Runtime) or openvino (OpenVINO, CPU); "
+                        "onnx and openvino run a folder from `treeclip export --format onnx` as --model. "
+                        "Default: onnx for such a folder, else torch")
 
 
 def check_runtime(model: str | None, runtime: str | None) -> None:
@@ -226,16 +229,18 @@ def _classifier(args: argparse.Namespace, checklist: list | None) -> Any:
     from treeclip.predict.probe import ProbeClassifier  # noqa: PLC0415
 
     if _uses_probe(args):
-        return ProbeClassifier.from_pretrained(args.model, precision=args.precision, device=args.device)
+        return ProbeClassifier.from_pretrained(args.model, precision=args.precision, device=args.device,
+                                               runtime=args.runtime)
     if args.labels:
         bins = filters.read_bins(args.bins) if args.bins else None
         return classifier.CustomLabelsClassifier.from_pretrained(
             args.model, labels=filters.read_labels(args.labels), bins=bins, precision=args.precision,
-            device=args.device)
+            device=args.device, runtime=args.runtime)
     within = filters.split_clades(args.within) if args.within else None
     return classifier.TreeOfLifeClassifier.from_pretrained(args.model, args.bank, checklist=checklist, within=within,
                                                            prior=args.prior, prior_weight=args.prior_weight,
-                                                           precision=args.precision, device=args.device)
+                                                           precision=args.precision, device=args.device,
+                                                           runtime=args.runtime)
 
 
 def _columns(args: argparse.Namespace, rank: Any) -> list[str]:

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from treeclip.cli._options import Requirement, check_hub_model
-from treeclip.cli.predict import ONNX_RUNTIME, add_runtime_argument, check_runtime
+from treeclip.cli.predict import ONNX_RUNTIME, OPENVINO_RUNTIME, add_runtime_argument, check_runtime
 
-REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME)
+REQUIRES = (Requirement("serve", ("fastapi", "uvicorn", "multipart")), ONNX_RUNTIME, OPENVINO_RUNTIME)
 HELP = "serve the HTTP API (predict, embed, info) and the web page for identifying photos"
 DEMO_MODEL, DEMO_BANK = Path("treeclip-demo/model"), Path("treeclip-demo/bank")
 
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from treeclip.serve.app import create_app  # noqa: PLC0415
 
     classifier = TreeOfLifeClassifier.from_pretrained(model, bank, prior=args.prior, prior_weight=args.prior_weight,
-                                                      precision=args.precision, device=args.device)
+                                                      precision=args.precision, device=args.device,
+                                                      runtime=args.runtime)
     app = create_app(classifier=classifier, limits=limits)
     print(f"treeclip serve: {model} with {len(classifier.full_bank)} taxa on http://{args.host}:{args.port}/",
           flush=True)

@@ -1,4 +1,5 @@
-"""ONNX export of a CLIP model for inference, and an ONNX Runtime model with open_clip's inference interface.
+"""ONNX export of a CLIP model for inference, and a model with open_clip's inference interface that runs the
+exported files on ONNX Runtime or OpenVINO.
 
 An ONNX model folder (``treeclip export MODEL --format onnx --out DIR``) holds
 
@@ -13,7 +14,8 @@ An ONNX model folder (``treeclip export MODEL --format onnx --out DIR``) holds
 
 The batch axis is dynamic, so no batch size is ever re-exported or recompiled. `OnnxClip` offers what
 treeclip's classifiers call on a torch CLIP (``encode_image``, ``encode_text``, ``logit_scale``,
-``visual.image_size``), so predict, embed, search and serve run on either runtime unchanged.
+``visual.image_size``), so predict, embed, search and serve run on any runtime unchanged. Its towers run on ONNX
+Runtime (``runtime="onnx"``) or OpenVINO (``runtime="openvino"``, CPU), both reading the same ``.onnx`` files.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import json
 import logging
 import math
 import os
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ IMAGE_ONNX, IMAGE_INT8_ONNX, TEXT_ONNX = "image.onnx", "image.int8.onnx", "text.
 FORMAT, FORMAT_VERSION = "treeclip-onnx", 1
 IMAGE_FILES = {"fp32": IMAGE_ONNX, "int8": IMAGE_INT8_ONNX}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+FOLDER_RUNTIMES = ("onnx", "openvino")
 WEIGHT_PRODUCTS = ("MatMul", "Gemm")
 
 
@@ -164,36 +168,34 @@ class OnnxVisual:
     preprocess_cfg: dict[str, Any]
 
 
-class OnnxClip:
-    """A CLIP model run by ONNX Runtime, with open_clip's inference interface (torch tensors in and out).
+Tower = Callable[[np.ndarray], np.ndarray]  # one exported tower: its input array -> its features
 
-    The text session is opened on first use (only custom labels and text search need it).
+
+class OnnxClip:
+    """A CLIP model run from an exported folder by ONNX Runtime or OpenVINO, with open_clip's inference interface
+    (torch tensors in and out).
+
+    The text tower is opened on first use (only custom labels and text search need it).
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, runtime: str = "onnx") -> None:
         self.folder, self.config = Path(folder), read_onnx_config(folder)
+        if runtime not in FOLDER_RUNTIMES:
+            raise UsageError(f"an ONNX model folder runs on {' or '.join(FOLDER_RUNTIMES)}, not {runtime!r}")
         if precision not in IMAGE_FILES:
-            raise UsageError(f"--precision {precision} is not available with the onnx runtime "
+            raise UsageError(f"--precision {precision} is not available with the {runtime} runtime "
                              f"(choose {' or '.join(IMAGE_FILES)})")
         if precision not in _image_precisions(self.config):
             raise UsageError(f"{folder} has no {precision} image tower; re-export it with `treeclip export "
                              "--format onnx`")
-        self.precision, self.device, self.threads = precision, torch.device(device), threads
-        self.providers = _providers(self.device)
+        self.precision, self.device, self.threads, self.runtime = precision, torch.device(device), threads, runtime
+        self._open = _ort_opener(self.device, threads) if runtime == "onnx" else _openvino_opener(self.device, threads)
         self.logit_scale = torch.tensor(math.log(self.config["logit_scale"]))
         pre = self.config["preprocess"]
         self.visual = OnnxVisual(tuple(pre["size"]), dict(pre["preprocess_cfg"]))
-        self._image = self._session(IMAGE_FILES[precision])
-        self._text: Any = None
-
-    def _session(self, name: str) -> Any:
-        import onnxruntime as ort  # noqa: PLC0415 - optional extra
-
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(str(self.folder / name), sess_options=options, providers=self.providers)
+        self._image = self._open(self.folder / IMAGE_FILES[precision])
+        self._text: Tower | None = None
 
     def eval(self) -> OnnxClip:
         return self
@@ -201,25 +203,69 @@ class OnnxClip:
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its sessions (Ray workers reopen them from the folder)."""
         return {"folder": self.folder, "precision": self.precision, "device": str(self.device),
-                "threads": self.threads}
+                "threads": self.threads, "runtime": self.runtime}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["folder"], precision=state["precision"], device=state["device"],
-                      threads=state["threads"])
+                      threads=state["threads"], runtime=state["runtime"])
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image features ``[batch, dim]`` (not normalised) of preprocessed pixels."""
-        return self._run(self._image, "pixels", pixels.detach().to("cpu", torch.float32))
+        return self._run(self._image, pixels.detach().to("cpu", torch.float32))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text features ``[batch, dim]`` (not normalised) of token ids."""
         if self._text is None:
-            self._text = self._session(self.config["files"]["text"])
-        return self._run(self._text, "tokens", tokens.detach().to("cpu", torch.int64))
+            self._text = self._open(self.folder / self.config["files"]["text"])
+        return self._run(self._text, tokens.detach().to("cpu", torch.int64))
 
-    def _run(self, session: Any, name: str, values: torch.Tensor) -> torch.Tensor:
-        (features,) = session.run(None, {name: np.ascontiguousarray(values.numpy())})
-        return torch.from_numpy(features).to(self.device)
+    def _run(self, tower: Tower, values: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(tower(np.ascontiguousarray(values.numpy()))).to(self.device)
+
+
+def _ort_opener(device: torch.device, threads: int | None) -> Callable[[Path], Tower]:
+    """Opens an exported tower as an ONNX Runtime session on the device's execution provider."""
+    import onnxruntime as ort  # noqa: PLC0415 - optional extra
+
+    providers = _providers(device)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+
+    def open_tower(path: Path) -> Tower:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        name = session.get_inputs()[0].name
+        return lambda values: session.run(None, {name: values})[0]
+
+    return open_tower
+
+
+def _openvino_opener(device: torch.device, threads: int | None) -> Callable[[Path], Tower]:
+    """Opens an exported tower compiled by OpenVINO for the CPU, computing in float32: OpenVINO's default on CPUs
+    with bf16 instructions is bf16, which changed 1.1% of a trained model's top-1 answers (benchmarks/RESULTS.md)."""
+    import openvino as ov  # noqa: PLC0415 - optional extra
+
+    if device.type != "cpu":
+        raise UsageError(f"--device {device} is not available with the openvino runtime (CPU only); use --device cpu")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    return lambda path: _OpenVinoTower(core.compile_model(str(path), "CPU", config))
+
+
+class _OpenVinoTower:
+    """A compiled OpenVINO tower with one infer request per calling thread (a request is not thread-safe, and the
+    server calls the model from several threads)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled, self.requests = compiled, threading.local()
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.compiled.create_infer_request()
+        return request.infer({0: values})[0].copy()  # the request reuses its output buffer on the next call
 
 
 def read_onnx_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -252,10 +298,11 @@ def _providers(device: torch.device) -> list[str]:
 
 
 def load_onnx(folder: str | os.PathLike[str], *, precision: str = "fp32", device: str | torch.device = "cpu",
-              threads: int | None = None) -> tuple[OnnxClip, Preprocess, Any]:
-    """(model, inference preprocessing, tokenizer) of an ONNX model folder; the preprocessing is rebuilt from
-    the recorded parameters by `treeclip.model.preprocess`, exactly as the torch model's."""
-    model = OnnxClip(folder, precision=precision, device=str(device), threads=threads)
+              threads: int | None = None, runtime: str = "onnx") -> tuple[OnnxClip, Preprocess, Any]:
+    """(model, inference preprocessing, tokenizer) of an ONNX model folder on ONNX Runtime or OpenVINO; the
+    preprocessing is rebuilt from the recorded parameters by `treeclip.model.preprocess`, exactly as the torch
+    model's."""
+    model = OnnxClip(folder, precision=precision, device=str(device), threads=threads, runtime=runtime)
     return model, onnx_preprocess(model.config), onnx_tokenizer(model.config)
 
 

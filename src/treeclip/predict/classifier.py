@@ -196,16 +196,17 @@ class TreeOfLifeClassifier(_ImageClassifier):
                         checklist: Sequence[Taxon] | None = None, within: Sequence[str] | None = None,
                         prior: str | os.PathLike[str] | LocationPrior | None = None,
                         prior_weight: float = DEFAULT_WEIGHT, calibrated: bool = True, precision: str = "fp32",
-                        device: str | torch.device = "cpu") -> TreeOfLifeClassifier:
+                        device: str | torch.device = "cpu", runtime: str | None = None) -> TreeOfLifeClassifier:
         """Load a model id (default: the released BioCLIP 2) and a bank folder (default: the model's released
         TreeOfLife bank, downloaded) with its calibration (unless ``calibrated=False``), and optionally a
-        location prior file (`treeclip prior build`) and clades to stay ``within``."""
+        location prior file (`treeclip prior build`) and clades to stay ``within``. ``runtime``: torch, onnx or
+        openvino (`treeclip.predict.runtime`; default: onnx for an exported folder, else torch)."""
         model_id = resolvable_model_id(model or DEFAULT_MODEL)
         bank_dir = bank if bank is not None else _released_bank(model_id)
         label_bank = load_bank(bank_dir)
         calibration = load_calibration(bank_dir) if calibrated else None
         location_prior = LocationPrior.load(prior) if isinstance(prior, (str, os.PathLike)) else prior
-        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device, runtime=runtime)
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, bank=label_bank, model_id=model_id,
                    checklist=checklist, within=within, prior=location_prior, prior_weight=prior_weight,
                    calibration=calibration, device=device)
@@ -381,10 +382,10 @@ class CustomLabelsClassifier(_ImageClassifier):
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, labels: Sequence[str],
                         bins: Mapping[str, str] | None = None, templates: str = "openai", precision: str = "fp32",
-                        device: str | torch.device = "cpu") -> CustomLabelsClassifier:
+                        device: str | torch.device = "cpu", runtime: str | None = None) -> CustomLabelsClassifier:
         """Load a model id (default: the released BioCLIP 2) for these labels."""
         model_id = resolvable_model_id(model or DEFAULT_MODEL)
-        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device, runtime=runtime)
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, labels=labels, bins=bins,
                    templates=templates, model_id=model_id, device=device)
 
@@ -428,11 +429,12 @@ def _released_bank(model_id: str) -> str:
         raise UsageError(f"{exc}; {DEMO_HINT}") from exc
 
 
-def _load(model_id: str, *, precision: str, device: str | torch.device) -> tuple[torch.nn.Module, Any, Any]:
-    """(model at the precision, inference preprocessing, tokenizer) of a model id; an ONNX model folder runs
-    on ONNX Runtime (`treeclip.predict.runtime`)."""
+def _load(model_id: str, *, precision: str, device: str | torch.device,
+          runtime: str | None = None) -> tuple[torch.nn.Module, Any, Any]:
+    """(model at the precision, inference preprocessing, tokenizer) of a model id on a runtime; an ONNX model
+    folder runs on ONNX Runtime unless asked for OpenVINO (`treeclip.predict.runtime`)."""
     try:
-        return load_for_inference(model_id, precision=precision, device=device)
+        return load_for_inference(model_id, runtime=runtime, precision=precision, device=device)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - download/cache failures of hub models
@@ -444,10 +446,10 @@ class ImageEmbedder(_ImageClassifier):
     """L2-normalised image embeddings (rows: path, embedding, model) and text embeddings for search."""
 
     @classmethod
-    def from_pretrained(cls, model: str, *, precision: str = "fp32",
-                        device: str | torch.device = "cpu") -> ImageEmbedder:
+    def from_pretrained(cls, model: str, *, precision: str = "fp32", device: str | torch.device = "cpu",
+                        runtime: str | None = None) -> ImageEmbedder:
         model_id = resolvable_model_id(model)
-        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device)
+        net, preprocess, tokenizer = _load(model_id, precision=precision, device=device, runtime=runtime)
         return cls(model=net, preprocess=preprocess, tokenizer=tokenizer, model_id=model_id, device=device)
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int = 32,

@@ -156,11 +156,11 @@ class ProbeClassifier(_ImageClassifier):
         self.head = head
 
     @classmethod
-    def from_pretrained(cls, model: str, *, precision: str = "fp32",
-                        device: str | torch.device = "cpu") -> ProbeClassifier:
+    def from_pretrained(cls, model: str, *, precision: str = "fp32", device: str | torch.device = "cpu",
+                        runtime: str | None = None) -> ProbeClassifier:
         """A model folder written by `treeclip probe` (the model plus its probe head)."""
         head = ProbeHead.load(model)
-        net, preprocess, _ = _load(model, precision=precision, device=device)
+        net, preprocess, _ = _load(model, precision=precision, device=device, runtime=runtime)
         return cls(model=net, preprocess=preprocess, head=head, model_id=model, device=device)
 
     def predict(self, images: Any, *, k: int | None = None, batch_size: int = 32, workers: int = 2,
