@@ -532,7 +532,7 @@ def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
     assert buckets[0] == buckets[1]  # the twins meet in one bucket: only the whole digest tells them apart
     job = plan_module._BytesJob(0, Exclusions(), val_fraction=0.0, seed=0, ranges=1, work=str(tmp_path),
                                 dropped=str(tmp_path))
-    _, kept = plan_module.settle_bytes((0, job))
+    kept = plan_module.settle_bytes(job)
     plan = plan_module.Plan(jobs=[], alignment=None, dropped_files=[kept.dropped])  # type: ignore[arg-type]
     assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped_rows()] == [(rows[2]["key"], "0" * 24, "f:2")]
     assert kept.tally["duplicates"][0] == 1

@@ -58,7 +58,7 @@ from treeclip.data.align import Aligner, Alignment
 from treeclip.data.engines import map_unordered
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
-from treeclip.data.partitions import merged_rows, read_ipc, read_partition, write_ipc, write_partitioned
+from treeclip.data.partitions import merged_rows, read_ipc, read_partition, write_ipc, write_partitioned, write_sorted
 from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
 from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
@@ -161,11 +161,9 @@ class _Runner:
     workers: int
     ray_address: str | None
 
-    def __call__(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-        """Every job's result, in job order (the engine finishes them in any order)."""
-        results = map_unordered(fn, [(i, job) for i, job in enumerate(jobs)], engine=self.engine,
-                                workers=self.workers, ray_address=self.ray_address)
-        return [result for _, result in sorted(results, key=lambda pair: pair[0])]
+    def __call__(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
+        """Every job's result as it finishes (each stage's results are combined in an order-free way)."""
+        return map_unordered(fn, jobs, engine=self.engine, workers=self.workers, ray_address=self.ray_address)
 
 
 def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequence[Source], exclusions: Exclusions,
@@ -174,25 +172,24 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
     work = Path(out) / PLAN_DIR / WORK_DIR
     dropped = Path(out) / PLAN_DIR / DROPPED_DIR
     slim = Alignment(taxa=plan.alignment.taxa, dropped=plan.alignment.dropped, report={})
-    parts = run(resolve_source, [_SourceJob(i, src, slim, buckets, str(work)) for i, src in enumerate(sources)])
+    for _ in run(resolve_source, [_SourceJob(i, src, slim, buckets, str(work)) for i, src in enumerate(sources)]):
+        pass
     specs = tuple(src.spec for src in sources)
-    settled = run(settle_ids, [_IdsJob(b, [p[b] for p in parts if b in p], specs, buckets, str(work), str(dropped))
-                               for b in range(buckets)])
     tally = _Tally()
-    for result in settled:
+    for result in run(settle_ids, [_IdsJob(b, specs, buckets, str(work), str(dropped)) for b in range(buckets)]):
         tally.add(result.tally)
-    plan.dropped_files = [result.dropped for result in settled]
+        plan.dropped_files.append(result.dropped)
     for row in merged_rows(plan.dropped_files, ("problem_origin", "problem_reason")):
         if row["problem_reason"] is not None:
             report(Problem(row["problem_origin"], row["problem_reason"]))
-    ranges = buckets
-    kept = run(settle_bytes, [_BytesJob(q, exclusions, val_fraction, seed, ranges, str(work), str(dropped))
-                              for q in range(buckets)])
-    for result in kept:
+    ranges, counts = buckets, np.zeros(2 * buckets, np.int64)  # rows per (split, shard-order range)
+    for result in run(settle_bytes, [_BytesJob(q, exclusions, val_fraction, seed, ranges, str(work), str(dropped))
+                                     for q in range(buckets)]):
         tally.add(result.tally)
-    plan.dropped_files += [result.dropped for result in kept]
+        plan.dropped_files.append(result.dropped)
+        counts += result.counts
     tally.into(plan.counts)
-    plan.jobs = _shard_jobs(kept, run, ranges=ranges, out=out, shard_size=shard_size, image_size=image_size,
+    plan.jobs = _shard_jobs(counts.reshape(2, ranges), run, out=out, shard_size=shard_size, image_size=image_size,
                             resize_mode=resize_mode, quality=quality)
 
 
@@ -296,28 +293,23 @@ def id_group(source: str, source_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def resolve_source(job: tuple[int, _SourceJob]) -> tuple[int, dict[int, str]]:
-    """Pass 2 for one source: its records resolved, one row each (`_ROW_SCHEMA`), written to one file per id
-    bucket; returns {bucket: file}."""
-    index, one = job
-    files: dict[int, str] = {}
-    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+def resolve_source(one: _SourceJob) -> int:
+    """Pass 2 for one source: its records resolved, one row each (`_ROW_SCHEMA`), written partitioned by id
+    bucket, one ``resolved-SOURCE-PART.arrow`` file per `_BUCKET_ROWS` records; returns the record count."""
     records = (item for item in one.source.records() if isinstance(item, Record))
-    first = one.index << _ROW_BITS
-    try:
-        while batch := list(islice(records, _BATCH)):
-            table = _resolved_rows(batch, one.alignment, first)
-            first += len(batch)
+    count, part, held = 0, 0, []
+    while True:
+        batch = list(islice(records, _BATCH))
+        if batch:
+            held.append(_resolved_rows(batch, one.alignment, (one.index << _ROW_BITS) + count))
+            count += len(batch)
+        if held and (not batch or sum(t.num_rows for t in held) >= _BUCKET_ROWS):
+            table = pa.concat_tables(held)
             bucket = (table.column("group").to_numpy() % np.uint64(one.buckets)).astype(np.int64)
-            for b in np.unique(bucket).tolist():
-                if b not in writers:
-                    files[b] = str(Path(one.work) / f"ids-{b:06d}-{one.index:06d}.arrow")
-                    writers[b] = pa.ipc.new_file(files[b], _ROW_SCHEMA)
-                writers[b].write_table(table.filter(pa.array(bucket == b)))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    return index, files
+            write_partitioned(table, bucket, one.buckets, Path(one.work) / f"resolved-{one.index:06d}-{part:06d}.arrow")
+            part, held = part + 1, []
+        if not batch:
+            return count
 
 
 def _resolved_rows(records: list[Record], alignment: Alignment, first: int) -> pa.Table:
@@ -358,8 +350,7 @@ def _gap(record: Record, taxon: Taxon) -> str:
 
 @dataclass(frozen=True)
 class _IdsJob:
-    bucket: int
-    files: list[str]  # the bucket's file from each source, in source order
+    bucket: int  # its rows: this partition of every ``resolved-*.arrow`` file (in source order, by name)
     specs: tuple[str, ...]
     buckets: int  # sha256 buckets to write
     work: str
@@ -372,11 +363,10 @@ class _Settled:
     tally: dict[str, list[int]]
 
 
-def settle_ids(job: tuple[int, _IdsJob]) -> tuple[int, _Settled]:
+def settle_ids(one: _IdsJob) -> _Settled:
     """Repeated ids and hashing for one id bucket: the bucket's candidates, with the sha256 taken, written by
     sha256 bucket; the rows left out written sorted by position (with their problems)."""
-    index, one = job
-    rows = pa.concat_tables([read_ipc(path) for path in one.files]) if one.files else _ROW_SCHEMA.empty_table()
+    rows = read_partition(sorted(Path(one.work).glob("resolved-*.arrow")), one.bucket, _ROW_SCHEMA)
     keys, stables, repeated = replay_ids(rows, one.specs)
     rows = rows.set_column(rows.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
     rows = rows.set_column(rows.schema.get_field_index("stable"), "stable", pa.array(stables, pa.string()))
@@ -397,10 +387,10 @@ def settle_ids(job: tuple[int, _IdsJob]) -> tuple[int, _Settled]:
     readable = candidates.select(list(_CANDIDATE_SCHEMA.names[:-1])).append_column(
         "digest", pa.array(digests, pa.binary(32))).filter(pa.array(~bad))
     dropped = str(Path(one.dropped) / f"ids-{one.bucket:06d}.arrow")
-    write_ipc(pa.concat_tables(drops).sort_by([("stage", "ascending"), ("position", "ascending")]), dropped)
+    write_sorted(pa.concat_tables(drops).sort_by([("stage", "ascending"), ("position", "ascending")]), dropped)
     partition = _digest_bucket(readable.column("digest"), one.buckets)
     write_partitioned(readable, partition, one.buckets, Path(one.work) / f"bytes-{one.bucket:06d}.arrow")
-    return index, _Settled(dropped, tally.counts)
+    return _Settled(dropped, tally.counts)
 
 
 def _count_kept(tally: _Tally, rows: pa.Table, accepted: np.ndarray, positions: np.ndarray) -> None:
@@ -532,10 +522,9 @@ class _Kept:
     tally: dict[str, list[int]]
 
 
-def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
+def settle_bytes(one: _BytesJob) -> _Kept:
     """Exclusion, exact duplicates, split and shard order for one sha256 bucket (every copy of an image is
     in the same bucket): the kept rows written by (split, shard-order range)."""
-    index, one = job
     rows = read_partition(sorted(Path(one.work).glob("bytes-*.arrow")), one.bucket, _CANDIDATE_SCHEMA)
     rows = rows.sort_by("position")
     positions = rows.column("position").to_numpy()
@@ -549,7 +538,7 @@ def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
                              [f"exact duplicate of {keys[k]}" for k in kept_of[duplicate].tolist()],
                              kept_ids=[keys[k] for k in kept_of[duplicate].tolist()]))
     dropped = str(Path(one.dropped) / f"bytes-{one.bucket:06d}.arrow")
-    write_ipc(pa.concat_tables(drops), dropped)
+    write_sorted(pa.concat_tables(drops), dropped)
     kept = rows.filter(pa.array(~excluded & ~duplicate))
     stables = kept.column("stable").to_pylist()
     val = np.array([assign_split(s, val_fraction=one.val_fraction, seed=one.seed) == VAL for s in stables], bool)
@@ -559,7 +548,7 @@ def settle_bytes(job: tuple[int, _BytesJob]) -> tuple[int, _Kept]:
     ranged = kept.set_column(kept.schema.get_field_index("sha256"), "sha256", digests).select(
         [name for name, _ in _ITEM_FIELDS]).append_column("shard_order", pa.array(order))
     counts = write_partitioned(ranged, partition, 2 * one.ranges, Path(one.work) / f"kept-{one.bucket:06d}.arrow")
-    return index, _Kept(counts, dropped, tally.counts)
+    return _Kept(counts, dropped, tally.counts)
 
 
 def exclude_copies(rows: pa.Table, exclusions: Exclusions) -> tuple[np.ndarray, list[pa.Table]]:
@@ -607,14 +596,14 @@ class _RangeJob:
     work: str
 
 
-def _shard_jobs(kept: list[_Kept], run: _Runner, *, ranges: int, out: str, shard_size: int, image_size: int,
-                resize_mode: str, quality: int) -> list[ShardJob]:
+def _shard_jobs(counts: np.ndarray, run: _Runner, *, out: str, shard_size: int, image_size: int, resize_mode: str,
+                quality: int) -> list[ShardJob]:
     """Cut each split, in shard order, into jobs of `shard_size` and write their items files: each range job
     writes the shards it holds whole and a fragment of the ones it shares with a neighbour, joined here."""
-    counts = np.sum([result.counts for result in kept], axis=0)
+    ranges = counts.shape[1]
     jobs, range_jobs = [], []
     for s, split in enumerate(SPLITS):
-        split_counts = counts[s * ranges:(s + 1) * ranges]
+        split_counts = counts[s]
         total = int(split_counts.sum())
         starts = np.concatenate([[0], np.cumsum(split_counts)[:-1]])
         range_jobs += [_RangeJob(split, s * ranges + r, int(starts[r]), total, shard_size, out,
@@ -624,18 +613,18 @@ def _shard_jobs(kept: list[_Kept], run: _Runner, *, ranges: int, out: str, shard
                           count=min(shard_size, total - start), image_size=image_size, resize_mode=resize_mode,
                           quality=quality) for index, start in enumerate(range(0, total, shard_size))]
     fragments: dict[tuple[str, int], list[tuple[int, str]]] = {}
-    for job, written in zip(range_jobs, run(order_range, range_jobs)):
-        for index, path in written:
-            fragments.setdefault((job.split, index), []).append((job.start, path))
+    for written in run(order_range, range_jobs):
+        for split, index, start, path in written:
+            fragments.setdefault((split, index), []).append((start, path))
     for (split, index), parts in fragments.items():
         write_items(pa.concat_tables([read_ipc(path) for _, path in sorted(parts)]), items_path(out, split, index))
     return jobs
 
 
-def order_range(job: tuple[int, _RangeJob]) -> tuple[int, list[tuple[int, str]]]:
+def order_range(one: _RangeJob) -> list[tuple[str, int, int, str]]:
     """Sort one shard-order range of one split (by shard order, then key) and write the items files of the
-    shards wholly inside it; returns (shard index, fragment file) of the shards it holds only part of."""
-    index, one = job
+    shards wholly inside it; returns (split, shard index, range start, fragment file) of the shards it holds
+    only part of (at most two: a range is a run of positions)."""
     rows = read_partition(sorted(Path(one.work).glob("kept-*.arrow")), one.partition, _RANGED_SCHEMA)
     rows = rows.sort_by([("shard_order", "ascending"), ("key", "ascending")])
     end = one.start + rows.num_rows
@@ -648,8 +637,8 @@ def order_range(job: tuple[int, _RangeJob]) -> tuple[int, list[tuple[int, str]]]
         else:
             path = str(Path(one.work) / f"part-{one.split}-{shard:06d}-{one.start:012d}.arrow")
             write_ipc(part, path)
-            fragments.append((shard, path))
-    return index, fragments
+            fragments.append((one.split, shard, one.start, path))
+    return fragments
 
 
 def write_items(rows: pa.Table, path: str | Path) -> None:
