@@ -106,6 +106,8 @@ class Results:
     predict_by_decoder: dict[str, float] = field(default_factory=dict)  # images/s end to end per --decode
     decode_by_decoder: dict[str, float] = field(default_factory=dict)  # images/s of each decoder alone
     device_decode_fallbacks: int = 0  # images the device decoder left to the CPU (0 expected: plain JPEGs)
+    device_pixels_max_levels: float = 0.0  # device-decoded batch vs the PIL path at full resolution, in 8-bit levels
+    device_pixels_mean_levels: float = 0.0
     failed: list[str] = field(default_factory=list)  # training variants that raised, with the error
     wall_s: dict[str, float] = field(default_factory=dict)  # wall seconds of each part of the run
     torch: str = torch.__version__
@@ -267,11 +269,30 @@ def predict_rate(setup: Setup, work: Path, results: Results, *, taxa: int = 100_
         results.decode_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
         if decoder == "device":
             results.device_decode_fallbacks = sum(n for how, n in report.items() if how != ON_DEVICE)
+    results.device_pixels_max_levels, results.device_pixels_mean_levels = device_pixel_levels(
+        classifier, paths[: setup.batch], workers=workers)
     auto = "processes" if use_processes("auto", images=len(timed), batch_size=setup.batch, workers=workers) \
         else "threads"
     results.predict_decoder = auto
     results.predict_images_per_s = results.predict_by_decoder[auto]
     results.decode_images_per_s = results.decode_by_decoder[auto]
+
+
+def device_pixel_levels(classifier: object, paths: list[str], *, workers: int) -> tuple[float, float]:
+    """(max, mean) difference in 8-bit levels between one batch decoded on the device (nvJPEG on CUDA) and the
+    same files through the PIL float path at full resolution: the decoders' own agreement, which random
+    weights cannot show in the features."""
+    from treeclip.predict.runner import decoded_batches  # noqa: PLC0415
+
+    def pixels(decoder: str) -> torch.Tensor:
+        (batch,) = decoded_batches(paths, paths, preprocess=classifier.preprocess, batch_size=len(paths),
+                                   workers=workers, draft_size=None, decoder=decoder, device=classifier.device)
+        return batch.pixels.to(classifier.device).float()
+
+    steps = classifier.preprocess.steps
+    std = torch.tensor(steps.std, device=classifier.device).view(1, 3, 1, 1)
+    levels = (pixels("device") - pixels("threads")).abs() * std * 255
+    return float(levels.max()), float(levels.mean())
 
 
 def run(setup: Setup, work: Path) -> Results:
@@ -326,7 +347,9 @@ def table(results: Results) -> str:
                f"{rate:,.1f} ({rate / results.inference_images_per_s:.2f}x the tower alone); decoding alone "
                f"{results.decode_by_decoder[decoder]:,.1f}")
               for decoder, rate in results.predict_by_decoder.items()],
-            ("images the device decoder left to the CPU", str(results.device_decode_fallbacks))]
+            ("images the device decoder left to the CPU", str(results.device_decode_fallbacks)),
+            ("device-decoded pixels vs PIL at full resolution (8-bit levels, max / mean)",
+             f"{results.device_pixels_max_levels:.2f} / {results.device_pixels_mean_levels:.3f}")]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "| treeclip train | samples/s per GPU | step (ms) | TFLOP/s per GPU | MFU | pinned batch: samples/s, "
               "MFU | device batch: samples/s, MFU | loader-fed / device batch |", "|---|---|---|---|---|---|---|---|"]

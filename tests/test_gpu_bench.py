@@ -27,6 +27,7 @@ def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     assert list(figures["predict_by_decoder"]) == decoders and list(figures["decode_by_decoder"]) == decoders
     assert all(rate > 0 for rate in [*figures["predict_by_decoder"].values(), *figures["decode_by_decoder"].values()])
     assert figures["device_decode_fallbacks"] == 0
+    assert 0 < figures["device_pixels_max_levels"] <= 3 and figures["device_pixels_mean_levels"] < 0.5
     assert figures["predict_images_per_s"] == figures["predict_by_decoder"][figures["predict_decoder"]]
     assert "--decode device" in done.stdout
     plain, dropped = figures["train"]

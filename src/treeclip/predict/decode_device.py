@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from PIL import ExifTags, Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from treeclip.data.images import check_geometry
 from treeclip.model.preprocess import Preprocess
@@ -135,19 +136,17 @@ def _decode_on_device(data: list[torch.Tensor], device: torch.device) -> list[to
     and one call per image when the batch fails (torchvision returns no partial results)."""
     if not data:
         return []
-    from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 deprecates its codecs (for TorchCodec)
         try:
             return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
-            return [_decode_one(one, device, decode_jpeg, ImageReadMode.RGB) for one in data]
+            return [_decode_one(one, device) for one in data]
 
 
-def _decode_one(data: torch.Tensor, device: torch.device, decode_jpeg, mode) -> torch.Tensor | None:  # noqa: ANN001
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     try:
-        return decode_jpeg(data, mode=mode, device=device)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as error:
         log.debug("device JPEG decoder refused an image: %s", error)
         return None
