@@ -193,6 +193,20 @@ def test_a_transform_that_cannot_split_is_refused_for_device_decoding(tmp_path: 
         _batches(items, lambda image: torch.zeros(3, 4, 4), "device")
 
 
+def test_longest_side_geometry_takes_the_uint8_path_but_not_the_device(tmp_path: Path) -> None:
+    """open_clip's "longest" resize (ResizeKeepRatio) reads PIL sizes: uint8 batches still equal the float
+    path, and the device decoder refuses the model in one line instead of failing mid-run."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: PLC0415
+
+    transform = image_transform_v2(PreprocessCfg(size=(32, 32), resize_mode="longest"), is_train=False)
+    preprocess = inference_preprocess("longest", {"size": 32, "resize_mode": "longest", **CLIP_NORM}, transform)
+    image = _photo(3, (90, 50))
+    assert torch.equal(preprocess.normalize(preprocess.to_uint8(image)[None])[0], preprocess(image))
+    items, _ = _mixed_items(tmp_path / "images")
+    with pytest.raises(UsageError, match=r"--decode device: .*\(ResizeKeepRatio.*\) runs on PIL images only"):
+        _batches(items, preprocess, "device")
+
+
 def _predict(setup: dict, out: Path, decode: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "treeclip", "predict", str(setup["images"]), "--model", str(setup["model"]),
                "--bank", str(setup["bank"]), "--k", "1", "--batch-size", "4", "--decode", decode, "--output",

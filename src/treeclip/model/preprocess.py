@@ -99,6 +99,8 @@ class Preprocess:
         0..255, rounded to 8 bits as PIL's resize would (a PIL crop or resize of the decoded image gives the same
         numbers within a level or two), then the float steps and the normalisation. Float, normalised."""
         steps = self._split()
+        if steps.pil_only:
+            raise ValueError(f"{', '.join(steps.pil_only)} runs on PIL images only, not on a decoded tensor")
         pixels = image.float()
         if steps.pil:
             for step in steps.pil:
@@ -122,13 +124,22 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class PixelSteps:
-    """A transform split around its to-tensor step: `pil` steps before it (geometry: resize, crop; they accept
-    tensors too), `tensor` steps after it but before ``Normalize``, and ``Normalize``'s mean and std."""
+    """A transform split around its to-tensor step: `pil` steps before it (geometry: resize, crop), `tensor`
+    steps after it but before ``Normalize``, and ``Normalize``'s mean and std."""
 
     pil: tuple[Callable, ...]
     tensor: tuple[Callable, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def pil_only(self) -> list[str]:
+        """The geometry steps that take PIL images only (open_clip's ``ResizeKeepRatio``, of ``resize_mode``
+        "longest"): `Preprocess.from_decoded` cannot run them on a tensor."""
+        from torchvision import transforms  # noqa: PLC0415
+
+        return [type(step).__name__ for step in self.pil
+                if not isinstance(step, (transforms.Resize, transforms.CenterCrop))]
 
 
 def split_steps(transform: Transform) -> PixelSteps | None:

@@ -179,10 +179,15 @@ def decoded_batches(items: Sequence[ImageItem], names: Sequence[str], *,
 
 
 def _check_splits(preprocess: Any, decoder: str) -> None:
-    """UsageError unless `preprocess` can run its steps apart (`treeclip.model.preprocess.Preprocess.steps`)."""
-    if getattr(preprocess, "steps", None) is None:
+    """UsageError unless `preprocess` can run its steps apart (`treeclip.model.preprocess.Preprocess.steps`),
+    and, for the device decoder, on a tensor."""
+    steps = getattr(preprocess, "steps", None)
+    if steps is None:
         raise UsageError(f"--decode {decoder}: this model's preprocessing cannot be split into resize/crop and "
                          "normalisation steps; use --decode threads or processes")
+    if decoder == "device" and steps.pil_only:
+        raise UsageError(f"--decode device: this model's preprocessing ({', '.join(steps.pil_only)}) runs on PIL "
+                         "images only; use --decode threads or processes")
 
 
 def _collect(start: int, futures: list[Future], names: Sequence[str]) -> Batch:
