@@ -4,7 +4,9 @@ One prepared script for a GPU machine (no downloads: random weights, generated s
 
 - loader: samples per CPU-second of `make_loader` on ONE core (no workers, one torch thread) decoding 224 px
   JPEGs with the model's random-crop training augmentation and tokenising captions, handing over uint8
-  batches as the training loop asks; a host must supply (GPUs x samples/s per GPU) / this rate cores;
+  batches as the training loop asks; and the same with 2 worker processes at the training batch, per
+  CPU-second of the workers and the main process (what training pays: it adds handing each batch over
+  through shared memory); a host must supply (GPUs x samples/s per GPU) / this rate cores;
 - training: `treeclip.train.loop.train` itself (the real loader with workers, prefetch and pinned memory,
   bf16 autocast, fused AdamW, the CLIP loss) for each variant of `train.compile` x `train.patch_dropout`;
   the figures are the loop's own per-step records (median after the warm-up steps): samples/s per GPU and
@@ -52,7 +54,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _shards import write_shards  # noqa: E402 - the test helper that writes shards of generated images
+
+from benchmarks.loader import worker_rate  # noqa: E402
 
 from treeclip.atomic import atomic_write  # noqa: E402
 from treeclip.data.loader import make_loader  # noqa: E402
@@ -98,6 +103,7 @@ class Results:
     batch: int
     loader_workers: int
     loader_samples_per_s_per_core: float
+    loader_samples_per_cpu_s_2_workers: float  # 2 worker processes at the training batch: workers' + main CPU
     train: list[TrainFigures] = field(default_factory=list)
     inference_images_per_s: float = 0.0
     predict_images_per_s: float = 0.0  # with the decoder `--decode auto` picks on this host
@@ -114,9 +120,11 @@ class Results:
     python: str = platform.python_version()
 
 
-def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) -> float:
-    """Samples/s of the training loader in this process on one thread: decode, augment, tokenise, batch as
-    the training loop asks (uint8 pixels where the transform allows)."""
+def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int, train_batch: int
+                         ) -> tuple[float, float]:
+    """Samples/s of the training loader in this process on one thread (decode, augment, tokenise, batch as
+    the training loop asks: uint8 pixels where the transform allows), and per CPU-second with 2 worker
+    processes at `train_batch` over the first 4 shards (`benchmarks.loader.worker_rate`)."""
     _, preprocess_train, _, tokenizer = create_model(model)
     urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
     normalize = loop.deferred_normalization(preprocess_train) is None
@@ -129,7 +137,8 @@ def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int) 
         start = time.process_time()  # CPU time of this one-threaded work: other processes' load does not count
         for _ in range(batches):
             next(batch_iter)
-        return batch * batches / (time.process_time() - start)
+        in_process = batch * batches / (time.process_time() - start)
+        return in_process, worker_rate(urls[:4], preprocess_train, tokenizer, batch=train_batch, normalize=normalize)
     finally:
         torch.set_num_threads(threads)
 
@@ -307,11 +316,13 @@ def run(setup: Setup, work: Path) -> Results:
     shards = write_shards(work / "shards", n_species=9, per_species=per_species, shards={"train": parts, "val": 1},
                           image_size=IMAGE_PX)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    in_process, with_workers = loader_rate_per_core(shards, model=setup.model, batch=loader_batch,
+                                                    batches=loader_batches, train_batch=setup.batch)
     results = Results(device_name=name, model=setup.model, batch=setup.batch, loader_workers=setup.workers,
-                      loader_samples_per_s_per_core=loader_rate_per_core(
-                          shards, model=setup.model, batch=loader_batch, batches=loader_batches))
+                      loader_samples_per_s_per_core=in_process, loader_samples_per_cpu_s_2_workers=with_workers)
     results.wall_s["shards + loader"] = time.perf_counter() - started
-    print(f"loader: {results.loader_samples_per_s_per_core:,.1f} samples per CPU-second per core", flush=True)
+    print(f"loader: {in_process:,.1f} samples per CPU-second per core; {with_workers:,.1f} with 2 workers at batch "
+          f"{setup.batch}", flush=True)
     # inference first: short, and its figures survive a time-out during the (compiling) training variants
     results.inference_images_per_s = inference_rate(setup)
     predict_rate(setup, work, results, taxa=1000 if setup.device == "cpu" else 100_000)
@@ -341,6 +352,8 @@ def table(results: Results) -> str:
     rows = [("device", results.device_name), ("model", f"{results.model}, random weights, bf16 autocast on CUDA"),
             ("train batch (per GPU)", str(results.batch)), ("loader workers", str(results.loader_workers)),
             ("loader samples/s per core (224 px, augmented)", f"{results.loader_samples_per_s_per_core:,.1f}"),
+            (f"loader samples per CPU-second, 2 worker processes at batch {results.batch} (workers + main)",
+             f"{results.loader_samples_per_cpu_s_2_workers:,.1f}"),
             ("inference images/s (image tower)", f"{results.inference_images_per_s:,.1f}"),
             *[(f"predict images/s, --decode {decoder}{' (auto here)' if decoder == results.predict_decoder else ''}"
                " (JPEG files to top-5, bank on the device)",

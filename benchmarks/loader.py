@@ -18,10 +18,15 @@ compared (same seed): old and previous bit for bit, new against previous in 8-bi
 (`treeclip.model.preprocess.normalize_uint8`) against new bit for bit, so a faster path that changes the data
 is reported as such.
 
+A second table measures the new path as training runs it: two worker processes at the training batch (256),
+float against uint8 batches, in samples per CPU-second of the workers and this process together (the workers'
+CPU includes handing each batch over through shared memory, which uint8 makes 4x smaller).
+
 The shards are BioCLIP's layout as ``treeclip build`` writes it (JPEG + 10 caption files + taxon.json per
 sample), 224 px JPEGs (`tests/_shards.py`).
 
-Usage: ``python benchmarks/loader.py [--samples 768] [--batch 32] [--rounds 5] [--model ViT-B-16]``
+Usage: ``python benchmarks/loader.py [--samples 768] [--batch 32] [--rounds 5] [--model ViT-B-16]
+[--worker-batch 256] [--worker-rounds 3]``
 Figures: docs/training.md, "Feeding the GPU".
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -84,6 +90,19 @@ def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: in
     return count / (time.process_time() - start)
 
 
+def worker_rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, normalize: bool,
+                workers: int = 2) -> float:
+    """Samples per CPU-second of a loader with worker processes: the workers' CPU (reaped when the pass ends)
+    and this process's (receiving the batches)."""
+    children, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+    count = sum(len(item["__key__"]) for item in loader.make_loader(
+        urls, transform=transform, tokenizer=tokenizer, batch_size=batch, shuffle_buffer=0, partial=False,
+        num_workers=workers, normalize=normalize))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return count / (workers + time.process_time() - start)
+
+
 def same_batches(a: list[dict[str, Any]], b: list[dict[str, Any]], *, images: bool = True) -> bool:
     """Keys, text types, lineage, token ids (and with `images` the image tensors) equal."""
     return len(a) == len(b) and all(
@@ -113,6 +132,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="runs of each path, alternating")
     parser.add_argument("--model", default="ViT-B-16", help="whose training transform and tokenizer")
+    parser.add_argument("--worker-batch", type=int, default=256, help="batch of the 2-worker measurement")
+    parser.add_argument("--worker-rounds", type=int, default=3, help="runs of float and uint8 batches, alternating")
     args = parser.parse_args()
     started, load_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]
     _, transform, _, tokenizer = create_model(args.model)
@@ -126,6 +147,14 @@ def main() -> None:
         for _ in range(args.rounds):
             for path in runs:
                 runs[path].append(rate(urls, transform, tokenizer, batch=args.batch, path=path))
+        two = write_shards(Path(tmp) / "workers", n_species=9, per_species={"train": -(-4 * args.worker_batch // 9),
+                           "val": 1}, shards={"train": 2, "val": 1}, image_size=224)  # 2 batches per worker
+        two_urls = sorted(str(path) for path in (two / "train").glob("*.tar"))
+        handed: dict[str, list[float]] = {"float": [], "uint8": []}
+        for _ in range(args.worker_rounds):
+            for kind in handed:
+                handed[kind].append(worker_rate(two_urls, transform, tokenizer, batch=args.worker_batch,
+                                                normalize=kind == "float"))
     medians = {path: statistics.median(values) for path, values in runs.items()}
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
           f"torch: {torch.__version__}, load at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}, "
@@ -137,6 +166,12 @@ def main() -> None:
                            for path, base in (("previous", "old"), ("new", "previous"), ("uint8", "previous"),
                                               ("uint8", "old"))))
     print(comparison)
+    print(f"\n| 2 workers, batch {args.worker_batch}, crop on a uint8 tensor | samples per CPU-second (workers + main, "
+          "median) | all rounds |\n|---|---|---|")
+    for kind, values in handed.items():
+        print(f"| {kind} batches | {statistics.median(values):,.1f} | {', '.join(f'{v:,.0f}' for v in values)} |")
+    print(f"\nuint8 / float batches: {statistics.median(handed['uint8']) / statistics.median(handed['float']):.2f}x; "
+          f"load at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["model"] == "treeclip-test" and figures["batch"] == 8
     assert figures["loader_samples_per_s_per_core"] > 0 and figures["inference_images_per_s"] > 0
+    assert figures["loader_samples_per_cpu_s_2_workers"] > 0
     assert figures["failed"] == [] and figures["decode_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
     # every predict decoder ran end to end and alone; the device decoder took every (plain) JPEG itself
     decoders = ["threads", "processes", "device"]
