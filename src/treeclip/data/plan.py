@@ -73,6 +73,7 @@ DROPPED_DIR = "dropped"  # under PLAN_DIR: the sorted files of rows left out, ke
 _BATCH = 16_384  # records per pass-2 batch
 _HASH_ROWS = 256  # files per `hash_batch` call
 _BUCKET_ROWS = 131_072  # target rows per partition (id, sha256 and shard-order buckets): a job's share
+_SPILL_ROWS = 32_768  # records per pass-2 output file (partitioned by id bucket)
 _ROW_BITS = 40  # a position is (source index << _ROW_BITS) | record index within the source
 _HELD_OUT, _UNRESOLVED = 1, 2  # pass-2 status of a row (0: a candidate)
 _STAGES = ("resolve", "unreadable", "excluded", "duplicates")  # the order of dropped.csv's sections
@@ -295,7 +296,7 @@ def id_group(source: str, source_id: str) -> int:
 
 def resolve_source(one: _SourceJob) -> int:
     """Pass 2 for one source: its records resolved, one row each (`_ROW_SCHEMA`), written partitioned by id
-    bucket, one ``resolved-SOURCE-PART.arrow`` file per `_BUCKET_ROWS` records; returns the record count."""
+    bucket, one ``resolved-SOURCE-PART.arrow`` file per `_SPILL_ROWS` records; returns the record count."""
     records = (item for item in one.source.records() if isinstance(item, Record))
     count, part, held = 0, 0, []
     while True:
@@ -303,7 +304,7 @@ def resolve_source(one: _SourceJob) -> int:
         if batch:
             held.append(_resolved_rows(batch, one.alignment, (one.index << _ROW_BITS) + count))
             count += len(batch)
-        if held and (not batch or sum(t.num_rows for t in held) >= _BUCKET_ROWS):
+        if held and (not batch or sum(t.num_rows for t in held) >= _SPILL_ROWS):
             table = pa.concat_tables(held)
             bucket = (table.column("group").to_numpy() % np.uint64(one.buckets)).astype(np.int64)
             write_partitioned(table, bucket, one.buckets, Path(one.work) / f"resolved-{one.index:06d}-{part:06d}.arrow")
