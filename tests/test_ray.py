@@ -104,6 +104,25 @@ def test_build_on_ray_equals_local_and_resumes(ray_runtime: object, source: Path
     assert (on_ray / "manifest.json").is_file()
 
 
+def test_partitioned_plan_on_ray_equals_local(ray_runtime: object, source: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 4-row buckets every plan stage runs as several Ray tasks (pass 2 per source; repeated ids and
+    hashing per id bucket; exclusion and dedup per sha256 bucket; shard order per range): every output,
+    problems.csv included, equals a one-bucket local build's."""
+    from treeclip.data import plan
+
+    common = ["--source", f"csv:{source}", "--source", f"csv:{source}", "--image-size", "32", "--shard-size", "3",
+              "--val-fraction", "0.2"]  # the source twice: its 15 ids are repeated ids the second time
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert main(["build", *common, "--out", str(local), "--workers", "1"]) == 1
+    monkeypatch.setattr(plan, "_BUCKET_ROWS", 4)  # the bucket counts travel in the Ray tasks' arguments
+    assert main(["build", *common, "--out", str(on_ray), "--workers", "2", "--engine", "ray"]) == 1
+    assert shard_bytes(on_ray) == shard_bytes(local) and len(shard_bytes(local)) >= 4
+    for name in ("catalog.parquet", "dropped.csv", "problems.csv", "manifest.json"):
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
+    assert (local / "dropped.csv").read_text().count("repeated source id") == 15
+
+
 def test_build_on_ray_sigkill_then_resume(ray_runtime: object, tmp_path: Path) -> None:
     """`treeclip build --engine ray` killed (SIGKILL, with its whole process group: driver, local Ray runtime
     and workers) while shards are being written, then resumed on Ray: every image exactly once, and every
