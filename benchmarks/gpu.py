@@ -138,7 +138,8 @@ def loader_rate_per_core(shards: Path, *, model: str, batch: int, batches: int, 
         for _ in range(batches):
             next(batch_iter)
         in_process = batch * batches / (time.process_time() - start)
-        return in_process, worker_rate(urls[:4], preprocess_train, tokenizer, batch=train_batch, normalize=normalize)
+        path = "new" if normalize else "uint8"  # the loader's current path; uint8 batches where allowed
+        return in_process, worker_rate(urls[:4], preprocess_train, tokenizer, batch=train_batch, path=path)
     finally:
         torch.set_num_threads(threads)
 

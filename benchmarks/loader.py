@@ -18,9 +18,9 @@ compared (same seed): old and previous bit for bit, new against previous in 8-bi
 (`treeclip.model.preprocess.normalize_uint8`) against new bit for bit, so a faster path that changes the data
 is reported as such.
 
-A second table measures the new path as training runs it: two worker processes at the training batch (256),
-float against uint8 batches, in samples per CPU-second of the workers and this process together (the workers'
-CPU includes handing each batch over through shared memory, which uint8 makes 4x smaller).
+A second table measures previous, new and uint8 as training runs them: two worker processes at the training
+batch (256), in samples per CPU-second of the workers and this process together (the workers' CPU includes
+handing each batch over through shared memory, which uint8 makes 4x smaller).
 
 The shards are BioCLIP's layout as ``treeclip build`` writes it (JPEG + 10 caption files + taxon.json per
 sample), 224 px JPEGs (`tests/_shards.py`).
@@ -64,10 +64,11 @@ PATHS = {"old": "wds.tarfile_to_samples, transform step by step",
          "previous": "TarReader, PIL crop, ToTensor + Normalize in the batch tensor",
          "new": "TarReader, crop on a uint8 tensor, ToTensor + Normalize in the batch tensor",
          "uint8": "TarReader, crop on a uint8 tensor, uint8 batches (normalised on the GPU)"}
+WORKER_PATHS = ("previous", "new", "uint8")
 
 
-def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str
-            ) -> Iterator[dict[str, Any]]:
+def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str,
+            workers: int = 0) -> Iterator[dict[str, Any]]:
     reader, tensor_steps = loader._TarSamples, loader.tensor_steps
     loader._TarSamples = old_reader if path == "old" else reader
     loader.tensor_steps = tensor_steps if path in ("new", "uint8") else lambda steps: None
@@ -75,7 +76,8 @@ def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch:
     try:
         torch.manual_seed(0)  # the transform's crops draw from torch's global generator
         yield from loader.make_loader(urls, transform=as_given, tokenizer=tokenizer, batch_size=batch,
-                                      shuffle_buffer=0, partial=False, seed=0, normalize=path != "uint8")
+                                      shuffle_buffer=0, partial=False, seed=0, normalize=path != "uint8",
+                                      num_workers=workers)
     finally:
         loader._TarSamples, loader.tensor_steps = reader, tensor_steps
 
@@ -90,17 +92,16 @@ def rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: in
     return count / (time.process_time() - start)
 
 
-def worker_rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, normalize: bool,
+def worker_rate(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str,
                 workers: int = 2) -> float:
-    """Samples per CPU-second of a loader with worker processes: the workers' CPU (reaped when the pass ends)
-    and this process's (receiving the batches)."""
+    """Samples per CPU-second of a `path` loader with worker processes: the workers' CPU (reaped when the pass
+    ends) and this process's (receiving the batches)."""
     children, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-    count = sum(len(item["__key__"]) for item in loader.make_loader(
-        urls, transform=transform, tokenizer=tokenizer, batch_size=batch, shuffle_buffer=0, partial=False,
-        num_workers=workers, normalize=normalize))
+    count = sum(len(item["__key__"])
+                for item in batches(urls, transform, tokenizer, batch=batch, path=path, workers=workers))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    return count / (workers + time.process_time() - start)
+    spent = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime + time.process_time() - start
+    return count / spent
 
 
 def same_batches(a: list[dict[str, Any]], b: list[dict[str, Any]], *, images: bool = True) -> bool:
@@ -150,11 +151,10 @@ def main() -> None:
         two = write_shards(Path(tmp) / "workers", n_species=9, per_species={"train": -(-4 * args.worker_batch // 9),
                            "val": 1}, shards={"train": 2, "val": 1}, image_size=224)  # 2 batches per worker
         two_urls = sorted(str(path) for path in (two / "train").glob("*.tar"))
-        handed: dict[str, list[float]] = {"float": [], "uint8": []}
+        handed: dict[str, list[float]] = {path: [] for path in WORKER_PATHS}
         for _ in range(args.worker_rounds):
-            for kind in handed:
-                handed[kind].append(worker_rate(two_urls, transform, tokenizer, batch=args.worker_batch,
-                                                normalize=kind == "float"))
+            for path in handed:
+                handed[path].append(worker_rate(two_urls, transform, tokenizer, batch=args.worker_batch, path=path))
     medians = {path: statistics.median(values) for path, values in runs.items()}
     print(f"date: {started}, cores: {os.cpu_count()}, CPU: {platform.processor() or platform.machine()}, "
           f"torch: {torch.__version__}, load at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}, "
@@ -166,12 +166,14 @@ def main() -> None:
                            for path, base in (("previous", "old"), ("new", "previous"), ("uint8", "previous"),
                                               ("uint8", "old"))))
     print(comparison)
-    print(f"\n| 2 workers, batch {args.worker_batch}, crop on a uint8 tensor | samples per CPU-second (workers + main, "
-          "median) | all rounds |\n|---|---|---|")
-    for kind, values in handed.items():
-        print(f"| {kind} batches | {statistics.median(values):,.1f} | {', '.join(f'{v:,.0f}' for v in values)} |")
-    print(f"\nuint8 / float batches: {statistics.median(handed['uint8']) / statistics.median(handed['float']):.2f}x; "
-          f"load at the end: {os.getloadavg()[0]:.2f}")
+    print(f"\n| 2 workers, batch {args.worker_batch} | samples per CPU-second (workers + main, median) | all rounds |"
+          "\n|---|---|---|")
+    for path, values in handed.items():
+        print(f"| {path}: {PATHS[path]} | {statistics.median(values):,.1f} | {', '.join(f'{v:,.0f}' for v in values)} |")
+    worker_medians = {path: statistics.median(values) for path, values in handed.items()}
+    print(f"\nwith 2 workers: new / previous {worker_medians['new'] / worker_medians['previous']:.2f}x, uint8 / new "
+          f"{worker_medians['uint8'] / worker_medians['new']:.2f}x, uint8 / previous "
+          f"{worker_medians['uint8'] / worker_medians['previous']:.2f}x; load at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
