@@ -9,9 +9,11 @@ memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
 - ``read``: the catalog streamed through `treeclip.formats` (the floor every stage pays);
 - ``make-benchmark``: `treeclip.eval.heldout.make_benchmark` over the whole catalog, 5 listed species;
 - ``plan``: `treeclip.data.plan.plan_build` over the whole catalog as a ``csv:`` source with an exclusion
-  file (the 5 benchmark species): both passes, hashes, exclusion, dedup, splits, and the jobs' items files
-  written under the stage's ``out/.build/plan/``; image hashing is replaced by a hash of the path (the images
-  do not exist), so the figure is the plan's own memory; images "exist" for every row;
+  file (the 5 benchmark species): both passes, repeated ids, hashes, exclusion, dedup, splits, and the jobs'
+  items files written under the stage's ``out/.build/plan/``; image hashing is replaced by a hash of the path
+  (the images do not exist), so the figure is the plan's own memory; images "exist" for every row. With one
+  worker every plan job (one per source, then one per bucket of ~131k rows) runs in this process, so the
+  peak is the driver's state plus the largest job's;
 - ``catalog-write``: a build's last step, `treeclip.data.catalog.write_catalog` streaming ``catalog.parquet``
   from per-shard parts (as `treeclip.data.build` reads them back from the journal, 1,000 rows each: here one
   shard's rows, made once from the catalog's first rows and written N/1,000 times), so the figure is the

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from treeclip.data.align import Aligner, Alignment
+from treeclip.data.catalog import DROPPED_COLUMNS
 from treeclip.data.engines import map_unordered
 from treeclip.data.exclude import Exclusions
 from treeclip.data.images import sha256_file
@@ -76,7 +77,6 @@ _BUCKET_ROWS = 131_072  # target rows per partition (id, sha256 and shard-order 
 _SPILL_ROWS = 32_768  # records per pass-2 output file (partitioned by id bucket)
 _ROW_BITS = 40  # a position is (source index << _ROW_BITS) | record index within the source
 _HELD_OUT, _UNRESOLVED = 1, 2  # pass-2 status of a row (0: a candidate)
-_STAGES = ("resolve", "unreadable", "excluded", "duplicates")  # the order of dropped.csv's sections
 _TAXON_COLUMNS = (*RANK_NAMES, "common")
 _ITEM_FIELDS = [(name, pa.string()) for name in ("key", "source", "source_id", "path", "origin", "license",
                                                   "owner", "sha256", "member_tar")] + [
@@ -92,7 +92,6 @@ _DROPPED_SCHEMA = pa.schema([("stage", pa.int8()), ("position", pa.int64()),
                              *((name, pa.string()) for name in ("id", "source", "source_id", "path", "origin",
                                                                 "reason", "kept_id", "problem_origin",
                                                                 "problem_reason"))])
-DROPPED_FIELDS = ("id", "source", "source_id", "path", "origin", "reason", "kept_id")
 
 
 @dataclass
@@ -109,8 +108,8 @@ class Plan:
     def dropped_rows(self) -> Iterator[dict[str, str]]:
         """Every record left out, with its reason: the pass-2 drops, unreadable, excluded, then duplicate
         images, each in source order (merged from the jobs' sorted files, one batch per file at a time)."""
-        for row in merged_rows(self.dropped_files, DROPPED_FIELDS):
-            yield {name: row[name] for name in DROPPED_FIELDS}
+        for row in merged_rows(self.dropped_files, DROPPED_COLUMNS):
+            yield {name: row[name] for name in DROPPED_COLUMNS}
 
 
 def plan_build(
@@ -307,7 +306,8 @@ def resolve_source(one: _SourceJob) -> int:
         if held and (not batch or sum(t.num_rows for t in held) >= _SPILL_ROWS):
             table = pa.concat_tables(held)
             bucket = (table.column("group").to_numpy() % np.uint64(one.buckets)).astype(np.int64)
-            write_partitioned(table, bucket, one.buckets, Path(one.work) / f"resolved-{one.index:06d}-{part:06d}.arrow")
+            path = Path(one.work) / f"resolved-{one.index:06d}-{part:06d}.arrow"
+            write_partitioned(table, bucket, one.buckets, path)
             part, held = part + 1, []
         if not batch:
             return count
