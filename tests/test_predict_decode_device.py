@@ -20,6 +20,7 @@ from treeclip.errors import UsageError
 from treeclip.model import create_model
 from treeclip.model.preprocess import inference_preprocess, normalize_uint8
 from treeclip.predict import decode_device
+from treeclip.predict.classifier import ImageEmbedder
 from treeclip.predict.decode_device import COLOUR, NOT_A_FILE, NOT_JPEG, ON_DEVICE, REFUSED, ROTATED
 from treeclip.predict.runner import decoded_batches, run_to_writer
 
@@ -67,6 +68,15 @@ def test_uint8_path_of_the_bioclip_squash_rounds_at_most_half_a_level(bioclip_pr
     assert uint8.shape == (3, 64, 64)
     difference = (bioclip_preprocess.normalize(uint8[None])[0] - bioclip_preprocess(image)).abs().max()
     assert 0 < difference <= 0.5 * LEVEL + 1e-6
+
+
+def test_classifiers_take_uint8_batches_only_where_they_are_exact(open_clip_preprocess, bioclip_preprocess) -> None:
+    """The BioCLIP squash would round its float resize to 8 bits and move scores off pybioclip's, so its
+    batches stay float; open_clip geometry gets uint8 batches."""
+    model = create_model("treeclip-test")[0]
+    assert ImageEmbedder(model=model, preprocess=open_clip_preprocess).decoding("threads")["uint8"]
+    assert not ImageEmbedder(model=model, preprocess=bioclip_preprocess).decoding("threads")["uint8"]
+    assert not ImageEmbedder(model=model, preprocess=lambda image: image).decoding("threads")["uint8"]
 
 
 def test_normalize_uint8_is_per_channel_and_refuses_floats() -> None:

@@ -24,8 +24,10 @@ Each transform is used in three ways, all from its one definition (the steps of 
   to-tensor step (resize and crop, on the PIL image) and those between it and ``Normalize`` (the BioCLIP
   family's resize, run on the 8-bit tensor), giving ``[3, H, W]`` uint8 pixels: 4× fewer bytes through
   worker pipes and pinned memory, and no float work on the decoding CPUs. It equals the float path exactly
-  for open_clip geometry (PIL resizes in 8 bits either way); for the BioCLIP family's float-tensor resize
-  it rounds the resized pixels to 8 bits (at most 0.5/255 per value);
+  for open_clip geometry (PIL resizes in 8 bits either way), which is when predict uses it
+  (`PixelSteps.uint8_exact`); for the BioCLIP family's float-tensor resize it would round the resized pixels
+  to 8 bits (at most 0.5/255 per value, ~3e-3 relative in scores: too far from pybioclip's), so that family
+  keeps float batches;
 - **on the device** (`Preprocess.from_decoded`): the same steps run by torch on an already decoded
   ``[3, H, W]`` uint8 tensor (a GPU-decoded JPEG): torchvision's resize of a tensor (antialiased, as PIL's)
   and crop, then normalisation.
@@ -131,6 +133,12 @@ class PixelSteps:
     tensor: tuple[Callable, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def uint8_exact(self) -> bool:
+        """Whether `Preprocess.to_uint8` + `normalize_uint8` equal the float transform bit for bit: no step
+        between the to-tensor step and ``Normalize`` (the BioCLIP family resizes there, on floats)."""
+        return not self.tensor
 
     @property
     def pil_only(self) -> list[str]:

@@ -113,8 +113,10 @@ class _ImageClassifier:
 
     @property
     def takes_uint8(self) -> bool:
-        """Whether batches may come as uint8 pixels, normalised here on the device (`embed`)."""
-        return getattr(self.preprocess, "steps", None) is not None
+        """Whether batches come as uint8 pixels, normalised here on the device (`embed`): when that gives the
+        float transform's pixels bit for bit (`treeclip.model.preprocess.PixelSteps.uint8_exact`)."""
+        steps = getattr(self.preprocess, "steps", None)
+        return steps is not None and steps.uint8_exact
 
     def decoding(self, decoder: str = "auto") -> dict[str, Any]:
         """The runner's decoding options for this model (`treeclip.predict.runner.decoded_batches`): uint8
