@@ -18,9 +18,10 @@ compared (same seed): old and previous bit for bit, new against previous in 8-bi
 (`treeclip.model.preprocess.normalize_uint8`) against new bit for bit, so a faster path that changes the data
 is reported as such.
 
-A second table measures previous, new and uint8 as training runs them: two worker processes at the training
+A second table measures the paths as training runs them: two worker processes at the training
 batch (256), in samples per CPU-second of the workers and this process together (the workers' CPU includes
-handing each batch over through shared memory, which uint8 makes 4x smaller).
+handing each batch over through shared memory, which uint8 makes 4x smaller, and starting the two workers once
+per 1,024 samples, which real training amortises over a whole pass).
 
 The shards are BioCLIP's layout as ``treeclip build`` writes it (JPEG + 10 caption files + taxon.json per
 sample), 224 px JPEGs (`tests/_shards.py`).
@@ -64,7 +65,7 @@ PATHS = {"old": "wds.tarfile_to_samples, transform step by step",
          "previous": "TarReader, PIL crop, ToTensor + Normalize in the batch tensor",
          "new": "TarReader, crop on a uint8 tensor, ToTensor + Normalize in the batch tensor",
          "uint8": "TarReader, crop on a uint8 tensor, uint8 batches (normalised on the GPU)"}
-WORKER_PATHS = ("previous", "new", "uint8")
+WORKER_PATHS = ("old", "previous", "new", "uint8")
 
 
 def batches(urls: list[str], transform: Callable, tokenizer: Callable, *, batch: int, path: str,
@@ -171,9 +172,12 @@ def main() -> None:
     for path, values in handed.items():
         print(f"| {path}: {PATHS[path]} | {statistics.median(values):,.1f} | {', '.join(f'{v:,.0f}' for v in values)} |")
     worker_medians = {path: statistics.median(values) for path, values in handed.items()}
-    print(f"\nwith 2 workers: new / previous {worker_medians['new'] / worker_medians['previous']:.2f}x, uint8 / new "
-          f"{worker_medians['uint8'] / worker_medians['new']:.2f}x, uint8 / previous "
-          f"{worker_medians['uint8'] / worker_medians['previous']:.2f}x; load at the end: {os.getloadavg()[0]:.2f}")
+    print("\nwith 2 workers: " + ", ".join(
+        f"{path} / {base}: {worker_medians[path] / worker_medians[base]:.2f}x"
+        for path, base in (("previous", "old"), ("new", "previous"), ("uint8", "new"), ("uint8", "previous"),
+                           ("uint8", "old"))) + f"; with 2 workers / in this process: " + ", ".join(
+        f"{path} {worker_medians[path] / medians[path]:.2f}" for path in WORKER_PATHS)
+        + f"; load at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
