@@ -235,16 +235,13 @@ def predict_rate(setup: Setup, work: Path, results: Results, *, taxa: int = 100_
     """Per decoder (`PREDICT_DECODERS`): images/s of `TreeOfLifeClassifier.predict` from 640x480 JPEG files (two
     batches per decoding worker, after one warm-up batch; enough for auto to use worker processes), and of the
     decoder alone on the same files (what bounds it on a fast device); `results.predict_images_per_s` is the
-    decoder auto picks here."""
-    from collections import Counter  # noqa: PLC0415
-
+    decoder auto picks here; a decoder that fails is listed in `results.failed` and the others still run."""
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
     from treeclip.model.bank import LabelBank  # noqa: PLC0415
     from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: PLC0415
-    from treeclip.predict.decode_device import ON_DEVICE  # noqa: PLC0415
-    from treeclip.predict.runner import decoded_batches, use_processes  # noqa: PLC0415
+    from treeclip.predict.runner import use_processes  # noqa: PLC0415
 
     model, _, preprocess, _ = create_model(setup.model, device=setup.device)
     rng = np.random.default_rng(0)
@@ -260,32 +257,52 @@ def predict_rate(setup: Setup, work: Path, results: Results, *, taxa: int = 100_
         path = work / "jpegs" / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(path, quality=90)
         paths.append(str(path))
-    device, timed = torch.device(setup.device), paths[setup.batch :]
+    timed = paths[setup.batch :]
     for decoder in PREDICT_DECODERS:
-        classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers, decoder=decoder)
-        synchronize(device)
-        start = time.perf_counter()
-        classifier.predict(timed, batch_size=setup.batch, workers=workers, decoder=decoder)
-        synchronize(device)
-        results.predict_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
-        report: Counter = Counter()
-        start = time.perf_counter()
-        for batch in decoded_batches(timed, timed, preprocess=preprocess, batch_size=setup.batch, workers=workers,
-                                     draft_size=classifier.draft_size, report=report,
-                                     **classifier.decoding(decoder)):
-            if batch.pixels is not None:
-                batch.pixels.to(device, non_blocking=True)  # the copy to the device is part of feeding it
-        synchronize(device)
-        results.decode_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
-        if decoder == "device":
-            results.device_decode_fallbacks = sum(n for how, n in report.items() if how != ON_DEVICE)
-    results.device_pixels_max_levels, results.device_pixels_mean_levels = device_pixel_levels(
-        classifier, paths[: setup.batch], workers=workers)
+        try:
+            decoder_rates(classifier, paths, decoder, setup=setup, workers=workers, results=results)
+        except Exception as exc:  # noqa: BLE001 - one failing decoder must not lose the others' figures
+            print(f"predict --decode {decoder} failed: {exc!r}", flush=True)
+            results.failed.append(f"predict --decode {decoder}: {exc!r}")
+    try:
+        results.device_pixels_max_levels, results.device_pixels_mean_levels = device_pixel_levels(
+            classifier, paths[: setup.batch], workers=workers)
+    except Exception as exc:  # noqa: BLE001 - as above
+        print(f"device pixel check failed: {exc!r}", flush=True)
+        results.failed.append(f"device pixel check: {exc!r}")
     auto = "processes" if use_processes("auto", images=len(timed), batch_size=setup.batch, workers=workers) \
         else "threads"
     results.predict_decoder = auto
-    results.predict_images_per_s = results.predict_by_decoder[auto]
-    results.decode_images_per_s = results.decode_by_decoder[auto]
+    results.predict_images_per_s = results.predict_by_decoder.get(auto, 0.0)
+    results.decode_images_per_s = results.decode_by_decoder.get(auto, 0.0)
+
+
+def decoder_rates(classifier: object, paths: list[str], decoder: str, *, setup: Setup, workers: int,
+                  results: Results) -> None:
+    """`predict_rate` for one decoder: end to end after a warm-up batch, then the decoder alone."""
+    from collections import Counter  # noqa: PLC0415
+
+    from treeclip.predict.decode_device import ON_DEVICE  # noqa: PLC0415
+    from treeclip.predict.runner import decoded_batches  # noqa: PLC0415
+
+    device, timed = torch.device(setup.device), paths[setup.batch :]
+    classifier.predict(paths[: setup.batch], batch_size=setup.batch, workers=workers, decoder=decoder)
+    synchronize(device)
+    start = time.perf_counter()
+    classifier.predict(timed, batch_size=setup.batch, workers=workers, decoder=decoder)
+    synchronize(device)
+    results.predict_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
+    report: Counter = Counter()
+    start = time.perf_counter()
+    for batch in decoded_batches(timed, timed, preprocess=classifier.preprocess, batch_size=setup.batch,
+                                 workers=workers, draft_size=classifier.draft_size, report=report,
+                                 **classifier.decoding(decoder)):
+        if batch.pixels is not None:
+            batch.pixels.to(device, non_blocking=True)  # the copy to the device is part of feeding it
+    synchronize(device)
+    results.decode_by_decoder[decoder] = len(timed) / (time.perf_counter() - start)
+    if decoder == "device":
+        results.device_decode_fallbacks = sum(n for how, n in report.items() if how != ON_DEVICE)
 
 
 def device_pixel_levels(classifier: object, paths: list[str], *, workers: int) -> tuple[float, float]:
