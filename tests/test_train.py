@@ -172,6 +172,8 @@ def test_loop_normalises_the_loaders_uint8_pixels_as_the_loader_would(shards: Pa
     assert pixels.dtype == torch.uint8 and floats.dtype == torch.float32
     assert torch.equal(loop.model_images(pixels, device=cpu, pixel_norm=pixel_norm), floats)
     assert torch.equal(loop.model_images(floats, device=cpu, pixel_norm=pixel_norm), floats)
+    as_tensors = tuple(torch.tensor(values) for values in pixel_norm)  # what the step function passes
+    assert torch.equal(loop.model_images(pixels, device=cpu, pixel_norm=as_tensors), floats)
     channels_last = loop.model_images(pixels, device=cpu, pixel_norm=pixel_norm, memory_format=torch.channels_last)
     assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, floats)
     with pytest.raises(ValueError, match="mean and std"):

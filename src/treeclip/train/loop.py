@@ -352,7 +352,9 @@ StepFn = Callable[..., torch.Tensor]
 def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None,
                    pixel_norm: PixelNorm | None) -> StepFn:
     layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    to_model = partial(model_images, device=env.device, memory_format=layout, pixel_norm=pixel_norm)
+    # mean and std copied to the device once, not (blocking) in every step
+    on_device = None if pixel_norm is None else tuple(torch.tensor(values, device=env.device) for values in pixel_norm)
+    to_model = partial(model_images, device=env.device, memory_format=layout, pixel_norm=on_device)
     if class_index is None:
         loss_fn = clip_loss(env.rank, env.world_size)
         loss_fn = torch.compile(loss_fn) if config.train.compile else loss_fn
@@ -360,7 +362,8 @@ def _step_function(config: Config, env: DistEnv, class_index: ClassIndex | None,
     return partial(ce_step, class_index=class_index, device=env.device, model_input=to_model)
 
 
-def model_images(images: torch.Tensor, *, device: torch.device, pixel_norm: PixelNorm | None = None,
+def model_images(images: torch.Tensor, *, device: torch.device,
+                 pixel_norm: PixelNorm | tuple[torch.Tensor, torch.Tensor] | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """A batch's images as the model's input on `device`: uint8 pixels (the loader's ``normalize=False``) cross
     as bytes and are normalised there with `pixel_norm` (mean, std); float images cross as they are."""
