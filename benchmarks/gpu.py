@@ -27,9 +27,10 @@ It prints a table and writes the figures as JSON, with the wall seconds of each 
 off), to test the script itself where there is no GPU.
 
 Budget: the previous version (40 loader-fed steps per variant) took about 280 s on the H200 host; the two
-in-memory phases add 2 x (3 + 15) steps per variant, at most ~4 s per variant at the step times measured
-there (87-139 ms), so the whole run stays near 300 s, within one device call (600 s); ``--memory-steps``
-and ``--steps`` trim it.
+in-memory phases add 2 x (3 + 15) steps per variant, at most ~5 s per variant at the step times measured
+there (87-139 ms), and the 2-worker loader figure a few seconds, so the training part adds ~25 s at most and
+the run stays near 300 s plus whatever the predict decoders add, within one device call (600 s);
+``--memory-steps``, ``--steps`` and ``--no-compile`` trim it; ``wall_s`` in the JSON says where it went.
 
     python benchmarks/gpu.py [--model ViT-B-16] [--batch 256] [--steps 30] [--warmup 10] [--memory-steps 15]
                              [--json gpu_results.json]
