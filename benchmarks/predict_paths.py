@@ -140,8 +140,11 @@ def main() -> None:
     parser.add_argument("--per-size", type=int, default=100, help="photos per size (default 100)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES),
+                        help="photo sizes, WIDTHxHEIGHT,... (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    sizes = [tuple(int(side) for side in size.split("x")) for size in args.sizes.split(",")]
     load_start = os.getloadavg()
     candidates = sorted(path for path in Path(args.images).rglob("*") if path.suffix.lower() in (".png", ".jpg"))
     step = max(1, len(candidates) // args.per_size)
@@ -149,7 +152,7 @@ def main() -> None:
     classifier = TreeOfLifeClassifier.from_pretrained(args.trained, args.bank)
     results, gaps = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for width, height in SIZES:
+        for width, height in sizes:
             paths = camera_jpegs(sources, Path(tmp) / f"{width}x{height}", (width, height))
             results[f"{width}x{height}"], gap = compare(classifier, paths, batch=args.batch, workers=args.workers)
             gaps.append(gap)

@@ -261,3 +261,24 @@ def test_ray_engine_refuses_a_decoder_it_would_ignore(decoder: str) -> None:
     with pytest.raises(UsageError, match=f"--decode {decoder} applies to the local engine"):
         run_to_writer(["a.jpg"], score=lambda pixels, names: [], preprocess=lambda image: image, writer=None,
                       engine="ray", decoder=decoder)
+
+
+def test_predict_paths_benchmark_runs_against_the_runner(tmp_path: Path) -> None:
+    """benchmarks/predict_paths.py still runs against the runner's API; its uint8 rows agree with the float
+    reference exactly (features at cosine 1), and the device row reports where it decoded."""
+    model = export_tiny_model(tmp_path / "model")
+    tiny_bank(model, random_taxa(20), tmp_path / "bank")
+    (tmp_path / "sources").mkdir()
+    for index in range(4):
+        _photo(index, (40, 30)).save(tmp_path / "sources" / f"{index}.png")
+    script = Path(__file__).parents[1] / "benchmarks" / "predict_paths.py"
+    done = subprocess.run([sys.executable, str(script), "--trained", str(model), "--bank", str(tmp_path / "bank"),
+                           "--images", str(tmp_path / "sources"), "--per-size", "4", "--sizes", "120x90",
+                           "--batch", "2", "--no-write"], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[1]: line for line in done.stdout.splitlines() if line.startswith("| 120x90 |")}
+    assert len(rows) == 5
+    for path in ("uint8, threads", "uint8, processes"):
+        assert "| 4 | 4 | 100.00%" in rows[path] and "| 1.000000 | 1.000000 |" in rows[path]
+    assert rows["device (cpu)"].endswith("| 0 |")  # every JPEG decoded on the device path, none fell back

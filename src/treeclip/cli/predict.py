@@ -27,7 +27,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", default="auto", choices=("auto", "threads", "processes", "device"),
                         help="decode in threads or worker processes; auto: processes on Linux for --workers above 2 "
                         "and at least 4 batches, as threads stop scaling at ~2 cores (benchmarks/RESULTS.md); "
-                        "device: JPEGs decoded on --device (nvJPEG on CUDA), other images on the CPU (counted)")
+                        "device: JPEGs decoded on --device (nvJPEG on CUDA), other images on the CPU (counted); "
+                        "auto never picks device until benchmarks/gpu.py has measured it")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="fp32, or int8 (dynamic quantisation of the image tower, CPU)")
     add_runtime_argument(parser)
