@@ -48,17 +48,21 @@ def device_batches(items: Sequence[ImageItem], names: Sequence[str], *, preproce
                    workers: int, device: torch.device, draft_size: int | None, prefetch: int = 2,
                    report: Counter | None = None) -> Iterator[Batch]:
     """Batches in input order with float pixels on `device` (see the module docstring); `report` counts the
-    images decoded `ON_DEVICE` and those decoded on the CPU per fallback reason (logged at the end too)."""
+    images decoded `ON_DEVICE` and those decoded on the CPU per fallback reason (logged at the end too).
+
+    `workers` threads read files; one more thread decodes and transforms each batch on the device, up to
+    `prefetch` batches ahead, so the device decoder's host-side work overlaps with the caller's model calls."""
     counts: Counter = Counter() if report is None else report
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[tuple[int, list[Future]]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as assembler:
+        pending: deque[Future[Batch]] = deque()
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            pending.append((start, [pool.submit(_read, item, preprocess, draft_size) for item in chunk]))
+            reads = [pool.submit(_read, item, preprocess, draft_size) for item in items[start : start + batch_size]]
+            pending.append(assembler.submit(_assemble, start, reads, items, names, preprocess, device, draft_size,
+                                            counts))
             if len(pending) > prefetch:
-                yield _assemble(*pending.popleft(), items, names, preprocess, device, draft_size, counts)
+                yield pending.popleft().result()
         while pending:
-            yield _assemble(*pending.popleft(), items, names, preprocess, device, draft_size, counts)
+            yield pending.popleft().result()
     _log_counts(counts, device)
 
 
