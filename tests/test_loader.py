@@ -428,10 +428,12 @@ def pil_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loader, "tensor_steps", lambda steps: None)
 
 
+@pytest.mark.filterwarnings("ignore:Anti-alias option is always applied")  # the PIL reference's antialias=False
 @pytest.mark.parametrize("geometry", [
     [tv.RandomResizedCrop(16, scale=(0.5, 1.0))],  # open_clip's training geometry (downscaling here)
     [tv.RandomResizedCrop(48, scale=(0.9, 1.0), interpolation=tv.InterpolationMode.BICUBIC)],  # upscaling
     [tv.Resize(20, interpolation=tv.InterpolationMode.BICUBIC), tv.CenterCrop(16)],  # open_clip's inference
+    [tv.Resize(12, antialias=False)],  # PIL antialiases whatever the flag says; so must the tensor kernel
 ])
 def test_tensor_geometry_and_uint8_batches_match_the_pil_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               geometry: list) -> None:
@@ -466,6 +468,9 @@ def test_uint8_batches_only_where_the_transform_allows(tmp_path: Path) -> None:
     assert plain[0]["image"].dtype == torch.float32
     gray = tv.Compose([tv.Resize(8), tv.Grayscale(num_output_channels=3), tv.ToTensor(), tv.Normalize(MEAN, STD)])
     assert ImageTransform(gray).tensor_head is None  # Grayscale: PIL steps, still uint8 pixels at the end
+    nearest = tv.Compose([tv.RandomResizedCrop(8, interpolation=tv.InterpolationMode.NEAREST), tv.ToTensor(),
+                          tv.Normalize(MEAN, STD)])
+    assert ImageTransform(nearest).tensor_head is None  # torch's nearest picks other pixels than PIL's
     torch.manual_seed(0)
     got = batches(urls, transform=gray, normalize=False, shuffle_buffer=0)
     torch.manual_seed(0)

@@ -53,8 +53,8 @@ import os
 import random
 import re
 import zlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -394,18 +394,24 @@ class ImageTransform:
         return out
 
 
+ANTIALIASED = (tv.InterpolationMode.BILINEAR, tv.InterpolationMode.BICUBIC)  # PIL's filters torch matches
+
+
 def tensor_steps(steps: Sequence[Callable]) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
     """The geometry `steps` as functions of a uint8 ``[3, H, W]`` RGB tensor (torchvision's tensor kernels,
-    the step's own parameters and random draws), or None when a step has no such equivalent."""
+    antialiased as PIL always is; the step's own parameters and random draws), or None when a step has no
+    such equivalent (any other step or filter)."""
     functions = []
     for step in steps:
+        if isinstance(step, (tv.RandomResizedCrop, tv.Resize)) and step.interpolation not in ANTIALIASED:
+            return None
         if isinstance(step, tv.RandomResizedCrop):
-            functions.append(partial(_random_resized_crop, step))
+            functions.append(functools.partial(_random_resized_crop, step))
         elif isinstance(step, tv.Resize):
-            functions.append(partial(tensor_ops.resize, size=step.size, interpolation=step.interpolation,
-                                     max_size=step.max_size, antialias=step.antialias))
+            functions.append(functools.partial(tensor_ops.resize, size=step.size, interpolation=step.interpolation,
+                                               max_size=step.max_size, antialias=True))
         elif isinstance(step, tv.CenterCrop):
-            functions.append(partial(tensor_ops.center_crop, output_size=list(step.size)))
+            functions.append(functools.partial(tensor_ops.center_crop, output_size=list(step.size)))
         elif type(step).__name__ != "MaybeConvertMode":  # open_clip's convert("RGB"): RGB already
             return None
     return functions
@@ -414,7 +420,7 @@ def tensor_steps(steps: Sequence[Callable]) -> list[Callable[[torch.Tensor], tor
 def _random_resized_crop(step: tv.RandomResizedCrop, pixels: torch.Tensor) -> torch.Tensor:
     top, left, height, width = step.get_params(pixels, step.scale, step.ratio)
     return tensor_ops.resized_crop(pixels, top, left, height, width, list(step.size),
-                                   interpolation=step.interpolation, antialias=step.antialias)
+                                   interpolation=step.interpolation, antialias=True)
 
 
 def sample_lineage(sample: Mapping[str, Any]) -> tuple[str, ...]:
