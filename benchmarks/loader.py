@@ -170,12 +170,13 @@ def main() -> None:
     print(f"\n| 2 workers, batch {args.worker_batch} | samples per CPU-second (workers + main, median) | all rounds |"
           "\n|---|---|---|")
     for path, values in handed.items():
-        print(f"| {path}: {PATHS[path]} | {statistics.median(values):,.1f} | {', '.join(f'{v:,.0f}' for v in values)} |")
+        rounds = ", ".join(f"{value:,.0f}" for value in values)
+        print(f"| {path}: {PATHS[path]} | {statistics.median(values):,.1f} | {rounds} |")
     worker_medians = {path: statistics.median(values) for path, values in handed.items()}
     print("\nwith 2 workers: " + ", ".join(
         f"{path} / {base}: {worker_medians[path] / worker_medians[base]:.2f}x"
         for path, base in (("previous", "old"), ("new", "previous"), ("uint8", "new"), ("uint8", "previous"),
-                           ("uint8", "old"))) + f"; with 2 workers / in this process: " + ", ".join(
+                           ("uint8", "old"))) + "; with 2 workers / in this process: " + ", ".join(
         f"{path} {worker_medians[path] / medians[path]:.2f}" for path in WORKER_PATHS)
         + f"; load at the end: {os.getloadavg()[0]:.2f}")
 

@@ -169,7 +169,8 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
     precision = resolved_precision(config, env.device.type)
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     s = Session(env, config, plan, out_dir, module, optimizer, scaler, transforms, tokenizer,
-                _autocast(precision, env), deferred_normalization(transforms[0]), shard_taxa(plan.val_shards) if config.eval.zero_shot and env.is_main else {})
+                _autocast(precision, env), deferred_normalization(transforms[0]),
+                shard_taxa(plan.val_shards) if config.eval.zero_shot and env.is_main else {})
     flops = count_flops_per_sample(module, tokenizer=tokenizer, device=env.device)
     timer = Throughput(config.train.batch_size, world_size=env.world_size, flops_per_sample=flops,
                        peak_tflops=config.train.peak_tflops or _table_peak(precision, env))
