@@ -278,7 +278,7 @@ def deferred_normalization(transform: Callable) -> PixelNorm | None:
     """(mean, std) when the training loader can hand over uint8 pixels for the loop to normalise on the
     device: a transform ending in ``ToTensor, Normalize`` (open_clip's); None for any other."""
     steps = split_steps(transform)
-    return (steps.mean, steps.std) if steps is not None and not steps.tensor else None
+    return (steps.mean, steps.std) if steps is not None and steps.uint8_exact else None
 
 
 def _train_loader(s: Session, data_pass: int) -> Iterable[dict]:
