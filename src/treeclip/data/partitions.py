@@ -1,8 +1,9 @@
 """Disk-backed partitions for the build plan's group-by stages (`treeclip.data.plan`).
 
-A stage job writes its output rows as one Arrow IPC file, grouped by the partition each row goes to, with
-the partitions' row offsets in the file's schema metadata (`write_partitioned`); the next stage's job for
-partition p reads partition p of every such file (`read_partition`, memory-mapped). Tables sorted by
+A stage job writes its output rows as one Arrow IPC file, grouped by the partition each row goes to, each
+partition in record batches of its own, with the partitions' first batch indexes in the file's schema
+metadata (`write_partitioned`); the next stage's job for partition p reads only partition p's record
+batches of every such file (`read_partition`), so it holds its partition and nothing else of the files. Tables sorted by
 (stage, position) are merged in that order by `merged_rows`, one record batch per file at a time. So the
 process that plans holds a folder name and counts, never rows or per-file offsets, whatever the number of
 images; a job holds one partition.
@@ -22,7 +23,7 @@ import pyarrow as pa
 _CHUNK_ROWS = 4096  # rows per record batch written
 _MERGE_ROWS = 256  # rows per record batch of a file `merged_rows` reads: what it holds per file
 _ROWS_AT_ONCE = 64  # rows per file turned into Python values at once by `merged_rows`
-_ENDS = b"treeclip.partition_ends"  # schema metadata: the end row of each partition, as JSON
+_BATCHES = b"treeclip.partition_batches"  # schema metadata: each partition's first batch index (JSON)
 
 
 def write_ipc(table: pa.Table, path: str | Path, *, chunk_rows: int = _CHUNK_ROWS) -> None:
@@ -42,24 +43,31 @@ def read_ipc(path: str | Path) -> pa.Table:
 
 
 def write_partitioned(table: pa.Table, partition: np.ndarray, partitions: int, path: str | Path) -> np.ndarray:
-    """Write `table` to `path` grouped by `partition` (row order kept within a partition); return the row
-    count of each of the `partitions` partitions."""
+    """Write `table` to `path` grouped by `partition` (row order kept within a partition), each partition
+    in record batches of at most `_CHUNK_ROWS` rows of its own; return each partition's row count."""
     counts = np.bincount(partition, minlength=partitions)
-    ends = json.dumps(np.cumsum(counts).tolist()).encode()
-    table = table.take(pa.array(np.argsort(partition, kind="stable")))
-    write_ipc(table.replace_schema_metadata({**(table.schema.metadata or {}), _ENDS: ends}), path)
+    first_batch = np.concatenate([[0], np.cumsum(-(-counts // _CHUNK_ROWS))]).tolist()
+    table = table.take(pa.array(np.argsort(partition, kind="stable"))).combine_chunks()
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}), _BATCHES: json.dumps(first_batch)})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        row = 0
+        for count in counts.tolist():
+            for start in range(row, row + count, _CHUNK_ROWS):
+                writer.write_batch(table.slice(start, min(_CHUNK_ROWS, row + count - start)).to_batches()[0])
+            row += count
     return counts
 
 
 def read_partition(paths: Sequence[str | Path], partition: int, schema: pa.Schema) -> pa.Table:
-    """Partition `partition` of each `write_partitioned` file, concatenated in the order of `paths`."""
-    tables = []
+    """Partition `partition` of each `write_partitioned` file, concatenated in the order of `paths`: only
+    its record batches are read."""
+    batches = []
     for path in paths:
-        table = read_ipc(path)
-        ends = [0, *json.loads(table.schema.metadata[_ENDS])]
-        if ends[partition + 1] > ends[partition]:
-            tables.append(table.slice(ends[partition], ends[partition + 1] - ends[partition]))
-    return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
+        with pa.OSFile(str(path)) as source:
+            reader = pa.ipc.open_file(source)
+            first_batch = json.loads(reader.schema.metadata[_BATCHES])
+            batches += [reader.get_batch(i) for i in range(first_batch[partition], first_batch[partition + 1])]
+    return pa.Table.from_batches(batches).replace_schema_metadata(None) if batches else schema.empty_table()
 
 
 def _file_rows(path: str | Path, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
