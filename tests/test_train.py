@@ -248,7 +248,8 @@ def test_cross_entropy_objectives_learn(objective: str, shards: Path, tmp_path: 
     assert sizes == ([6] if objective == "ce" else [1, 1, 1, 1, 2, 2, 6])
 
 
-def test_nan_loss_stops_naming_step_and_checkpoint(shards: Path, tmp_path: Path,
+@pytest.mark.parametrize("bad_step", [4, 5])  # 5: the step before a checkpoint step, whose loss is read late
+def test_nan_loss_stops_naming_step_and_checkpoint(shards: Path, tmp_path: Path, bad_step: int,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real = loop._step_function
 
@@ -258,14 +259,15 @@ def test_nan_loss_stops_naming_step_and_checkpoint(shards: Path, tmp_path: Path,
         def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             calls.append(1)
             loss = step_fn(*args, **kwargs)
-            return loss * float("nan") if len(calls) == 4 else loss
+            return loss * float("nan") if len(calls) == bad_step else loss
         return step
 
     monkeypatch.setattr(loop, "_step_function", poisoned)
     config = load_config(preset="tiny", overrides=[*TINY, "eval.every_steps=0", "checkpoint.every_steps=3"])
-    expected = r"loss is nan at step 4; last good checkpoint: .*step-00000003\.pt"
+    expected = rf"loss is nan at step {bad_step}; last good checkpoint: .*step-00000003\.pt"
     with pytest.raises(loop.TrainingDiverged, match=expected):
         loop.train(config, data_dir=shards, out_dir=tmp_path)
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000003.pt"]  # nothing saved after it
 
 
 def test_export_loads_in_plain_open_clip_with_identical_embeddings(tiny_run: loop.TrainResult, tmp_path: Path) -> None:

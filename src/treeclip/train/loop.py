@@ -33,7 +33,9 @@ Choices worth knowing:
   memory. Every logged record carries samples/s (global and per device) and the model FLOPs utilisation
   (`treeclip.train.throughput`). With open_clip's transforms the loader hands over uint8 pixels (4x fewer
   bytes through worker pipes, pinned memory and the host-to-device copy) and the loop does ``ToTensor`` +
-  ``Normalize`` on the device (`treeclip.model.preprocess.normalize_uint8`: the same floats).
+  ``Normalize`` on the device (`treeclip.model.preprocess.normalize_uint8`: the same floats). The loss is
+  read on the host one step late (`StepValues`), so the device never idles while the host waits for it;
+  steps that validate or checkpoint are read at once, before any later step changes the weights.
 * **Seeds.** The process seeds torch's RNG with ``train.seed`` before building the model (all processes
   build the same initial weights), then with ``seed + rank`` (per-rank augmentation and dropout), unless a
   resumed checkpoint restores the RNG state.
@@ -187,6 +189,7 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
     result = TrainResult(out_dir, step, last_checkpoint)
     timer.reset()
 
+    pending: StepValues | None = None
     while step < plan.stop_step:
         lr = lr_at(step, base_lr=config.optim.lr, warmup_steps=config.optim.warmup_steps,
                    total_steps=plan.stop_step, schedule=config.optim.schedule)
@@ -195,21 +198,15 @@ def _train(env: DistEnv, config: Config, data_dir: Path, out_dir: Path, resume: 
         loss = step_fn(model, micro_batches, autocast=s.autocast, scaler=scaler)
         _optimizer_step(module, optimizer, scaler, config.optim.grad_clip)
         step += 1
-        loss = float(mean_across(env, loss))
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss} at step {step}; last good checkpoint: {last_checkpoint or 'none'}")
-        record = {"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
-                  "logit_scale": float(module.clip.logit_scale.detach().exp()), **timer.tick()}
-        if env.is_main and on_step is not None:
-            on_step({**record, "total_steps": plan.stop_step})
-        last = step == plan.stop_step
-        every = config.eval.every_steps
-        if every and (step % every == 0 or last):
-            record.update(_validate(s))
-            timer.reset()
-        if step % config.log.every_steps == 0 or last or "val_loss" in record:
-            _log(writer, result, record)
-        if step % config.checkpoint.every_steps == 0 or last:
+        current = StepValues.start(step, lr, mean_across(env, loss), module.clip.logit_scale)
+        if pending is not None:  # the previous step's loss, read while this step runs on the device
+            _report(s, pending.record(plan, timer, last_checkpoint), on_step, writer, result, timer)
+        pending = current
+        if not _needs_settled_step(step, config, plan):
+            continue
+        _report(s, pending.record(plan, timer, last_checkpoint), on_step, writer, result, timer)
+        pending = None
+        if step % config.checkpoint.every_steps == 0 or step == plan.stop_step:
             last_checkpoint = _save(s, step, batches.passes) or last_checkpoint
             timer.reset()
     if writer is not None:
@@ -440,6 +437,63 @@ def _optimizer_step(module: TrainModule, optimizer: torch.optim.Optimizer, scale
 
 
 # ---------------------------------------------------------------- logging, validation, checkpoints
+
+
+@dataclass
+class StepValues:
+    """One step's loss and logit scale on their way to the host.
+
+    On CUDA the copy is started without waiting (an event marks its end), and the loop reads it one step later,
+    after it has queued the next step: a per-step ``float(loss)`` would stop the host until the device is idle,
+    so the next step's kernels could not be queued while this one runs.
+    """
+
+    step: int
+    lr: float
+    values: torch.Tensor  # [loss, exp(logit_scale)], on the host once `copied` has happened
+    copied: torch.cuda.Event | None
+
+    @classmethod
+    def start(cls, step: int, lr: float, loss: torch.Tensor, logit_scale: torch.Tensor) -> StepValues:
+        values = torch.stack([loss.detach().float(), logit_scale.detach().exp().float()])
+        if values.device.type != "cuda":
+            return cls(step, lr, values, None)
+        host = values.to("cpu", non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(step, lr, host, copied)
+
+    def record(self, plan: Plan, timer: Throughput, last_checkpoint: Path | None) -> dict[str, Any]:
+        """The step's log record; raises `TrainingDiverged` for a loss that is not finite."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        loss, logit_scale = self.values.tolist()
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {self.step}; "
+                                   f"last good checkpoint: {last_checkpoint or 'none'}")
+        return {"step": self.step, "epoch": self.step / plan.steps_per_epoch, "loss": loss, "lr": self.lr,
+                "logit_scale": logit_scale, **timer.tick()}
+
+
+def _needs_settled_step(step: int, config: Config, plan: Plan) -> bool:
+    """Whether this step validates or checkpoints, so its record must be read before the next step runs."""
+    every = config.eval.every_steps
+    return (step == plan.stop_step or step % config.checkpoint.every_steps == 0
+            or bool(every and step % every == 0))
+
+
+def _report(s: Session, record: dict[str, Any], on_step: Callable | None, writer: MetricsWriter | None,
+            result: TrainResult, timer: Throughput) -> None:
+    """Hand one step's record to the progress callback, validate when due, and log it when due."""
+    step, last = record["step"], record["step"] == s.plan.stop_step
+    if s.env.is_main and on_step is not None:
+        on_step({**record, "total_steps": s.plan.stop_step})
+    every = s.config.eval.every_steps
+    if every and (step % every == 0 or last):
+        record.update(_validate(s))
+        timer.reset()
+    if step % s.config.log.every_steps == 0 or last or "val_loss" in record:
+        _log(writer, result, record)
 
 
 def _log(writer: MetricsWriter | None, result: TrainResult, record: dict[str, Any]) -> None:
