@@ -307,14 +307,25 @@ def test_openvino_runs_on_the_cpu_only(world: dict[str, Path]) -> None:
         load_onnx(world["onnx"], runtime="openvino", device="cuda")
 
 
+def test_openvino_refuses_int8_and_names_the_runtime_that_has_it(world: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """OpenVINO ran the int8 file slower than its fp32 (benchmarks/RESULTS.md): refused in one line, exit 2."""
+    assert _predict(world, tmp_path / "a.csv", "--model", str(world["onnx"]), "--runtime", "openvino",
+                    "--precision", "int8") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--precision int8 is not available with the openvino runtime" in err and "--runtime onnx" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "a.csv").exists()
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_exported_model_pickles_for_ray_workers(world: dict[str, Path], runtime: str) -> None:
     import pickle  # noqa: PLC0415
 
-    model, preprocess, _ = load_onnx(world["onnx"], precision="int8", runtime=runtime)
+    precision = "int8" if runtime == "onnx" else "fp32"
+    model, preprocess, _ = load_onnx(world["onnx"], precision=precision, runtime=runtime)
     copy = pickle.loads(pickle.dumps(model))
     pixels = preprocess(_photo(1, np.random.default_rng(0)))[None]
-    assert copy.precision == "int8" and copy.runtime == runtime
+    assert copy.precision == precision and copy.runtime == runtime
     assert torch.equal(copy.encode_image(pixels), model.encode_image(pixels))
     assert math.isclose(float(copy.logit_scale), float(model.logit_scale))
 
