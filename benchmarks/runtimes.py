@@ -1,14 +1,18 @@
 """Inference runtimes, compact banks and decoding, side by side in one run; writes its section of RESULTS.md.
 
 1. **Runtimes** — images/s of `treeclip predict`'s code path (threaded decode + preprocess, model, bank,
-   rows) on the same JPEGs for torch fp32, torch int8 (dynamic quantisation), ONNX Runtime fp32 and ONNX
-   Runtime int8, for ViT-B-16 (BioCLIP's architecture, random weights: speed only) and treeclip-tiny; plus
-   each image tower alone on pre-decoded tensors.
+   rows) on the same JPEGs for torch fp32, torch int8 (dynamic quantisation), ONNX Runtime fp32 and int8, and
+   OpenVINO fp32 and int8 (`--runtime openvino`, reading the same exported files), for ViT-B-16 (BioCLIP's
+   architecture, random weights: speed only) and treeclip-tiny; plus each image tower alone on pre-decoded
+   tensors, and the tower alone of OpenVINO candidates not wired into treeclip (bf16; NNCF's static int8 when
+   nncf is installed). All variants are loaded first, then timed in rounds whose order alternates (ABAB…), so
+   the shared machine's load falls on each alike; medians of the rounds.
 2. **Agreement** — on *trained* small models (`--trained MODEL [--trained MODEL2] --bank BANK --images DIR`,
    e.g. the demo's model trained on the miniature tree), each fast path's species top-1 agreement with torch
    fp32 on every image of DIR, with its 95% Wilson interval, how many of the flips were near-ties in fp32
    (top-1 and top-2 probabilities within 0.001), and the mean cosine of the image features; also ONNX int8
-   with every weight product quantised (what the export wrote before it kept the first and last in float32).
+   with every weight product quantised (what the export wrote before it kept the first and last in float32),
+   and the OpenVINO candidates (NNCF calibrated on every 10th image of DIR).
    Written to its own section; ``--agreement-only`` runs just this part.
 3. **Banks** — memory of a 400K-taxon bank (dim 768) stored fp32/fp16/int8, time to score a batch, and
    top-1 agreement with fp32 at species and genus rank (random hierarchical bank: species of a genus close
@@ -16,7 +20,8 @@
 4. **Decoding** — JPEG decode + preprocess per CPU-second (one thread) at 1024x768 and 4000x3000, with and
    without JPEG draft mode (DCT scaling to >= 2x the model input before the resize).
 
-Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only] [--jpegs 100]``
+Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only] [--jpegs 100]
+[--rounds 3]`` (OpenVINO rows need the openvino extra, NNCF's the bench extra).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import platform
 import sys
 import tempfile
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
+import openvino  # noqa: E402
 from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -57,7 +64,9 @@ DRAFT_NOTE = ("Draft mode scales a JPEG down by 1/2, 1/4 or 1/8 only while both 
               "1024x768 photo (half: 512x384 < 448) decodes in full either way: its two rows measure the same work, "
               "and their gap is this shared machine's noise.")
 NEAR_TIE = 1e-3  # fp32 probability gap between top-1 and top-2 under which an answer is a near-tie
-VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
+VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"),
+            ("openvino", "int8"))
+Tower = Callable[[torch.Tensor], torch.Tensor]  # preprocessed pixels -> image features
 
 
 def best_of(runs: int, fn: Callable[[], Any]) -> float:
@@ -105,23 +114,75 @@ def export_both(arch: str, root: Path) -> tuple[Path, Path, float]:
     return hub, onnx_dir, time.perf_counter() - start
 
 
-def bench_runtimes(arch: str, root: Path, jpegs: list[str], batch: int) -> list[dict[str, Any]]:
+def bench_runtimes(arch: str, root: Path, jpegs: list[str], batch: int, rounds: int) -> list[dict[str, Any]]:
+    """Every variant loaded first, then `rounds` rounds, each timing every variant (folder end to end, then the
+    tower alone) in an order that alternates round by round; median images/s per variant."""
     hub, onnx_dir, export_s = export_both(arch, root)
     bank = tiny_bank(_embed_dim(hub))
-    rows = []
+    classifiers = {}
     for runtime, precision in VARIANTS:
-        model_id = str(onnx_dir if runtime == "onnx" else hub)
+        model_id = str(hub if runtime == "torch" else onnx_dir)
         net, preprocess, tokenizer = load_for_inference(model_id, runtime=runtime, precision=precision)
-        classifier = TreeOfLifeClassifier(model=net, preprocess=preprocess, tokenizer=tokenizer, bank=bank,
-                                          model_id=model_id)
-        pixels = torch.stack([preprocess(decode_image(path)) for path in jpegs[:batch]])
-        classifier.predict(jpegs[:batch], batch_size=batch)  # warm-up (allocations, ONNX Runtime's first run)
-        folder_s = best_of(2, lambda c=classifier: c.predict(jpegs, batch_size=batch, workers=2))
-        tower_s = best_of(2, lambda c=classifier, p=pixels: c.encode_images(p)) / batch
-        rows.append({"arch": arch, "runtime": runtime, "precision": precision,
-                     "folder_ips": len(jpegs) / folder_s, "tower_ips": 1 / tower_s})
-    rows[2]["note"] = f"ONNX export (fp32 + int8) {export_s:.0f} s"
+        classifiers[(runtime, precision)] = TreeOfLifeClassifier(model=net, preprocess=preprocess,
+                                                                 tokenizer=tokenizer, bank=bank, model_id=model_id)
+    pixels = torch.stack([classifiers[VARIANTS[0]].preprocess(decode_image(path)) for path in jpegs[:batch]])
+    towers: dict[tuple[str, str], Tower] = {key: c.encode_images for key, c in classifiers.items()}
+    towers.update(openvino_candidates(onnx_dir / IMAGE_ONNX, pixels))
+    for key, tower in towers.items():  # warm-up (allocations, first runs)
+        if key in classifiers:
+            classifiers[key].predict(jpegs[:batch], batch_size=batch)
+        tower(pixels)
+    folder_s: dict[tuple[str, str], list[float]] = {key: [] for key in classifiers}
+    tower_s: dict[tuple[str, str], list[float]] = {key: [] for key in towers}
+    loads = []
+    for round_ in range(rounds):
+        for key in list(towers) if round_ % 2 == 0 else list(reversed(towers)):
+            if key in classifiers:
+                folder_s[key].append(seconds(lambda c=classifiers[key]: c.predict(jpegs, batch_size=batch, workers=2)))
+            tower_s[key].append(seconds(lambda t=towers[key]: t(pixels)))
+        loads.append(os.getloadavg()[0])
+    rows = [{"arch": arch, "runtime": key[0], "precision": key[1],
+             "folder_ips": len(jpegs) / statistics.median(folder_s[key]) if key in folder_s else None,
+             "tower_ips": batch / statistics.median(tower_s[key])} for key in towers]
+    rows[0]["note"] = (f"{arch}: ONNX export (fp32 + int8) {export_s:.0f} s, 1-minute load during the rounds "
+                       f"{min(loads):.1f}-{max(loads):.1f}")
     return rows
+
+
+def seconds(fn: Callable[[], Any]) -> float:
+    """The wall time of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def openvino_candidates(image_onnx: Path, calibration: torch.Tensor) -> dict[tuple[str, str], Tower]:
+    """Image towers OpenVINO could run that treeclip does not offer, measured to decide: bf16 (OpenVINO's default
+    on CPUs with bf16 instructions) and, when nncf is installed, NNCF's static int8 (transformer preset,
+    calibrated on `calibration`)."""
+    core = openvino.Core()
+    candidates = {("openvino", "bf16 (not offered)"): _openvino_tower(core.compile_model(
+        str(image_onnx), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}))}
+    try:
+        import nncf  # noqa: PLC0415 - the bench extra
+    except ImportError:
+        log_note("nncf is not installed (pip install 'treeclip[bench]'): no NNCF int8 row")
+        return candidates
+    batches = [calibration[i : i + 32].numpy() for i in range(0, len(calibration), 32)]
+    quantized = nncf.quantize(core.read_model(str(image_onnx)), nncf.Dataset(batches),
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+    candidates[("openvino", "int8 NNCF static (not offered)")] = _openvino_tower(core.compile_model(
+        quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}))
+    return candidates
+
+
+def _openvino_tower(compiled: Any) -> Tower:
+    request = compiled.create_infer_request()
+    return lambda pixels: F.normalize(torch.from_numpy(request.infer({0: pixels.numpy()})[0].copy()), dim=-1)
+
+
+def log_note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _embed_dim(hub: Path) -> int:
@@ -133,7 +194,8 @@ def _embed_dim(hub: Path) -> int:
 
 def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: int) -> list[dict[str, Any]]:
     """Top-1 agreement with torch fp32 (with a 95% interval), flips at near-ties and mean feature cosine of each
-    fast path on a trained model; plus ONNX int8 with every weight product quantised (the earlier export)."""
+    fast path on a trained model; plus ONNX int8 with every weight product quantised (the earlier export) and
+    the OpenVINO candidates (NNCF calibrated on every 10th image)."""
     net, preprocess, tokenizer = load_for_inference(model)
     onnx_dir = export_onnx(net, model_id=model, out_dir=root / f"trained-onnx-{Path(model).name}",
                            preprocess=preprocess, tokenizer=tokenizer)
@@ -143,28 +205,32 @@ def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: i
         os.link(onnx_dir / name, every / name)
     quantize_dynamic(onnx_dir / IMAGE_ONNX, every / IMAGE_INT8_ONNX, weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gemm"])
-    bank = load_bank(bank_dir)
     paths = expand_inputs([images])
-    truth = _truth(paths, bank)
-    results, reference = [], None
+    truth = _truth(paths, load_bank(bank_dir))
+    batches = [torch.stack([preprocess(decode_image(p)) for p in paths[i : i + batch]])
+               for i in range(0, len(paths), batch)]
+    reference = TreeOfLifeClassifier.from_pretrained(model, bank_dir)
+    towers: dict[tuple[str, str], Tower] = {}
     for runtime, precision in (*VARIANTS, ("onnx", "int8, every product")):
         model_id = model if runtime == "torch" else str(every if "every" in precision else onnx_dir)
-        classifier = TreeOfLifeClassifier.from_pretrained(model_id, bank_dir, precision=precision.split(",")[0])
-        features = torch.cat([classifier.encode_images(torch.stack([classifier.preprocess(decode_image(p))
-                                                                    for p in paths[i : i + batch]]))
-                              for i in range(0, len(paths), batch)])
-        probabilities = classifier.probabilities(features)
+        towers[(runtime, precision)] = TreeOfLifeClassifier.from_pretrained(
+            model_id, bank_dir, precision=precision.split(",")[0], runtime=runtime).encode_images
+    towers.update(openvino_candidates(onnx_dir / IMAGE_ONNX, torch.cat(batches)[::10]))
+    results, fp32 = [], None
+    for (runtime, precision), tower in towers.items():
+        features = torch.cat([tower(pixels) for pixels in batches])
+        probabilities = reference.probabilities(features)
         top1 = probabilities.argmax(dim=1)
-        if reference is None:
+        if fp32 is None:
             top2 = probabilities.topk(2, dim=1).values
-            reference = (features, top1, top2[:, 0] - top2[:, 1])
-        same = top1 == reference[1]
+            fp32 = (features, top1, top2[:, 0] - top2[:, 1])
+        same = top1 == fp32[1]
         results.append({"model": Path(model).name, "runtime": runtime, "precision": precision, "images": len(paths),
                         "agree": int(same.sum()), "interval": wilson_interval(int(same.sum()), len(paths)),
-                        "near_tie_flips": int((~same & (reference[2] < NEAR_TIE)).sum()),
-                        "cosine": float((features * reference[0]).sum(dim=1).mean()),
+                        "near_tie_flips": int((~same & (fp32[2] < NEAR_TIE)).sum()),
+                        "cosine": float((features * fp32[0]).sum(dim=1).mean()),
                         "accuracy": float((top1 == truth).float().mean()) if truth is not None else None,
-                        "reference_gap": float(reference[2].median())})
+                        "reference_gap": float(fp32[2].median())})
     return results
 
 
@@ -237,17 +303,17 @@ def bench_decoding(root: Path) -> list[dict[str, Any]]:
 def markdown(runtimes: list[dict], banks: list[dict], decoding: list[dict], settings: dict[str, Any]) -> str:
     lines = ["## Inference runtimes, compact banks, decoding (`python benchmarks/runtimes.py`)", "",
              "One run, side by side on the same inputs. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
-             "| model | runtime | precision | folder images/s | vs torch fp32 | tower alone images/s | vs torch fp32 |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "| model | runtime | precision | folder images/s | vs torch fp32 | vs onnx fp32 | tower alone images/s "
+             "| vs torch fp32 | vs onnx fp32 |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for arch in dict.fromkeys(row["arch"] for row in runtimes):
-        group = [row for row in runtimes if row["arch"] == arch]
-        base = group[0]
-        for row in group:
-            lines.append(f"| {arch} | {row['runtime']} | {row['precision']} | {row['folder_ips']:.1f} | "
-                         f"{row['folder_ips'] / base['folder_ips']:.2f}x | {row['tower_ips']:.1f} | "
-                         f"{row['tower_ips'] / base['tower_ips']:.2f}x |")
+        group = {(row["runtime"], row["precision"]): row for row in runtimes if row["arch"] == arch}
+        torch_fp32, onnx_fp32 = group[("torch", "fp32")], group[("onnx", "fp32")]
+        for row in group.values():
+            lines.append(f"| {arch} | {row['runtime']} | {row['precision']} | "
+                         f"{_rate(row, torch_fp32, onnx_fp32, 'folder_ips')} | "
+                         f"{_rate(row, torch_fp32, onnx_fp32, 'tower_ips')} |")
     notes = [row["note"] for row in runtimes if row.get("note")]
-    lines += ["", "ONNX exports: " + "; ".join(notes) + "."]
+    lines += ["", "Per model: " + "; ".join(notes) + ". \"not offered\": measured to decide, not wired into treeclip."]
     lines += ["", "| bank storage | memory MB | score 32 queries ms | top-1 species agreement | top-1 genus agreement "
               "| score-vector cosine |", "|---|---:|---:|---:|---:|---:|"]
     for row in banks:
@@ -261,8 +327,16 @@ def markdown(runtimes: list[dict], banks: list[dict], decoding: list[dict], sett
     return "\n".join(lines) + "\n"
 
 
+def _rate(row: dict[str, Any], torch_fp32: dict[str, Any], onnx_fp32: dict[str, Any], key: str) -> str:
+    """Three table cells: images/s and its ratios to torch fp32 and ONNX fp32 (n/a for a tower-only row)."""
+    if row[key] is None:
+        return "n/a | | "
+    return f"{row[key]:.1f} | {row[key] / torch_fp32[key]:.2f}x | {row[key] / onnx_fp32[key]:.2f}x"
+
+
 def agreement_markdown(agreement: list[dict], settings: dict[str, Any]) -> str:
-    lines = ["## Int8 answers against fp32 on trained models (`python benchmarks/runtimes.py --agreement-only`)", "",
+    lines = ["## Int8, bf16 and other runtimes' answers against torch fp32 on trained models "
+             "(`python benchmarks/runtimes.py --agreement-only`)", "",
              "One run, every path on the same images. " + ", ".join(f"{k}: {v}" for k, v in settings.items()), "",
              "| trained model | runtime | precision | images | same top-1 | agreement (95% interval) | "
              f"flips where fp32's top-2 gap < {NEAR_TIE} | mean feature cosine | top-1 accuracy |",
@@ -289,6 +363,7 @@ def main() -> None:
     parser.add_argument("--taxa", type=int, default=400_000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds per variant (order alternating)")
     parser.add_argument("--archs", default="ViT-B-16,treeclip-tiny")
     parser.add_argument("--agreement-only", action="store_true",
                         help="measure and write only the agreement section (no speed, bank or decoding runs)")
@@ -303,14 +378,16 @@ def main() -> None:
         if args.agreement_only:
             return
         jpegs = write_jpegs(root / "photos", args.jpegs, (640, 480))
-        runtimes = [row for arch in args.archs.split(",") for row in bench_runtimes(arch, root, jpegs, args.batch)]
+        runtimes = [row for arch in args.archs.split(",") for row in bench_runtimes(arch, root, jpegs, args.batch,
+                                                                                     args.rounds)]
         print(runtimes, flush=True)
         banks = bench_banks(root, args.taxa, 768, args.queries)
         print(banks, flush=True)
         decoding = bench_decoding(root)
         print(decoding, flush=True)
     settings = {**_settings(load, args),
-                "photos": f"{args.jpegs} JPEGs 640x480, batch {args.batch}, 2 decoding threads, best of 2",
+                "photos": f"{args.jpegs} JPEGs 640x480, batch {args.batch}, 2 decoding threads, median of "
+                          f"{args.rounds} rounds in alternating order",
                 "bank": f"{args.taxa:,} taxa x 768, {args.queries} synthetic queries"}
     write_section("runtimes.py", markdown(runtimes, banks, decoding, settings))
 
@@ -318,7 +395,8 @@ def main() -> None:
 def _settings(load: tuple[float, float, float], args: argparse.Namespace) -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
             "torch threads": torch.get_num_threads(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "CPU": platform.processor() or platform.machine(),
+            "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version().split("-")[0],
+            "CPU": platform.processor() or platform.machine(),
             "load at start": " ".join(f"{x:.1f}" for x in load),
             "load at end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
     parser.add_argument("--format", default="open_clip", choices=("open_clip", "onnx"),
                         help="open_clip (hub layout: config + safetensors; default) or onnx (image tower, its "
-                        "int8 variant, text tower and the preprocessing, for `--runtime onnx`)")
+                        "int8 variant, text tower and the preprocessing, for `--runtime onnx` or `--runtime openvino`)")
     parser.add_argument("--no-int8", action="store_true",
                         help="with --format onnx: skip the int8 image tower (fp32, the recommended default, is "
                         "always written)")
@@ -47,6 +47,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     out = export_onnx(model, model_id=source, out_dir=args.out, preprocess=preprocess, tokenizer=tokenizer,
                       int8=not args.no_int8)
     print(f"exported {source} as ONNX to {out}: run it with `treeclip predict --model {out}` (ONNX Runtime, fp32: "
-          "torch's answers, ~2.4x its speed on CPU); `--precision int8` is faster still (~3.5x) but changes some "
-          "near-tie answers (see the README's runtime advice)")
+          "torch's answers, faster on CPU) or add `--runtime openvino` (the same answers, faster still where OpenVINO "
+          "installs); `--precision int8` (ONNX Runtime) is faster again but changes some near-tie answers (see the "
+          "README's runtime advice)")
     return 0
