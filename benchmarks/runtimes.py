@@ -21,7 +21,7 @@
    without JPEG draft mode (DCT scaling to >= 2x the model input before the resize).
 
 Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only] [--jpegs 100]
-[--rounds 3]`` (OpenVINO rows need the openvino extra, NNCF's the bench extra).
+[--rounds 3]`` (needs the onnx and openvino extras; the NNCF row is skipped, with a note, without the bench extra).
 """
 
 from __future__ import annotations
