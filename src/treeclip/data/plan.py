@@ -180,6 +180,7 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
     for result in run(settle_ids, [_IdsJob(b, specs, buckets, str(work), str(dropped)) for b in range(buckets)]):
         tally.add(result.tally)
         plan.dropped_files.append(result.dropped)
+    _remove(work, "resolved-*.arrow")
     for row in merged_rows(plan.dropped_files, ("problem_origin", "problem_reason")):
         if row["problem_reason"] is not None:
             report(Problem(row["problem_origin"], row["problem_reason"]))
@@ -190,8 +191,15 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
         plan.dropped_files.append(result.dropped)
         counts += result.counts
     tally.into(plan.counts)
+    _remove(work, "bytes-*.arrow")
     plan.jobs = _shard_jobs(counts.reshape(2, ranges), run, out=out, shard_size=shard_size, image_size=image_size,
                             resize_mode=resize_mode, quality=quality)
+
+
+def _remove(folder: Path, pattern: str) -> None:
+    """Delete a finished stage's partition files (disk: ~360 B per record each stage at 10M records)."""
+    for path in folder.glob(pattern):
+        path.unlink()
 
 
 class _Reporter:
