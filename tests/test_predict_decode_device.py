@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -156,11 +157,17 @@ def test_device_decoding_gives_the_cpu_batches_in_order_and_counts_fallbacks(
     assert errors == ["n2", "n6", "n9"]  # truncated, empty, text: in input order, with the CPU path's reasons
 
 
-def test_same_size_photos_are_transformed_in_groups_and_stay_in_order(open_clip_preprocess, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def _device_batches(items: list, preprocess, batch_size: int, **options) -> list:
+    """The device path called directly, for its keywords the runner does not pass on."""
+    names = [f"n{index}" for index in range(len(items))]
+    return list(decode_device.device_batches(items, names, preprocess=preprocess, batch_size=batch_size, workers=2,
+                                             device=torch.device("cpu"), draft_size=None, **options))
+
+
+def test_same_size_photos_are_transformed_in_groups_and_stay_in_order(open_clip_preprocess, tmp_path: Path) -> None:
     """Same-size JPEGs are resized as one stack, in groups capped by size: interleaved sizes and a cap of two
-    images per group must still give each image its own pixels in input order."""
-    monkeypatch.setattr(decode_device, "GROUP_VALUES", 2 * 3 * 120 * 90)
+    images per group (floats of a quarter of the decoding budget) must still give each image its own pixels in
+    input order."""
     folder = tmp_path / "images"
     folder.mkdir()
     items = []
@@ -168,11 +175,83 @@ def test_same_size_photos_are_transformed_in_groups_and_stay_in_order(open_clip_
         items.append(str(folder / f"{index}.jpg"))
         _photo(20 + index, (120, 90) if index % 3 else (90, 120)).save(items[-1], quality=92)
     report: Counter = Counter()
-    (device,) = _batches(items, open_clip_preprocess, "device", device="cpu", report=report, batch_size=9)
+    (device,) = _device_batches(items, open_clip_preprocess, 9, report=report,
+                                max_decoded_bytes=decode_device.FLOAT_BYTES * 2 * 3 * 120 * 90)
     (reference,) = _batches(items, open_clip_preprocess, "threads", batch_size=9)
     assert report == Counter({ON_DEVICE: 9}) and device.names == reference.names
     assert (device.pixels - reference.pixels).abs().max() <= 3 * LEVEL
     assert (device.pixels[1] - reference.pixels[2]).abs().max() > 10 * LEVEL  # different photos differ
+
+
+class _DecodedBytes:
+    """Wraps `decode_jpeg` to track the decoded pixels alive at once (released when their tensors are freed)
+    and the peak of that as each call returns."""
+
+    def __init__(self, decode) -> None:
+        self.decode, self.alive, self.peak, self.calls = decode, 0, 0, 0
+
+    def __call__(self, data, **options):
+        decoded = self.decode(data, **options)
+        self.calls += 1
+        for image in decoded if isinstance(decoded, list) else [decoded]:
+            self.alive += image.numel()
+            weakref.finalize(image, self._release, image.numel())
+        self.peak = max(self.peak, self.alive)
+        return decoded
+
+    def _release(self, size: int) -> None:
+        self.alive -= size
+
+
+def _photos(folder: Path, sizes: list[tuple[int, int]]) -> list[str]:
+    folder.mkdir()
+    for index, size in enumerate(sizes):
+        _photo(30 + index, size).save(folder / f"{index}.jpg", quality=92)
+    return [str(folder / f"{index}.jpg") for index in range(len(sizes))]
+
+
+def _equal(ours: list, theirs: list) -> bool:
+    return len(ours) == len(theirs) and all(
+        a.names == b.names and a.errors == b.errors and torch.equal(a.pixels, b.pixels)
+        for a, b in zip(ours, theirs, strict=True))
+
+
+def test_decoding_budget_caps_the_full_size_pixels_alive_and_keeps_the_batches(
+        open_clip_preprocess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget of three small photos, a batch is decoded in sub-batches each transformed and released
+    before the next: the decoded pixels alive at once never exceed the budget (the uncapped path's do, so the
+    check can fail), a photo over the budget is decoded alone, and the batches equal the uncapped ones bit for
+    bit, in order. Catches the cap ignored, sub-batches kept alive until the batch ends, an oversized photo
+    dropped or looping, and outputs paired with the wrong names after the split."""
+    sizes = [(120, 90), (90, 120), (160, 120), (120, 90), (400, 300), (120, 90), (90, 120), (100, 80), (120, 90)]
+    items = _photos(tmp_path / "images", sizes)
+    budget = 3 * 3 * 120 * 90
+    counter = _DecodedBytes(decode_device.decode_jpeg)
+    monkeypatch.setattr(decode_device, "decode_jpeg", counter)
+    uncapped = _device_batches(items, open_clip_preprocess, 4)
+    assert counter.peak == max(3 * sum(w * h for w, h in sizes[start : start + 4]) for start in (0, 4, 8))
+    assert counter.peak > budget and counter.alive == 0
+    counter.peak, counter.calls = 0, 0
+    report: Counter = Counter()
+    capped = _device_batches(items, open_clip_preprocess, 4, report=report, max_decoded_bytes=budget)
+    assert counter.peak == 3 * 400 * 300  # the oversized photo, alone; every other sub-batch within the budget
+    assert counter.calls == 5  # [0, 1] [2, 3] | [4] [5, 6, 7] | [8]: not one image per call either
+    assert report == Counter({ON_DEVICE: len(sizes)}) and _equal(capped, uncapped)
+    small = [index for index, size in enumerate(sizes) if size != (400, 300)]
+    counter.peak = 0
+    _device_batches([items[index] for index in small], open_clip_preprocess, 4, max_decoded_bytes=budget)
+    assert 0 < counter.peak <= budget
+
+
+def test_a_tiny_budget_keeps_fallbacks_and_errors_in_order(open_clip_preprocess, tmp_path: Path) -> None:
+    """A budget below every photo decodes each JPEG alone; refused, CPU-path and error rows keep their places."""
+    items, expected = _mixed_items(tmp_path / "images")
+    uncapped = _device_batches(items, open_clip_preprocess, 4)
+    report: Counter = Counter()
+    capped = _device_batches(items, open_clip_preprocess, 4, report=report, max_decoded_bytes=1)
+    assert report == expected and _equal(capped, uncapped)
+    with pytest.raises(ValueError, match="max_decoded_bytes"):
+        _device_batches(items, open_clip_preprocess, 4, max_decoded_bytes=0)
 
 
 def test_device_decoding_logs_one_line_of_fallbacks(open_clip_preprocess, tmp_path: Path,

@@ -8,6 +8,12 @@ on the device (nvJPEG on CUDA, libjpeg-turbo on a CPU device), then resized, cro
 the model's own transform steps (`treeclip.model.preprocess.Preprocess.from_decoded`). A JPEG the device
 decoder refuses is decoded on the CPU instead (so the CPU path, the project's one decoder, names any error).
 
+Device memory: a batch's JPEGs are decoded in sub-batches whose full-size pixels (width x height x 3 bytes,
+from each header) stay within `max_decoded_bytes`, each transformed and released before the next is decoded
+(a photo larger than that is decoded alone); each batched resize takes float copies of at most a quarter of
+that many values, i.e. as many bytes again. So the decoder holds about 2.5x `max_decoded_bytes` at its peak
+(2.5 GiB by default) whatever the batch size, where a whole batch of 256 12 MP photos would be ~9 GB of uint8.
+
 Why some images go to the CPU (`FALLBACK_REASONS`): torchvision applies EXIF orientation only on the CPU
 decoder, nvJPEG has no CMYK/YCCK output, the size limits must be checked before a device buffer is sized
 from a header, and other formats have no device decoder. The device path decodes at full resolution (no DCT
@@ -38,27 +44,32 @@ ON_DEVICE = "on the device"
 NOT_A_FILE, NOT_JPEG, BAD_HEADER = "in-memory image", "not a JPEG", "unreadable header or over the size limits"
 COLOUR, ROTATED, REFUSED = "CMYK/YCCK JPEG", "EXIF-rotated JPEG", "refused by the device decoder"
 FALLBACK_REASONS = (NOT_A_FILE, NOT_JPEG, BAD_HEADER, COLOUR, ROTATED, REFUSED)
-GROUP_VALUES = 1 << 28  # float values transformed in one batched call (1 GiB): 7 photos of 4000x3000
+DECODED_BYTES = 1 << 30  # default cap on full-size uint8 pixels decoded at once: 29 photos of 4000x3000
+FLOAT_BYTES = 4
 log = logging.getLogger(__name__)
 
-Read = tuple[str, torch.Tensor | str]  # (ON_DEVICE, file bytes) or (fallback reason, CPU pixels or error)
+# (ON_DEVICE, file bytes, RGB bytes once decoded) or (fallback reason, CPU pixels or error, 0)
+Read = tuple[str, torch.Tensor | str, int]
 
 
 def device_batches(items: Sequence[ImageItem], names: Sequence[str], *, preprocess: Preprocess, batch_size: int,
                    workers: int, device: torch.device, draft_size: int | None, prefetch: int = 2,
-                   report: Counter | None = None) -> Iterator[Batch]:
+                   report: Counter | None = None, max_decoded_bytes: int = DECODED_BYTES) -> Iterator[Batch]:
     """Batches in input order with float pixels on `device` (see the module docstring); `report` counts the
-    images decoded `ON_DEVICE` and those decoded on the CPU per fallback reason (logged at the end too).
+    images decoded `ON_DEVICE` and those decoded on the CPU per fallback reason (logged at the end too);
+    `max_decoded_bytes` caps the full-size pixels decoded at once (see the module docstring).
 
     `workers` threads read files; one more thread decodes and transforms each batch on the device, up to
     `prefetch` batches ahead, so the device decoder's host-side work overlaps with the caller's model calls."""
+    if max_decoded_bytes < 1:
+        raise ValueError(f"max_decoded_bytes must be positive, got {max_decoded_bytes}")
     counts: Counter = Counter() if report is None else report
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as assembler:
         pending: deque[Future[Batch]] = deque()
         for start in range(0, len(items), batch_size):
             reads = [pool.submit(_read, item, preprocess, draft_size) for item in items[start : start + batch_size]]
             pending.append(assembler.submit(_assemble, start, reads, items, names, preprocess, device, draft_size,
-                                            counts))
+                                            counts, max_decoded_bytes))
             if len(pending) > prefetch:
                 yield pending.popleft().result()
         while pending:
@@ -67,71 +78,101 @@ def device_batches(items: Sequence[ImageItem], names: Sequence[str], *, preproce
 
 
 def _read(item: ImageItem, preprocess: Preprocess, draft_size: int | None) -> Read:
-    """A plain JPEG's bytes for the device, else the CPU path's pixels (or error) and why it was taken."""
+    """A plain JPEG's bytes and decoded size for the device, else the CPU path's pixels (or error) and why
+    it was taken."""
     if isinstance(item, Image.Image):
-        return NOT_A_FILE, load_pixels(item, preprocess, draft_size)
+        return NOT_A_FILE, load_pixels(item, preprocess, draft_size), 0
     try:
         with open(item, "rb") as file:
             if file.read(len(JPEG_MAGIC)) != JPEG_MAGIC:  # other formats are not read twice
-                return NOT_JPEG, load_pixels(item, preprocess, draft_size)
+                return NOT_JPEG, load_pixels(item, preprocess, draft_size), 0
             data = bytearray(JPEG_MAGIC + file.read())
     except OSError:
-        return BAD_HEADER, load_pixels(item, preprocess, draft_size)  # the CPU path names the error
-    reason = _fallback_reason(data)
+        return BAD_HEADER, load_pixels(item, preprocess, draft_size), 0  # the CPU path names the error
+    reason, decoded_bytes = _check_header(data)
     if reason is not None:
-        return reason, load_pixels(item, preprocess, draft_size)
-    return ON_DEVICE, torch.frombuffer(data, dtype=torch.uint8)
+        return reason, load_pixels(item, preprocess, draft_size), 0
+    return ON_DEVICE, torch.frombuffer(data, dtype=torch.uint8), decoded_bytes
 
 
-def _fallback_reason(data: bytearray) -> str | None:
-    """None for a JPEG the device can decode as the CPU path would, else why not (header only)."""
+def _check_header(data: bytearray) -> tuple[str | None, int]:
+    """(None, RGB bytes once decoded) for a JPEG the device can decode as the CPU path would, else (why not,
+    0); from the header only."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_geometry(image.size)
             if image.format != "JPEG":
-                return NOT_JPEG
+                return NOT_JPEG, 0
             if image.mode not in DEVICE_MODES:
-                return COLOUR
+                return COLOUR, 0
             if image.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None):
-                return ROTATED
+                return ROTATED, 0
+            return None, 3 * image.width * image.height
     except Exception:  # noqa: BLE001 - ImageError, PIL's bomb errors, broken headers: the CPU path reports them
-        return BAD_HEADER
-    return None
+        return BAD_HEADER, 0
 
 
 def _assemble(start: int, futures: list[Future], items: Sequence[ImageItem], names: Sequence[str],
-              preprocess: Preprocess, device: torch.device, draft_size: int | None, counts: Counter) -> Batch:
-    """One batch: its JPEGs decoded together on the device, the rest as the CPU path gave them, in order."""
+              preprocess: Preprocess, device: torch.device, draft_size: int | None, counts: Counter,
+              max_decoded_bytes: int) -> Batch:
+    """One batch: its JPEGs decoded on the device in sub-batches within `max_decoded_bytes`, the rest as the
+    CPU path gave them, in order."""
     reads = [future.result() for future in futures]
     batch_names = names[start : start + len(reads)]
-    jpegs = [offset for offset, (how, _) in enumerate(reads) if how == ON_DEVICE]
-    decoded = _decode_on_device([reads[offset][1] for offset in jpegs], device)
-    results: list[torch.Tensor | str] = [result for _, result in reads]
-    for offset, image in zip(jpegs, decoded, strict=True):
-        if image is None:
-            reads[offset] = (REFUSED, "")
-            results[offset] = load_pixels(items[start + offset], preprocess, draft_size)
-    done = [(offset, image) for offset, image in zip(jpegs, decoded, strict=True) if image is not None]
-    for group in _same_size_groups(done):
-        pixels = preprocess.from_decoded(torch.stack([image for _, image in group]))
-        for (offset, _), one in zip(group, pixels, strict=True):
-            results[offset] = one
-    counts.update(how for how, _ in reads)
+    results: list[torch.Tensor | str] = [result for _, result, _ in reads]
+    jpegs = [offset for offset, (how, _, _) in enumerate(reads) if how == ON_DEVICE]
+    for chunk in _within_budget(jpegs, [reads[offset][2] for offset in jpegs], max_decoded_bytes):
+        transformed = _decode_and_transform([reads[offset][1] for offset in chunk], preprocess, device,
+                                            max_values=max_decoded_bytes // FLOAT_BYTES)
+        for offset, pixels in zip(chunk, transformed, strict=True):
+            if pixels is None:
+                reads[offset] = (REFUSED, "", 0)
+                pixels = load_pixels(items[start + offset], preprocess, draft_size)
+            results[offset] = pixels
+    counts.update(how for how, _, _ in reads)
     good = [offset for offset, result in enumerate(results) if not isinstance(result, str)]
     pixels = torch.stack([results[offset].to(device, non_blocking=True) for offset in good]) if good else None
     errors = [(batch_names[offset], result) for offset, result in enumerate(results) if isinstance(result, str)]
     return Batch([batch_names[offset] for offset in good], pixels, errors)
 
 
-def _same_size_groups(images: list[tuple[int, torch.Tensor]]) -> list[list[tuple[int, torch.Tensor]]]:
-    """(offset, image) pairs grouped by image size (photos from one camera share it), so each group is
-    transformed by one batched resize; a group holds at most `GROUP_VALUES` float values (1 GiB)."""
-    groups: dict[tuple[int, ...], list[list[tuple[int, torch.Tensor]]]] = {}
-    for offset, image in images:
-        chunks = groups.setdefault(tuple(image.shape), [[]])
-        if chunks[-1] and (len(chunks[-1]) + 1) * image.numel() > GROUP_VALUES:
+def _within_budget(offsets: list[int], sizes: list[int], budget: int) -> list[list[int]]:
+    """`offsets` cut, in order, into runs whose `sizes` add up to at most `budget` (an oversized one alone)."""
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for offset, size in zip(offsets, sizes, strict=True):
+        if chunks[-1] and total + size > budget:
             chunks.append([])
-        chunks[-1].append((offset, image))
+            total = 0
+        chunks[-1].append(offset)
+        total += size
+    return [chunk for chunk in chunks if chunk]
+
+
+def _decode_and_transform(data: list[torch.Tensor], preprocess: Preprocess, device: torch.device, *,
+                          max_values: int) -> list[torch.Tensor | None]:
+    """The model's input for each JPEG (None where the device decoder refused it); the full-size decoded
+    images are released when this returns, before the caller decodes its next sub-batch."""
+    decoded = _decode_on_device(data, device)
+    transformed: list[torch.Tensor | None] = [None] * len(data)
+    done = [(index, image) for index, image in enumerate(decoded) if image is not None]
+    for group in _same_size_groups(done, max_values):
+        pixels = preprocess.from_decoded(torch.stack([image for _, image in group]))
+        for (index, _), one in zip(group, pixels, strict=True):
+            transformed[index] = one
+    return transformed
+
+
+def _same_size_groups(images: list[tuple[int, torch.Tensor]],
+                      max_values: int) -> list[list[tuple[int, torch.Tensor]]]:
+    """(index, image) pairs grouped by image size (photos from one camera share it), so each group is
+    transformed by one batched resize; a group holds at most `max_values` values (one image if larger)."""
+    groups: dict[tuple[int, ...], list[list[tuple[int, torch.Tensor]]]] = {}
+    for index, image in images:
+        chunks = groups.setdefault(tuple(image.shape), [[]])
+        if chunks[-1] and (len(chunks[-1]) + 1) * image.numel() > max_values:
+            chunks.append([])
+        chunks[-1].append((index, image))
     return [chunk for chunks in groups.values() for chunk in chunks]
 
 
