@@ -10,6 +10,7 @@ identical and scores agree within 1e-4; the int8 tower keeps mean feature cosine
 from __future__ import annotations
 
 import csv
+import gc
 import importlib.util
 import json
 import math
@@ -179,6 +180,25 @@ def test_openvino_tower_serves_concurrent_threads(world: dict[str, Path]) -> Non
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(model.encode_image, batches * 4))
     assert all(torch.equal(got, alone[i % len(batches)]) for i, got in enumerate(together))
+
+
+@NO_OPENVINO
+def test_openvino_models_share_the_process_core(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every OpenVINO model compiles on the process's one Core, which outlives them: a Core per model, freed by
+    the garbage collector before its compiled model, crashed the test process later in unrelated torch work."""
+    import openvino
+
+    from treeclip.model.onnx import openvino_core
+
+    openvino_core()
+    made: list[object] = []
+    real = openvino.Core
+    monkeypatch.setattr(openvino, "Core", lambda *args: made.append(1) or real(*args))
+    for _ in range(2):
+        model, _, _ = load_onnx(world["onnx"], runtime="openvino")
+        del model
+        gc.collect()
+    assert made == [], "a Core was made per model"
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -20,6 +20,7 @@ Runtime (``runtime="onnx"``) or OpenVINO (``runtime="openvino"``, CPU), both rea
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -248,15 +249,22 @@ def _ort_opener(device: torch.device, threads: int | None) -> Callable[[Path], T
 def _openvino_opener(device: torch.device, threads: int | None) -> Callable[[Path], Tower]:
     """Opens an exported tower compiled by OpenVINO for the CPU, computing in float32: OpenVINO's default on CPUs
     with bf16 instructions is bf16, which changed 1.1% of a trained model's top-1 answers (benchmarks/RESULTS.md)."""
-    import openvino as ov  # noqa: PLC0415 - optional extra
-
     if device.type != "cpu":
         raise UsageError(f"--device {device} is not available with the openvino runtime (CPU only); use --device cpu")
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    core = ov.Core()
+    core = openvino_core()
     return lambda path: _OpenVinoTower(core.compile_model(str(path), "CPU", config))
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO Core, never freed: a Core garbage-collected before the models it compiled
+    crashed the process later (a segfault in unrelated torch work, reproducible in the test suite)."""
+    import openvino as ov  # noqa: PLC0415 - optional extra
+
+    return ov.Core()
 
 
 class _OpenVinoTower:
