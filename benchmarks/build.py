@@ -137,7 +137,8 @@ def time_build(catalog: Path, out: Path, *, images: int, image_size: int, shard_
         result = build_dataset(sources=[f"csv:{catalog}"], out=out, image_size=image_size, shard_size=shard_size,
                                workers=workers, val_fraction=0.05, engine=engine)
         if result.problems or result.counts["samples"] != images:
-            raise SystemExit(f"build wrote {result.counts['samples']} of {images} images: {result.problems[:3]}")
+            first = result.manifest["problems"]["first"][:3]
+            raise SystemExit(f"build wrote {result.counts['samples']} of {images} images: {first}")
     return timed(images, build)
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from treeclip.cli import main
 from treeclip.data.build import build_dataset
 from treeclip.data.splits import TRAIN, VAL, assign_split, sample_key, stable_id
+from treeclip.formats.problems import ProblemLog
 
 HONEYEATER = ("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula", "penicillata")
 GANNET = ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus")
@@ -533,8 +534,62 @@ def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
     job = plan_module._BytesJob(0, Exclusions(), val_fraction=0.0, seed=0, ranges=1, work=str(tmp_path),
                                 dropped=str(tmp_path))
     kept = plan_module.settle_bytes(job)
-    plan = plan_module.Plan(jobs=[], alignment=None, dropped_files=[kept.dropped])  # type: ignore[arg-type]
+    problems = ProblemLog(tmp_path / "problems.csv")
+    plan = plan_module.Plan(jobs=[], alignment=None, problems=problems,  # type: ignore[arg-type]
+                            dropped_files=[kept.dropped])
     assert [(d["id"], d["kept_id"], d["origin"]) for d in plan.dropped_rows()] == [(rows[2]["key"], "0" * 24, "f:2")]
     assert kept.tally["duplicates"][0] == 1
     train = read_partition([tmp_path / "kept-000000.arrow"], 0, plan_module._RANGED_SCHEMA)  # its only range
     assert kept.counts.tolist() == [3, 0] and train.column("key").to_pylist() == [rows[i]["key"] for i in (0, 1, 3)]
+
+
+def test_problem_log_writes_problems_csv_in_batches_and_reads_it_back(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """More problems than one write batch, with origins with and without a line and reasons that need CSV
+    quoting: the file equals `problems_csv` of the list and reads back as the list (nothing held back or lost)."""
+    from treeclip.formats.problems import Problem, problems_csv
+
+    monkeypatch.setattr(ProblemLog, "batch_rows", 3)
+    problems = [Problem(f"dir, with comma/t{i}.csv:{i + 1}", f'bad "row" {i}\nsecond line') for i in range(6)]
+    problems += [Problem("C:/folder/no_line.csv", "no data rows"), Problem("a:b", "origin ends in no number")]
+    log = ProblemLog(tmp_path / "log.csv")
+    for problem in problems:
+        log.append(problem)
+    assert len(log) == 8 and list(log) == problems  # two of them not yet written
+    log.append(Problem("late.csv:3", "after a read"))
+    log.move(tmp_path / "problems.csv")
+    assert not (tmp_path / "log.csv").exists()
+    expected = [*problems, Problem("late.csv:3", "after a read")]
+    assert (tmp_path / "problems.csv").read_text(encoding="utf-8") == problems_csv(expected)
+    assert list(log) == expected
+
+
+def test_problems_stream_to_problems_csv_in_source_order_across_buckets_and_batches(
+        inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Problems are appended to a file as they are met: pass 1's from each source's job file in source order,
+    then repeated ids (from the id buckets' sorted files) in source order, then bad images. With one-row id
+    buckets and 2-row write batches, every problem is listed once, in that order, in problems.csv, in
+    `result.problems` and in the manifest (a bug that read the job files in completion or bucket order, or
+    lost the last unwritten batch, fails)."""
+    from treeclip.data import plan
+
+    monkeypatch.setattr(plan, "_BUCKET_ROWS", 1)
+    monkeypatch.setattr(ProblemLog, "batch_rows", 2)
+    images = inputs["csv"].parent / "images"
+    img0, img1 = str(images / "img0.jpg"), str(images / "img1.jpg")
+    first = tmp_path / "first.csv"
+    first.write_text("path,species\n" f"{tmp_path}/none1.jpg,Morus bassanus\n{img0},Morus bassanus\n"
+                     f"{img0},Morus bassanus\n{tmp_path}/none2.jpg,Morus bassanus\n")
+    second = tmp_path / "second.csv"
+    second.write_text("path,species\n" f"{tmp_path}/none3.jpg,Morus alba\n{img1},Morus alba\n{img1},Morus alba\n")
+    result = build_dataset(sources=[f"csv:{first}", f"csv:{second}", f"csv:{inputs['csv']}"], out=tmp_path / "out",
+                           image_size=16, shard_size=2, allow_absolute_paths=True)
+    listed = list(csv.DictReader((tmp_path / "out/problems.csv").open(encoding="utf-8")))
+    where = [(Path(p["file"]).name, p["line"], p["reason"].split(" ")[0]) for p in listed]
+    assert where[:5] == [("first.csv", "2", "image"), ("first.csv", "5", "image"), ("second.csv", "2", "image"),
+                         ("first.csv", "4", "source"), ("second.csv", "4", "source")]
+    assert sorted(where[5:]) == [("catalog.csv", line, "bad") for line in ("10", "11", "9")]
+    assert len(result.problems) == 8 and [f"{p.origin}: {p.reason}" for p in result.problems] == \
+        result.manifest["problems"]["first"]
+    assert result.counts["repeated_id"] == 2 and result.counts["bad_images"] == 3
+    assert not (tmp_path / "out/.build/problems.csv").exists()

@@ -49,11 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415 - keep `treeclip build --help` light
 
-    from treeclip.atomic import atomic_write  # noqa: PLC0415
     from treeclip.data.build import build_dataset  # noqa: PLC0415
     from treeclip.errors import InputError  # noqa: PLC0415
     from treeclip.formats import parse_column_map  # noqa: PLC0415
-    from treeclip.formats.problems import problems_csv, summary_lines  # noqa: PLC0415
+    from treeclip.formats.problems import summary_lines  # noqa: PLC0415
 
     columns = parse_column_map(args.columns)
     bar = tqdm(unit="img", desc="build", disable=None, file=sys.stderr)
@@ -68,9 +67,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    for line in summary_lines(result.problems):
+    for line in summary_lines(result.problems):  # read back from problems.csv, which the build wrote
         print(line, file=sys.stderr)
-    atomic_write(result.out / "problems.csv", problems_csv(result.problems))
     print(_summary(result.out, result.manifest))
     if not result.counts.get("samples"):
         raise InputError(f"--out {result.out}: the build wrote no images ({len(result.problems)} problems, see "

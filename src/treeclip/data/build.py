@@ -1,7 +1,8 @@
 """`build_dataset`: sources → aligned taxa → WebDataset shards + catalog, resumable after a crash.
 
 Output layout (``OUT/``): ``train/shard-NNNNNN.tar`` and ``val/shard-NNNNNN.tar``; then, written last,
-``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``alignment.json`` and
+``catalog.parquet``, ``dropped.csv`` (every record left out and why), ``problems.csv`` (every bad row, file
+and image: appended to ``OUT/.build/problems.csv`` as they are met, renamed into place), ``alignment.json`` and
 ``alignment.txt`` (the alignment report and its readable summary) and finally ``manifest.json``: a build is
 complete exactly when its manifest exists. ``OUT/.build/`` holds the resume journal (`treeclip.data.shards`),
 while the build runs the plan's partitions, dropped-row files and items files (`treeclip.data.plan`), and the build lock
@@ -27,13 +28,13 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from treeclip import __version__
 from treeclip.data.align import Aligner, write_report
-from treeclip.atomic import OutputLock, atomic_write, is_temp_file
+from treeclip.atomic import OutputLock, atomic_write, fsync_path, is_temp_file
 from treeclip.data.backbone import read_backbones
 from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, engine_session, map_unordered
@@ -46,6 +47,7 @@ from treeclip.data.records import Problem
 from treeclip.data.shards import (JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path,
                                   journal_rows, write_shard)
 from treeclip.data.sources import open_source
+from treeclip.formats.problems import PROBLEMS, ProblemLog
 from treeclip.data.splits import SPLITS
 from treeclip.errors import UsageError
 
@@ -75,11 +77,12 @@ class _Written:
 
 @dataclass
 class BuildResult:
-    """What a build produced: counts, problems (bad rows, files and images) and the manifest."""
+    """What a build produced: counts, problems (bad rows, files and images: ``OUT/problems.csv``, read back
+    when iterated) and the manifest."""
 
     out: Path
     manifest: dict[str, Any]
-    problems: list[Problem] = field(default_factory=list)
+    problems: ProblemLog
 
     @property
     def counts(self) -> dict[str, int]:
@@ -130,10 +133,11 @@ def build_dataset(
     with OutputLock(out, option="--out", lock_file=out / BUILD_DIR / "lock"), \
             engine_session(engine, ray_address, workers=workers):
         _clean_for_resume(out)
+        problems = ProblemLog(out / BUILD_DIR / PROBLEMS)
         plan = plan_build(sources=opened, out=str(out.absolute()), aligner=aligner, exclusions=exclusions,
                           image_size=image_size, resize_mode=resize, quality=quality, shard_size=shard_size,
                           val_fraction=val_fraction, seed=seed, workers=workers, engine=engine,
-                          ray_address=ray_address, on_problem=on_problem)
+                          ray_address=ray_address, on_problem=on_problem, problems=problems)
         _remove_stale(out, plan.jobs)
         results = sorted(_run_jobs(plan.jobs, workers=workers, on_problem=on_problem, progress=progress,
                                    engine=engine, ray_address=ray_address),
@@ -142,7 +146,8 @@ def build_dataset(
                   "val_fraction": val_fraction,
                   "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
                   "backbone": [str(b) for b in backbones] or None}
-        problems = plan.problems + [_skipped_problem(s) for r in results for s in r.skipped]
+        for skipped in (s for r in results for s in r.skipped):
+            problems.append(_skipped_problem(skipped))
         manifest = _finish(out, plan, results, params, problems)
         shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # the jobs' items files: rewritten by any resume
         return BuildResult(out=out, manifest=manifest, problems=problems)
@@ -234,12 +239,16 @@ def _skipped_problem(skipped: dict[str, str]) -> Problem:
 
 
 def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, Any],
-            problems: list[Problem]) -> dict[str, Any]:
-    """Write the catalog (streamed from the journal, one shard at a time), dropped list and alignment
-    report, then the manifest (last)."""
+            problems: ProblemLog) -> dict[str, Any]:
+    """Write the catalog (streamed from the journal, one shard at a time), dropped list, problem list and
+    alignment report, then the manifest (last)."""
     samples = write_catalog((journal_rows(out, r.split, r.index) for r in results), out / CATALOG)
     bad = [dict(s, id=s["key"]) for result in results for s in result.skipped]
     write_dropped(itertools.chain(plan.dropped_rows(), bad), out / DROPPED)
+    problems.flush()
+    fsync_path(problems.path)
+    problems.move(out / PROBLEMS)
+    fsync_path(out)
     write_report(plan.alignment, out / "alignment.json")
     atomic_write(out / "alignment.txt", plan.alignment.summary())
     manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=samples)
@@ -247,7 +256,7 @@ def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, An
     return manifest
 
 
-def _manifest(plan: Plan, results: list[_Written], params: dict[str, Any], problems: list[Problem], *,
+def _manifest(plan: Plan, results: list[_Written], params: dict[str, Any], problems: ProblemLog, *,
               bad_images: int, samples: int) -> dict[str, Any]:
     shards = [shard_entry(r.name, r.split, r.samples) for r in results]
     splits = {split: {"samples": sum(s["samples"] for s in shards if s["split"] == split),
@@ -263,5 +272,5 @@ def _manifest(plan: Plan, results: list[_Written], params: dict[str, Any], probl
         sources=plan.source_counts,
         splits=splits,
         counts=dict(counts),
-        problems={"count": len(problems), "first": [f"{p.origin}: {p.reason}" for p in problems[:50]]},
+        problems={"count": len(problems), "first": [f"{p.origin}: {p.reason}" for p in itertools.islice(problems, 50)]},
     )

@@ -34,7 +34,9 @@ bucket), then range-partitioned by the seeded shard-order hash (uniform, so rang
 sorted on its own and placed by the counts of the ranges before it. Each row carries its position (source
 index, record index), so every rule is "first in source order" as in one pass. The process that plans holds
 the alignment, the partitions' row offsets, the shard jobs and the counts; the rows left out (``dropped.csv``)
-stay in sorted files merged when written (`Plan.dropped_rows`), so only the problems list grows with bad rows.
+stay in sorted files merged when written (`Plan.dropped_rows`), and the problems met go to a `ProblemLog`
+file as they are read back (pass 1's from one file per source, in source order; then those of the id
+buckets, merged from their sorted files), so nothing the driver holds grows with the bad rows either.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
 from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
 from treeclip.data.sources import Source
+from treeclip.formats.problems import ProblemLog, read_problems
 from treeclip.taxonomy import RANK_NAMES, Taxon
 
 log = logging.getLogger(__name__)
@@ -101,8 +104,8 @@ class Plan:
 
     jobs: list[ShardJob]
     alignment: Alignment
+    problems: ProblemLog
     dropped_files: list[str] = field(default_factory=list)  # sorted by (stage, position): see `dropped_rows`
-    problems: list[Problem] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     source_counts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -129,30 +132,44 @@ def plan_build(
     engine: str = "local",
     ray_address: str | None = None,
     on_problem: ProblemHandler | None = None,
+    problems: ProblemLog | None = None,
 ) -> Plan:
     """Run the planning passes described in the module docstring on `engine` (`workers` processes, or Ray
     tasks), write the jobs' items files under ``out/.build/plan/`` (replacing earlier ones) and return the
-    shard jobs. The plan is the same on either engine and for any number of workers."""
-    report = _Reporter(on_problem)
-    per_source = _observe(sources, aligner, report, engine=engine, workers=workers, ray_address=ray_address)
-    plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
-    plan.source_counts = [{"spec": src.spec, "kind": src.kind, **n} for src, n in zip(sources, per_source)]
-    plan.counts["records"] = sum(n["records"] for n in per_source)
+    shard jobs. The plan is the same on either engine and for any number of workers. The problems met are
+    appended to `problems` (default: a new ``out/.build/plan/problems.csv``) and passed to `on_problem`."""
     plan_dir = Path(out) / PLAN_DIR
     shutil.rmtree(plan_dir, ignore_errors=True)
     work = plan_dir / WORK_DIR
     work.mkdir(parents=True)
     (plan_dir / DROPPED_DIR).mkdir()
-    buckets = max(1, math.ceil(plan.counts["records"] / _BUCKET_ROWS))
-    local_workers = workers if buckets > 1 or engine != "local" else 1  # one bucket: no process pool to start
-    run = _Runner(engine=engine, workers=local_workers, ray_address=ray_address)
+    report = _Reporter(ProblemLog(plan_dir / "problems.csv") if problems is None else problems, on_problem)
     try:
-        _plan_images(plan, run, report, sources=sources, exclusions=exclusions, buckets=buckets, out=out,
-                     shard_size=shard_size, image_size=image_size, resize_mode=resize_mode, quality=quality,
-                     val_fraction=val_fraction, seed=seed)
+        plan = _plan(report, sources=sources, aligner=aligner, exclusions=exclusions, out=out, shard_size=shard_size,
+                     image_size=image_size, resize_mode=resize_mode, quality=quality, val_fraction=val_fraction,
+                     seed=seed, workers=workers, engine=engine, ray_address=ray_address)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     plan.counts["planned"] = sum(job.count for job in plan.jobs)
+    return plan
+
+
+def _plan(report: _Reporter, *, sources: Sequence[Source], aligner: Aligner, exclusions: Exclusions, out: str,
+          shard_size: int, image_size: int, resize_mode: str, quality: int, val_fraction: float, seed: int,
+          workers: int, engine: str, ray_address: str | None) -> Plan:
+    work = Path(out) / PLAN_DIR / WORK_DIR
+    per_source = _observe(sources, aligner, report, work=str(work), engine=engine, workers=workers,
+                          ray_address=ray_address)
+    plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
+    plan.source_counts = [{"spec": src.spec, "kind": src.kind, **n} for src, n in zip(sources, per_source)]
+    plan.counts["records"] = sum(n["records"] for n in per_source)
+    buckets = max(1, math.ceil(plan.counts["records"] / _BUCKET_ROWS))
+    local_workers = workers if buckets > 1 or engine != "local" else 1  # one bucket: no process pool to start
+    run = _Runner(engine=engine, workers=local_workers, ray_address=ray_address)
+    _plan_images(plan, run, report, sources=sources, exclusions=exclusions, buckets=buckets, out=out,
+                 shard_size=shard_size, image_size=image_size, resize_mode=resize_mode, quality=quality,
+                 val_fraction=val_fraction, seed=seed)
+    report.problems.flush()
     return plan
 
 
@@ -203,10 +220,10 @@ def _remove(folder: Path, pattern: str) -> None:
 
 
 class _Reporter:
-    """Collects problems and forwards each to the caller as it happens."""
+    """Appends problems to the log and forwards each to the caller as it happens."""
 
-    def __init__(self, handler: ProblemHandler | None) -> None:
-        self.problems: list[Problem] = []
+    def __init__(self, problems: ProblemLog, handler: ProblemHandler | None) -> None:
+        self.problems = problems
         self._handler = handler
 
     def __call__(self, problem: Problem) -> None:
@@ -248,38 +265,43 @@ class _Tally:
 
 @dataclass
 class _Observed:
-    """Pass 1 over one source: its alignment tally (counts per distinct lineage and source), problems, counts."""
+    """Pass 1 over one source: its alignment tally (counts per distinct lineage and source), its problems'
+    file (``problems.csv`` format) and counts."""
 
     index: int
     aligner: Aligner
-    problems: list[Problem]
+    problems: str
     counts: dict[str, int]
 
 
-def observe_source(job: tuple[int, Source]) -> _Observed:
-    """Pass 1 for one source, a job for any engine (`treeclip.data.engines.map_unordered`): only its tally,
-    which grows with its distinct lineages, not its records, comes back."""
-    index, source = job
-    observed = _Observed(index, Aligner(), [], {"records": 0, "problems": 0})
+def observe_source(job: tuple[int, Source, str]) -> _Observed:
+    """Pass 1 for one source, a job for any engine (`treeclip.data.engines.map_unordered`): its problems go to
+    the file `job[2]`; only its tally, which grows with its distinct lineages, not its records, comes back."""
+    index, source, problems_file = job
+    problems = ProblemLog(problems_file)
+    observed = _Observed(index, Aligner(), problems_file, {"records": 0, "problems": 0})
     for item in source.records():
         if isinstance(item, Problem):
             observed.counts["problems"] += 1
-            observed.problems.append(item)
+            problems.append(item)
         else:
             observed.counts["records"] += 1
             observed.aligner.observe(item)
+    problems.flush()
     return observed
 
 
-def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, engine: str, workers: int,
-             ray_address: str | None) -> list[dict[str, int]]:
-    """Pass 1: one `observe_source` job per source on the engine; tallies merged (and problems reported)
-    in source order, so the alignment does not depend on which job finished first."""
-    observed = sorted(map_unordered(observe_source, list(enumerate(sources)), engine=engine, workers=workers,
-                                    ray_address=ray_address), key=lambda o: o.index)
+def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, work: str, engine: str,
+             workers: int, ray_address: str | None) -> list[dict[str, int]]:
+    """Pass 1: one `observe_source` job per source on the engine; tallies merged (and problems reported,
+    read back from the jobs' files) in source order, so neither depends on which job finished first."""
+    jobs = [(index, source, str(Path(work) / f"problems-{index:06d}.csv")) for index, source in enumerate(sources)]
+    observed = sorted(map_unordered(observe_source, jobs, engine=engine, workers=workers, ray_address=ray_address),
+                      key=lambda o: o.index)
     for one in observed:
-        for problem in one.problems:
+        for problem in read_problems(one.problems):
             report(problem)
+        Path(one.problems).unlink()
         aligner.absorb(one.aligner)
     return [one.counts for one in observed]
 
