@@ -531,9 +531,8 @@ def test_dedup_compares_whole_sha256_not_its_prefix(tmp_path: Path) -> None:
                       tmp_path / "bytes-000000.arrow")  # one id bucket's output, all in sha256 bucket 0
     buckets = plan_module._digest_bucket(pa.chunked_array([pa.array(twins, pa.binary(32))]), 7)
     assert buckets[0] == buckets[1]  # the twins meet in one bucket: only the whole digest tells them apart
-    job = plan_module._BytesJob(0, Exclusions(), val_fraction=0.0, seed=0, ranges=1, work=str(tmp_path),
-                                dropped=str(tmp_path))
-    kept = plan_module.settle_bytes(job)
+    job = plan_module._BytesJob(0, val_fraction=0.0, seed=0, ranges=1, work=str(tmp_path), dropped=str(tmp_path))
+    kept = plan_module.settle_bytes(job, Exclusions())
     problems = ProblemLog(tmp_path / "problems.csv")
     plan = plan_module.Plan(jobs=[], alignment=None, problems=problems,  # type: ignore[arg-type]
                             dropped_files=[kept.dropped])

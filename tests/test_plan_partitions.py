@@ -178,3 +178,34 @@ def test_partitioned_plan_equals_a_one_pass_reference(generated: dict[str, objec
         crossing = [plan_module.id_group("csv", a) % buckets != plan_module.id_group("csv", b) % buckets
                     for a, b in expected["pairs"]]
         assert sum(crossing) > 10
+
+
+class CountedInput:
+    """A shared job input that counts how often this process pickles it (class-wide)."""
+
+    pickled = 0
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __getstate__(self) -> dict[str, int]:
+        CountedInput.pickled += 1
+        return {"factor": self.factor}
+
+
+def scaled(job: int, shared: CountedInput) -> int:
+    return job * shared.factor
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shared_input_reaches_every_job_and_is_pickled_once_per_worker(workers: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`map_unordered(shared=...)` (how the plan sends the alignment and the exclusions): every job gets the
+    input, which a process pool pickles once per process it starts, not once per job (a bug that put it
+    back into each job, or lost it in the pool's processes, fails)."""
+    from treeclip.data.engines import map_unordered
+
+    monkeypatch.setattr(CountedInput, "pickled", 0)
+    jobs = list(range(12))
+    assert sorted(map_unordered(scaled, jobs, workers=workers, shared=CountedInput(3))) == [3 * j for j in jobs]
+    assert CountedInput.pickled == (0 if workers == 1 else workers)

@@ -123,6 +123,23 @@ def test_partitioned_plan_on_ray_equals_local(ray_runtime: object, source: Path,
     assert (local / "dropped.csv").read_text().count("repeated source id") == 15
 
 
+def test_shared_input_is_put_in_the_object_store_once(ray_runtime: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`map_unordered(shared=...)` on Ray (how the plan sends the alignment and the exclusions): one
+    ``ray.put`` for all jobs, and every task gets the value behind the reference (a bug that sent it inside
+    every job, or passed the reference itself, fails)."""
+    import ray
+
+    from treeclip.data.engines import map_unordered
+    from treeclip.data.plan import id_group
+
+    puts: list[object] = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value: puts.append(value) or real_put(value))
+    jobs = [f"id{i}" for i in range(9)]
+    got = sorted(map_unordered(id_group, jobs, engine="ray", workers=2, shared="shared-kind"))
+    assert got == sorted(id_group(job, "shared-kind") for job in jobs)
+    assert puts == ["shared-kind"]
+
 def test_build_on_ray_sigkill_then_resume(ray_runtime: object, tmp_path: Path) -> None:
     """`treeclip build --engine ray` killed (SIGKILL, with its whole process group: driver, local Ray runtime
     and workers) while shards are being written, then resumed on Ray: every image exactly once, and every

@@ -9,9 +9,10 @@ session the caller already started. On a cluster, the inputs and the output fold
 every node sees, at the same path, and treeclip must be installed on every node.
 
 Two shapes of work: `map_unordered` (independent jobs, e.g. one shard each: Ray tasks or a spawned process
-pool) and `map_table_batches` (one stage function over the record batches of a Parquet table, results in the
-table's row order: a Ray Data ``read_parquet().map_batches()`` pipeline on Ray, a thread pool over the same
-batches locally). `engine_session` holds one Ray runtime for a whole job, so it starts once.
+pool; an input every job needs, such as a build's alignment table, can be sent once instead of in every job)
+and `map_table_batches` (one stage function over the record batches of a Parquet table, results in the table's
+row order: a Ray Data ``read_parquet().map_batches()`` pipeline on Ray, a thread pool over the same batches
+locally). `engine_session` holds one Ray runtime for a whole job, so it starts once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import multiprocessing
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -106,33 +108,50 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                          "check the head node's address and port (default 6379)") from exc
 
 
-def map_unordered(fn: Callable[[Job], Result], jobs: Sequence[Job], *, engine: str = "local", workers: int = 1,
-                  ray_address: str | None = None) -> Iterator[Result]:
+def map_unordered(fn: Callable[..., Result], jobs: Sequence[Job], *, engine: str = "local", workers: int = 1,
+                  ray_address: str | None = None, shared: Any = None) -> Iterator[Result]:
     """``fn(job)`` for every job, yielded as they finish: in this process (one worker or one job), in
     `workers` spawned processes, or as Ray tasks of one CPU each (a new local Ray runtime gets `workers`
-    CPUs; a running cluster uses all of its own)."""
+    CPUs; a running cluster uses all of its own). With `shared` (not None), each call is ``fn(job, shared)``
+    and `shared` is sent once, not with every job: put once in Ray's object store (each task gets its
+    reference), or handed once to each pool process as it starts."""
     check_engine(engine, ray_address)
+    extra = () if shared is None else (shared,)
     if engine == "ray":
-        yield from _ray_map(fn, jobs, workers=workers, address=ray_address)
+        yield from _ray_map(fn, jobs, workers=workers, address=ray_address, extra=extra)
     elif workers == 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
+        yield from (fn(job, *extra) for job in jobs)
     else:
         # Callers' scripts need the usual ``if __name__ == "__main__":`` guard (spawn start method).
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            yield from pool.imap_unordered(fn, jobs)
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_keep_shared if extra
+                                                       else None, initargs=extra) as pool:
+            yield from pool.imap_unordered(partial(_call_shared, fn) if extra else fn, jobs)
 
 
-def _ray_map(fn: Callable[[Job], Result], jobs: Sequence[Job], *, workers: int,
-             address: str | None) -> Iterator[Result]:
+_SHARED: list[Any] = []  # in a pool process: the `shared` input it was started with
+
+
+def _keep_shared(*shared: Any) -> None:
+    _SHARED[:] = shared
+
+
+def _call_shared(fn: Callable[[Job, Any], Result], job: Job) -> Result:
+    return fn(job, _SHARED[0])
+
+
+def _ray_map(fn: Callable[..., Result], jobs: Sequence[Job], *, workers: int, address: str | None,
+             extra: tuple[Any, ...]) -> Iterator[Result]:
     """Ray tasks of one CPU each; a local runtime gets `workers` CPUs. At most twice the cluster's CPUs of
-    jobs are in flight, so the object store never holds every job (or result) at once."""
+    jobs are in flight, so the object store never holds every job (or result) at once; a shared input is
+    put in it once (Ray hands each task the object behind the reference)."""
     if not jobs:
         return
     with ray_session(address, num_cpus=workers) as ray:
         task = ray.remote(num_cpus=1)(fn)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         log.info("ray: %d jobs on %s CPUs", len(jobs), ray.cluster_resources().get("CPU"))
-        yield from _drain(ray, (task.remote(job) for job in jobs), limit)
+        refs = tuple(ray.put(value) for value in extra)
+        yield from _drain(ray, (task.remote(job, *refs) for job in jobs), limit)
 
 
 def _drain(ray: Any, submissions: Iterable[Any], limit: int) -> Iterator[Any]:

@@ -3,7 +3,7 @@
 1. Pass 1 reads every source into an `Aligner` tally (and reports the sources' bad rows and files): one
    `observe_source` job per source on the build's engine (in this process, a process pool or Ray tasks);
    the per-source tallies (distinct lineage and source counts) are merged in source order.
-2. Pass 2, one `resolve_source` job per source (the alignment broadcast to it), streams the source again and
+2. Pass 2, one `resolve_source` job per source (the alignment sent once to every worker), streams the source again and
    resolves each record's taxon; records the alignment drops and records their source marks as held out
    (``split=unseen``, as `treeclip synth` marks its unseen species) are left out. Rows whose source mended a
    gap in their lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks
@@ -179,9 +179,11 @@ class _Runner:
     workers: int
     ray_address: str | None
 
-    def __call__(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
-        """Every job's result as it finishes (each stage's results are combined in an order-free way)."""
-        return map_unordered(fn, jobs, engine=self.engine, workers=self.workers, ray_address=self.ray_address)
+    def __call__(self, fn: Callable[..., Any], jobs: Sequence[Any], shared: Any = None) -> Iterator[Any]:
+        """Every job's result as it finishes (each stage's results are combined in an order-free way); a
+        `shared` input (the alignment, the exclusions) is sent to the workers once, not in every job."""
+        return map_unordered(fn, jobs, engine=self.engine, workers=self.workers, ray_address=self.ray_address,
+                             shared=shared)
 
 
 def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequence[Source], exclusions: Exclusions,
@@ -190,7 +192,7 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
     work = Path(out) / PLAN_DIR / WORK_DIR
     dropped = Path(out) / PLAN_DIR / DROPPED_DIR
     slim = Alignment(taxa=plan.alignment.taxa, dropped=plan.alignment.dropped, report={})
-    for _ in run(resolve_source, [_SourceJob(i, src, slim, buckets, str(work)) for i, src in enumerate(sources)]):
+    for _ in run(resolve_source, [_SourceJob(i, src, buckets, str(work)) for i, src in enumerate(sources)], slim):
         pass
     specs = tuple(src.spec for src in sources)
     tally = _Tally()
@@ -202,8 +204,8 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
         if row["problem_reason"] is not None:
             report(Problem(row["problem_origin"], row["problem_reason"]))
     ranges, counts = buckets, np.zeros(2 * buckets, np.int64)  # rows per (split, shard-order range)
-    for result in run(settle_bytes, [_BytesJob(q, exclusions, val_fraction, seed, ranges, str(work), str(dropped))
-                                     for q in range(buckets)]):
+    for result in run(settle_bytes, [_BytesJob(q, val_fraction, seed, ranges, str(work), str(dropped))
+                                     for q in range(buckets)], exclusions):
         tally.add(result.tally)
         plan.dropped_files.append(result.dropped)
         counts += result.counts
@@ -312,7 +314,6 @@ def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, 
 class _SourceJob:
     index: int
     source: Source
-    alignment: Alignment
     buckets: int
     work: str
 
@@ -331,15 +332,16 @@ def id_group(source: str, source_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def resolve_source(one: _SourceJob) -> int:
-    """Pass 2 for one source: its records resolved, one row each (`_ROW_SCHEMA`), written partitioned by id
-    bucket, one ``resolved-SOURCE-PART.arrow`` file per `_SPILL_ROWS` records; returns the record count."""
+def resolve_source(one: _SourceJob, alignment: Alignment) -> int:
+    """Pass 2 for one source: its records resolved by `alignment` (shared by every source's job), one row
+    each (`_ROW_SCHEMA`), written partitioned by id bucket, one ``resolved-SOURCE-PART.arrow`` file per
+    `_SPILL_ROWS` records; returns the record count."""
     records = (item for item in one.source.records() if isinstance(item, Record))
     count, part, held = 0, 0, []
     while True:
         batch = list(islice(records, _BATCH))
         if batch:
-            held.append(_resolved_rows(batch, one.alignment, (one.index << _ROW_BITS) + count))
+            held.append(_resolved_rows(batch, alignment, (one.index << _ROW_BITS) + count))
             count += len(batch)
         if held and (not batch or sum(t.num_rows for t in held) >= _SPILL_ROWS):
             table = pa.concat_tables(held)
@@ -546,7 +548,6 @@ def _digest_bucket(digests: pa.ChunkedArray, buckets: int) -> np.ndarray:
 @dataclass(frozen=True)
 class _BytesJob:
     bucket: int  # its rows: this partition of every id bucket's ``bytes-*.arrow`` output
-    exclusions: Exclusions
     val_fraction: float
     seed: int
     ranges: int  # shard-order ranges per split
@@ -561,14 +562,15 @@ class _Kept:
     tally: dict[str, list[int]]
 
 
-def settle_bytes(one: _BytesJob) -> _Kept:
-    """Exclusion, exact duplicates, split and shard order for one sha256 bucket (every copy of an image is
-    in the same bucket): the kept rows written by (split, shard-order range)."""
+def settle_bytes(one: _BytesJob, exclusions: Exclusions) -> _Kept:
+    """Exclusion (`exclusions`: shared by every bucket's job), exact duplicates, split and shard order for one
+    sha256 bucket (every copy of an image is in the same bucket): the kept rows written by (split, shard-order
+    range)."""
     rows = read_partition(sorted(Path(one.work).glob("bytes-*.arrow")), one.bucket, _CANDIDATE_SCHEMA)
     rows = rows.sort_by("position")
     positions = rows.column("position").to_numpy()
     tally = _Tally()
-    excluded, drops = exclude_copies(rows, one.exclusions)
+    excluded, drops = exclude_copies(rows, exclusions)
     tally.count("excluded", excluded, positions)
     duplicate, kept_of = first_copies(rows, ~excluded)
     tally.count("duplicates", duplicate, positions)
