@@ -403,3 +403,17 @@ def test_every_image_table_finds_the_path_column_by_the_same_names(tmp_path: Pat
     table.write_text("image_path,latitude,longitude\nowl.jpg,52.1,5.2\n", encoding="utf-8")
     locations = read_location_table(table)
     assert locations["owl.jpg"].lat == pytest.approx(52.1) and str(tmp_path / "owl.jpg") in locations
+
+
+def test_problem_summary_counts_kinds_not_particulars() -> None:
+    """A million repeated ids or unreadable images are a few kinds of problem: the summary a build or download
+    prints must not grow a count line per id, path or number."""
+    from treeclip.formats.problems import summary_lines
+
+    problems = [Problem(f"a.csv:{n}", reason) for n in range(300) for reason in (
+        f"source id 'x{n}' repeated; kept the first", f"cannot read image /data/{n}.jpg: truncated",
+        f"image for content {n} not found under /images", f"image not found: /data/{n}.jpg")]
+    lines = summary_lines(problems, examples=5)
+    assert lines[5] == f"... and {len(problems) - 5} more"
+    assert lines[6:] == ["     300  source id '…' repeated; kept the first", "     300  cannot read image …",
+                         "     300  image for content N not found under …", "     300  image not found"]

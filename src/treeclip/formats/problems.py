@@ -28,9 +28,20 @@ PROBLEM_COLUMNS = ("file", "line", "reason")
 MAX_EXAMPLES = 20
 
 
+_PARTICULARS = (
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "'…'"),  # quoted names and ids
+    (re.compile(r"\S*/\S*"), "…"),  # paths and URLs
+    (re.compile(r"\b\d+\b"), "N"),  # ids, sizes, line numbers
+)
+
+
 def problem_kind(reason: str) -> str:
-    """The reason without its particulars ("image not found: /x/y.jpg" → "image not found"), for counting."""
-    return re.split(r"[:(]", reason, maxsplit=1)[0].strip() or reason
+    """The reason without its particulars, for counting: "image not found: /x/y.jpg" → "image not found",
+    "source id 'a1' repeated; kept the first" → "source id '…' repeated; kept the first"."""
+    kind = re.split(r"[:(]", reason, maxsplit=1)[0].strip() or reason
+    for particular, placeholder in _PARTICULARS:
+        kind = particular.sub(placeholder, kind)
+    return kind
 
 
 def split_origin(origin: str) -> tuple[str, str]:
