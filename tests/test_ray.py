@@ -161,31 +161,6 @@ def test_build_on_ray_sigkill_then_resume(ray_runtime: object, tmp_path: Path) -
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
-def test_hash_stage_on_ray_data_keeps_row_order(ray_runtime: object, tmp_path: Path) -> None:
-    """The plan's hashing stage over many small batches: Ray Data's results come back in the table's row
-    order (a lost order would give images each other's sha256), equal to the local threads', with the
-    error of a missing file and a given sha256 taken as is."""
-    import hashlib
-
-    import pyarrow as pa
-
-    from treeclip.data.engines import map_table_batches
-    from treeclip.data.plan import hash_batch
-
-    paths = [write_jpeg(tmp_path / f"h{i:02d}.jpg", seed=i) for i in range(40)]
-    paths[7] = tmp_path / "missing.jpg"
-    given = ["" if i != 11 else "ab" * 32 for i in range(40)]
-    pq.write_table(pa.table({"path": [str(p) for p in paths], "sha256": given, "other": list(range(40))}),
-                   tmp_path / "spill.parquet")
-    runs = {engine: pa.concat_tables(map_table_batches(hash_batch, str(tmp_path / "spill.parquet"),
-                                                       columns=("path", "sha256"), batch_rows=3, engine=engine,
-                                                       workers=2)).to_pydict() for engine in ("local", "ray")}
-    assert runs["ray"] == runs["local"]
-    digests, errors = runs["ray"]["digest"], runs["ray"]["error"]
-    assert errors[7] and not any(errors[:7] + errors[8:]) and digests[11] == bytes.fromhex("ab" * 32)
-    assert all(digests[i] == hashlib.sha256(paths[i].read_bytes()).digest() for i in range(40) if i not in (7, 11))
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

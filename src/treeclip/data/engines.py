@@ -8,11 +8,9 @@ same way. Ray is imported lazily, only when ``engine="ray"``; it connects to a r
 session the caller already started. On a cluster, the inputs and the output folder must be on a filesystem
 every node sees, at the same path, and treeclip must be installed on every node.
 
-Two shapes of work: `map_unordered` (independent jobs, e.g. one shard each: Ray tasks or a spawned process
-pool; an input every job needs, such as a build's alignment table, can be sent once instead of in every job)
-and `map_table_batches` (one stage function over the record batches of a Parquet table, results in the table's
-row order: a Ray Data ``read_parquet().map_batches()`` pipeline on Ray, a thread pool over the same batches
-locally). `engine_session` holds one Ray runtime for a whole job, so it starts once.
+The work is `map_unordered`: independent jobs (one shard, one source, one partition of a build's plan) as Ray
+tasks or in a spawned process pool; an input every job needs, such as a build's alignment table, can be sent
+once instead of in every job. `engine_session` holds one Ray runtime for a whole job, so it starts once.
 """
 
 from __future__ import annotations
@@ -22,13 +20,8 @@ import logging
 import multiprocessing
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import islice
 from typing import Any, TypeVar
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from treeclip.errors import UsageError
 
@@ -165,38 +158,3 @@ def _drain(ray: Any, submissions: Iterable[Any], limit: int) -> Iterator[Any]:
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])
-
-
-def map_table_batches(fn: Callable[[pa.Table], pa.Table], path: str, *, columns: Sequence[str], batch_rows: int,
-                      engine: str = "local", workers: int = 1, ray_address: str | None = None) -> Iterator[pa.Table]:
-    """``fn(batch)`` for every batch of `batch_rows` rows of `columns` of the Parquet file at `path`, yielded
-    in the file's row order: a Ray Data pipeline on Ray (the batches are read and mapped by the cluster's
-    workers; the file must be on a filesystem they see), else `workers` threads over the same batches (for
-    stages that read files or hash bytes, which release the GIL). `fn` must keep its batch's row count."""
-    check_engine(engine, ray_address)
-    if engine == "ray":
-        yield from _ray_data_map(fn, path, columns=columns, batch_rows=batch_rows, workers=workers,
-                                 address=ray_address)
-        return
-    batches = (pa.Table.from_batches([batch]) for batch in
-               pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)))
-    if workers == 1:
-        yield from map(fn, batches)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        while window := list(islice(batches, 4 * workers)):  # bounded: a few batches in flight per thread
-            yield from pool.map(fn, window)
-
-
-def _ray_data_map(fn: Callable[[pa.Table], pa.Table], path: str, *, columns: Sequence[str], batch_rows: int,
-                  workers: int, address: str | None) -> Iterator[pa.Table]:
-    with ray_session(address, num_cpus=workers) as ray:
-        import ray.data  # noqa: PLC0415 - optional dependency
-
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # results in the file's row order, run after run
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False  # the build logs its own progress
-        dataset = ray.data.read_parquet(path).select_columns(list(columns)).map_batches(
-            fn, batch_format="pyarrow", batch_size=batch_rows, num_cpus=1)
-        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
