@@ -271,6 +271,49 @@ def test_invalid_utf8_and_multiline_names_are_problems(tmp_path: Path) -> None:
     assert "not valid UTF-8" in problems[0].reason and "spans several lines" in problems[1].reason
 
 
+def test_row_numbers_are_exact_after_malformed_multiline_and_blank_rows(tmp_path: Path) -> None:
+    """Origins are 'file:N' with N the row as a spreadsheet shows it (header row 1, a quoted value spanning
+    lines one row, blank lines not rows), also for the rows after a malformed one and for the malformed row."""
+    rows = [row.replace("2024-03-20/", "") for row in RARE_ROWS]
+    for row in rows:
+        jpeg(tmp_path / row.split(",")[9])
+    multiline = '"4\nsecond line",' + rows[0].split(",", 1)[1]  # the unused index column spans two lines
+    table = write(tmp_path / "metadata.csv", [RARE_HEADER, rows[0], rows[1] + ",extra field", "", multiline, "",
+                                              rows[1].replace("tuberculata,purple", "tuberculata,,purple"),
+                                              rows[1]], newline="\r\n")
+    found, problems = records(f"csv:{table}")
+    assert [r.origin for r in found] == [f"{table}:2", f"{table}:4", f"{table}:6"]
+    assert [(p.origin, p.reason.split(" (")[0]) for p in problems] == [
+        (f"{table}:3", "malformed row skipped"), (f"{table}:5", "malformed row skipped")]
+
+
+def test_row_numbers_match_a_python_csv_count_across_blocks(tmp_path: Path) -> None:
+    """A table of several 4 MiB blocks with malformed, multi-line and blank rows: every good row's number and
+    every malformed row's number is its record number as Python's csv module counts them."""
+    import csv  # noqa: PLC0415
+    import random  # noqa: PLC0415
+
+    chance = random.Random(7)
+    lines = ["id,genus,species"]
+    for i in range(150_000):
+        draw = chance.random()
+        lines.append(f"{i},Passer,domesticus,x" if draw < 0.002 else f'{i},"Passer\nmulti",domesticus'
+                     if draw < 0.004 else "" if draw < 0.006 else f"{i},Passer,domesticus{'x' * (i % 30)}")
+    path = write(tmp_path / "big.csv", lines)
+    with open(path, newline="") as handle:
+        records_in_order = [row for row in csv.reader(handle) if row]
+    expected_good = {n: row[0] for n, row in enumerate(records_in_order, 1) if n > 1 and len(row) == 3}
+    expected_bad = [n for n, row in enumerate(records_in_order, 1) if len(row) != 3]
+    good, bad = {}, []
+    for item in open_table(path).rows({"id": "id"}):
+        if isinstance(item, Problem):
+            bad.append(int(item.origin.rsplit(":", 1)[1]))
+        else:
+            good[item[0]] = item[1]["id"]
+    assert path.stat().st_size > (1 << 22) and len(expected_bad) > 200
+    assert good == expected_good and bad == expected_bad
+
+
 def test_header_only_catalog_is_a_problem(tmp_path: Path) -> None:
     found, problems = records(f"csv:{write(tmp_path / 'c.csv', ['path,genus,species'])}")
     assert not found and [p.reason for p in problems] == ["no data rows (only a header)"]

@@ -125,10 +125,10 @@ def test_csv_synth_layout_homonym_and_bad_rows(tmp_path: Path) -> None:
     assert bird.taxon.lineage == tuple(MORUS_BIRD) and bird.split_hint == "val"
     assert plant.taxon != bird.taxon and plant.taxon.genus == bird.taxon.genus == "Morus"
     assert plant.path == str(tmp_path / "images" / "a.jpg") and plant.origin == f"{table}:2"
-    # a malformed row is quoted (pyarrow gives no line number); lines count the well-formed rows
     # a row with a gap (order empty) keeps its deepest unbroken run; the backbone/alignment fills the rest
     assert gap.taxon.lineage == ("", "", "", "", "Sulidae", "Morus", "bassanus")
-    assert [p.origin for p in problems] == [str(table), f"{table}:4", f"{table}:6"]
+    # exact row numbers, in row order: the malformed row is row 4, the rows after it keep theirs
+    assert [p.origin for p in problems] == [f"{table}:4", f"{table}:5", f"{table}:7"]
     text = reasons(problems)
     assert "expected 10 fields, found 4" in text and "image not found" in text
     assert "leaves the table's folder" in text  # an absolute path is refused by default

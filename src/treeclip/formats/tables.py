@@ -5,10 +5,13 @@
   without quote processing (GBIF/BIOSCAN names hold stray ``"``); CSV values may be quoted and span lines.
 - Only the requested columns are parsed, as text (ids keep their leading zeros; nothing becomes a float).
 - A row with the wrong number of fields, a value that is not UTF-8 or one that spans lines (an unclosed quote)
-  becomes a `Problem` naming the file and line; the other rows are read. A header naming one column twice is refused when that column is used.
-- Line numbers are 1 + the record number among well-formed rows (exact unless values span lines, or blank or
-  malformed lines come earlier); a malformed row's Problem quotes its text instead (pyarrow gives no number).
-Memory is one batch (64k rows) at a time, whatever the size of the file.
+  becomes a `Problem` naming the file and row; the other rows are read. A header naming one column twice is
+  refused when that column is used.
+- Row numbers (``file:N`` in problems and `Record.origin`) are exact and count as a spreadsheet shows the
+  table: the header is row 1, a quoted value spanning several lines is one row, blank lines are not rows;
+  malformed rows keep their numbers (pyarrow's `InvalidRow.number`, given when the CSV reader is
+  single-threaded). In Parquet, row N is the (N-1)-th row of the file (the header counts as row 1).
+Memory is one batch (a 4 MiB block of CSV, 64k Parquet rows) at a time, whatever the size of the file.
 """
 
 from __future__ import annotations
@@ -95,32 +98,49 @@ class Table:
                              "rename one (or choose one with --columns)")
 
     def rows(self, columns: Mapping[str, str | None]) -> Iterator[Row | Problem]:
-        """(line, {name: stripped text}) per row, for `columns` = {name: header column or None ("" always)}."""
+        """(row number, {name: stripped text}) per row, for `columns` = {name: header column or None ("" always)};
+        a bad row's Problem comes in its place among the rows."""
         used = sorted({c for c in columns.values() if c})
         self.check_unique(used)
-        for start, data, problems in self._batches(used):
-            yield from problems
-            for offset in range(len(data[used[0]]) if used else 0):
+        for batch in self._batches(used):
+            data = dict(zip(used, batch.texts, strict=True))
+            problems = iter(batch.problems)
+            problem = next(problems, None)
+            for offset, number in enumerate(batch.numbers):
+                while problem is not None and problem[0] < number:
+                    yield Problem(self.where(problem[0]), problem[1])
+                    problem = next(problems, None)
                 values = {name: data[c][offset] if c else "" for name, c in columns.items()}
-                line = start + offset
-                problem = _bad_values(values)
-                if problem:
-                    yield Problem(self.where(line), problem)
-                    continue
-                yield line, values
+                bad = _bad_values(values)
+                yield Problem(self.where(number), bad) if bad else (number, values)
+            for number, reason in ([problem] if problem is not None else []) + list(problems):
+                yield Problem(self.where(number), reason)
 
     def columns(self, names: Sequence[str]) -> Iterator[tuple[int, dict[str, list[str | None]]]]:
-        """Whole batches as (first line, {column: values}); a non-UTF-8 value is None. Row problems are
+        """Whole batches as (first row number, {column: values}); a non-UTF-8 value is None. Row problems are
         appended to `self.problems`."""
         used = sorted(set(names))
         self.check_unique(used)
-        for start, data, problems in self._batches(used):
-            self.problems.extend(problems)
-            yield start, data
+        for batch in self._batches(used):
+            self.problems.extend(Problem(self.where(number), reason) for number, reason in batch.problems)
+            if batch.numbers:
+                yield batch.numbers[0], dict(zip(used, batch.texts, strict=True))
 
-    def _batches(self, used: list[str]) -> Iterator[tuple[int, dict[str, list[Any]], list[Problem]]]:
+    def _batches(self, used: list[str]) -> Iterator[_Batch]:
+        if not used:
+            return
         reader = _parquet_batches if not self.delimiter else _csv_batches
         yield from reader(self, used)
+
+
+@dataclass
+class _Batch:
+    """Consecutive rows of a table: their row numbers, the used columns' texts (`_texts`), and the problems
+    (row number, reason) met before the last of them (or, in a table's last batch, after it)."""
+
+    numbers: list[int]
+    texts: list[list[str | None]]
+    problems: list[tuple[int, str]]
 
 
 def _bad_values(values: Mapping[str, str | None]) -> str:
@@ -148,12 +168,13 @@ def open_table(path: str | os.PathLike[str], *, what: str = "table") -> Table:
         raise UsageError(f"{what} {file}: not a readable table ({' '.join(str(exc).split())})") from None
 
 
-def _parse_options(delimiter: str, skipped: list[str] | None) -> Any:
+def _parse_options(delimiter: str, skipped: list[tuple[int, str]] | None) -> Any:
     import pyarrow.csv as pacsv  # noqa: PLC0415 - pyarrow loads only when a table is read
 
     def skip(row: Any) -> str:
         if skipped is not None:
-            skipped.append(f"expected {row.expected_columns} fields, found {row.actual_columns}: {row.text[:80]!r}")
+            reason = f"expected {row.expected_columns} fields, found {row.actual_columns}: {row.text[:80]!r}"
+            skipped.append((row.number, f"malformed row skipped ({reason})"))
         return "skip"
 
     quoted = delimiter != "\t"
@@ -171,38 +192,48 @@ def _csv_header(file: Path, delimiter: str) -> list[str]:
     return [name.strip() for name in reader.schema.names]
 
 
-def _csv_batches(table: Table, used: list[str]) -> Iterator[tuple[int, dict[str, list[Any]], list[Problem]]]:
+def _csv_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
+    """The used columns of a CSV/TSV file, one block at a time. The malformed rows' numbers come from
+    pyarrow (`InvalidRow.number`, single-threaded reading); every other row takes the next number that is not
+    a malformed row's, so the numbers are exact whatever was skipped before."""
+    import numpy as np  # noqa: PLC0415
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.csv as pacsv  # noqa: PLC0415
 
     positions = [str(i) for i in range(len(table.header))]
     wanted = [str(table.header.index(c)) for c in used]
-    skipped: list[str] = []
+    skipped: list[tuple[int, str]] = []
     reader = pacsv.open_csv(
         table.path,
-        read_options=pacsv.ReadOptions(column_names=positions, skip_rows=1, block_size=1 << 22),
+        read_options=pacsv.ReadOptions(column_names=positions, skip_rows=1, block_size=1 << 22, use_threads=False),
         parse_options=_parse_options(table.delimiter, skipped),
         convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=dict.fromkeys(wanted, pa.binary()),
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
-    line = 2
+    following = 2  # the number the next well-formed row takes unless a malformed row has it
     try:
-        for batch in reader:
-            data = {c: _texts(batch.column(w)) for c, w in zip(used, wanted, strict=True)}
-            problems = [Problem(table.where(), f"malformed row skipped ({reason})") for reason in skipped]
-            skipped.clear()
-            yield line, data, problems
-            line += batch.num_rows
+        for block in reader:
+            pending = sorted(skipped)
+            taken = np.array([number for number, _ in pending], np.int64)
+            free = np.arange(following, following + block.num_rows + len(taken), dtype=np.int64)
+            numbers = free[~np.isin(free, taken)][:block.num_rows]
+            following = int(numbers[-1]) + 1 if block.num_rows else following
+            skipped[:] = [problem for problem in pending if problem[0] >= following]
+            yield _Batch(numbers.tolist(), [_texts(block.column(w)) for w in wanted],
+                         [problem for problem in pending if problem[0] < following])
     except (OSError, ValueError) as exc:
-        yield line, {c: [] for c in used}, [Problem(table.where(line), f"unreadable from here on: {exc}")]
+        skipped.append((following, f"unreadable from here on: {exc}"))
+    if skipped:
+        yield _Batch([], [[] for _ in used], sorted(skipped))
 
 
 def _texts(column: Any) -> list[str | None]:
-    """Stripped text values of a binary/string column; None for a value that is not UTF-8."""
+    """Stripped text values of a column of any type ("" for a null); None for a value that is not UTF-8."""
     import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
 
     try:
-        values = column.cast(pa.string()).to_pylist()
+        values = pc.fill_null(column.cast(pa.string()), "").to_pylist()
     except (ValueError, TypeError):
         values = [_decode(value) for value in column.to_pylist()]
     return [value.strip() if value is not None else None for value in values]
@@ -221,17 +252,10 @@ def _parquet_header(file: Path) -> list[str]:
     return list(pq.ParquetFile(file).schema_arrow.names)
 
 
-def _parquet_batches(table: Table, used: list[str]) -> Iterator[tuple[int, dict[str, list[Any]], list[Problem]]]:
-    import pyarrow as pa  # noqa: PLC0415
+def _parquet_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    line = 2
+    following = 2
     for batch in pq.ParquetFile(table.path).iter_batches(batch_size=BATCH_ROWS, columns=used):
-        data = {}
-        for name in used:
-            column = batch.column(name)
-            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-                column = column.cast(pa.string())
-            data[name] = [("" if v is None else v.strip()) for v in column.to_pylist()]
-        yield line, data, []
-        line += batch.num_rows
+        yield _Batch(list(range(following, following + batch.num_rows)), [_texts(c) for c in batch.columns], [])
+        following += batch.num_rows
