@@ -15,7 +15,7 @@ but shares the caches). "old" swaps the loader's shard reader back to ``wds.tarf
 the transform wrapped in a function, which the loader applies as given; "previous" turns tensor geometry off.
 The rounds alternate old, previous, new, uint8, old, ... and the median of each is reported, with the batches
 compared (same seed): old and previous bit for bit, new against previous in 8-bit levels, uint8 normalised
-(`treeclip.model.preprocess.normalize_uint8`) against new bit for bit, so a faster path that changes the data
+(`treeclip.pixels.normalize_uint8`) against new bit for bit, so a faster path that changes the data
 is reported as such.
 
 A second table measures the paths as training runs them: two worker processes at the training
@@ -50,7 +50,7 @@ import webdataset as wds
 
 from treeclip.data import loader
 from treeclip.model import create_model
-from treeclip.model.preprocess import normalize_uint8
+from treeclip.pixels import normalize_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _shards import write_shards  # noqa: E402 - the test suite's generator of real-layout shards

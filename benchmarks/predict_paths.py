@@ -5,7 +5,7 @@
 - **float** — the reference: PIL decode (JPEG draft mode) + the model's transform in float, in the decoding
   threads (what every release before uint8 batches did);
 - **uint8, threads / processes** — the same PIL decode and resize/crop, the pixels sent as uint8 and
-  normalised on the model's device (`treeclip.model.preprocess.normalize_uint8`);
+  normalised on the model's device (`treeclip.pixels.normalize_uint8`);
 - **device** — JPEGs decoded by ``torchvision.io.decode_jpeg`` on the model's device (here the CPU, i.e.
   libjpeg-turbo; nvJPEG on CUDA) at full resolution, resized/cropped/normalised there by torch.
 

@@ -398,13 +398,13 @@ def test_fused_to_tensor_normalize_gives_the_same_bits(tmp_path: Path) -> None:
 
     urls = list_shards(write_shards(tmp_path, n_species=3) / "train")
     compose = augment(tv.RandomHorizontalFlip())  # a step without a tensor kernel here: geometry by PIL
-    assert ImageTransform(compose).tensor_head is None
+    assert ImageTransform(compose).kernels is None
     torch.manual_seed(0)
     fused = batches(urls, transform=compose, shuffle_buffer=0)
     torch.manual_seed(0)
     plain = batches(urls, transform=lambda image: compose(image), shuffle_buffer=0)  # not a Compose: as given
     assert_same_batches(fused, plain)
-    assert ImageTransform(compose).head is not None and ImageTransform(transform).head is None
+    assert ImageTransform(compose).steps is not None and ImageTransform(transform).steps is None
     gray = tv.Compose([tv.Grayscale(), tv.ToTensor(), tv.Normalize((0.5,), (0.25,))])
     image = Image.open(io.BytesIO(image_bytes(3)))
     assert torch.equal(ImageTransform(gray)(image), gray(image))  # not RGB before ToTensor: the given steps
@@ -441,11 +441,11 @@ def test_tensor_geometry_and_uint8_batches_match_the_pil_path(tmp_path: Path, mo
     levels, almost all equal; the uint8 batch normalised by `normalize_uint8` equals the float batch bit for
     bit. A different crop draw, a channel swap, a wrong mean or std would be far outside these bounds."""
     from _shards import write_shards
-    from treeclip.model.preprocess import normalize_uint8
+    from treeclip.pixels import normalize_uint8
 
     urls = list_shards(write_shards(tmp_path, n_species=6) / "train")
     compose = tv.Compose([*geometry, tv.ToTensor(), tv.Normalize(MEAN, STD)])
-    assert ImageTransform(compose).tensor_head is not None
+    assert ImageTransform(compose).kernels is not None
 
     def run(**options) -> list[dict]:
         torch.manual_seed(3)
@@ -467,10 +467,10 @@ def test_uint8_batches_only_where_the_transform_allows(tmp_path: Path) -> None:
     plain = batches(urls, normalize=False, shuffle_buffer=0)  # a function, not a Compose: its floats as given
     assert plain[0]["image"].dtype == torch.float32
     gray = tv.Compose([tv.Resize(8), tv.Grayscale(num_output_channels=3), tv.ToTensor(), tv.Normalize(MEAN, STD)])
-    assert ImageTransform(gray).tensor_head is None  # Grayscale: PIL steps, still uint8 pixels at the end
+    assert ImageTransform(gray).kernels is None  # Grayscale: PIL steps, still uint8 pixels at the end
     nearest = tv.Compose([tv.RandomResizedCrop(8, interpolation=tv.InterpolationMode.NEAREST), tv.ToTensor(),
                           tv.Normalize(MEAN, STD)])
-    assert ImageTransform(nearest).tensor_head is None  # torch's nearest picks other pixels than PIL's
+    assert ImageTransform(nearest).kernels is None  # torch's nearest picks other pixels than PIL's
     torch.manual_seed(0)
     got = batches(urls, transform=gray, normalize=False, shuffle_buffer=0)
     torch.manual_seed(0)
@@ -478,7 +478,7 @@ def test_uint8_batches_only_where_the_transform_allows(tmp_path: Path) -> None:
 
 
 def normalize_uint8_of(pixels: torch.Tensor) -> torch.Tensor:
-    from treeclip.model.preprocess import normalize_uint8
+    from treeclip.pixels import normalize_uint8
 
     assert pixels.dtype == torch.uint8
     return normalize_uint8(pixels, MEAN, STD)

@@ -19,7 +19,7 @@ from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 
 from treeclip.errors import UsageError
 from treeclip.model import create_model
-from treeclip.model.preprocess import inference_preprocess, normalize_uint8
+from treeclip.model.preprocess import inference_preprocess
 from treeclip.predict import decode_device
 from treeclip.predict.classifier import ImageEmbedder
 from treeclip.predict.decode_device import COLOUR, NOT_A_FILE, NOT_JPEG, ON_DEVICE, REFUSED, ROTATED
@@ -78,15 +78,6 @@ def test_classifiers_take_uint8_batches_only_where_they_are_exact(open_clip_prep
     assert ImageEmbedder(model=model, preprocess=open_clip_preprocess).decoding("threads")["uint8"]
     assert not ImageEmbedder(model=model, preprocess=bioclip_preprocess).decoding("threads")["uint8"]
     assert not ImageEmbedder(model=model, preprocess=lambda image: image).decoding("threads")["uint8"]
-
-
-def test_normalize_uint8_is_per_channel_and_refuses_floats() -> None:
-    pixels = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
-    out = normalize_uint8(pixels, mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
-    assert out.dtype == torch.float32
-    assert torch.allclose(out[:, :, 0, 0], torch.tensor([[0.0, 1.0, 0.0]] * 2), atol=1e-6)
-    with pytest.raises(TypeError, match="uint8"):
-        normalize_uint8(pixels.float(), mean=(0, 0, 0), std=(1, 1, 1))
 
 
 @pytest.mark.parametrize("size", [(97, 61), (61, 97), (640, 480)])

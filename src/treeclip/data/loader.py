@@ -11,14 +11,14 @@ Batches are dicts::
 
 With ``normalize=False`` and a transform ending in ``ToTensor, Normalize`` (open_clip's) "image" is the
 ByteTensor[B, 3, H, W] of RGB pixels before those two steps, for the consumer to finish where the model is
-(`treeclip.model.preprocess.normalize_uint8`; the training loop does): 4x fewer bytes through worker pipes,
+(`treeclip.pixels.normalize_uint8`; the training loop does): 4x fewer bytes through worker pipes,
 pinned memory and the host-to-device copy, and no float work in the workers.
 
 Image steps. Such a transform's geometry (``RandomResizedCrop``, ``Resize``, ``CenterCrop``) runs on the
-decoded pixels as a uint8 tensor with torchvision's tensor kernels (antialiased like PIL's; crops drawn by
-the step's own ``get_params``, so the same crops), about 4x cheaper than PIL's resize on the CPU: within 2
-levels of PIL's pixels, ~0.3 % of values differ (`tests/test_loader.py`, `benchmarks/loader.py`). Any other
-step keeps the whole transform on the PIL image.
+decoded pixels as a uint8 tensor with torchvision's tensor kernels (`treeclip.pixels.tensor_steps`:
+antialiased like PIL's; crops drawn by the step's own ``get_params``, so the same crops), about 4x cheaper
+than PIL's resize on the CPU: within 2 levels of PIL's pixels, ~0.3 % of values differ (`tests/test_loader.py`,
+`benchmarks/loader.py`). Any other step keeps the whole transform on the PIL image.
 
 Text choice. Each sample carries every caption it has; the text type is drawn per sample
 (``text_mix="sample"``) or once per batch (``"batch"``, what BioCLIP's code did) from `text_types` with
@@ -53,7 +53,6 @@ import os
 import random
 import re
 import zlib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,12 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
-from torchvision import transforms as tv
-from torchvision.transforms.v2 import functional as tensor_ops
 
 from treeclip.data.images import ImageError, decode_image
 from treeclip.data.sources.wds import NAME_KEYS, sample_taxon
 from treeclip.errors import UsageError
 from treeclip.formats.shards import MANIFEST, TAXON_JSON, TarReader, read_manifest, shard_counts, split_member
+from treeclip.pixels import normalize_, split_steps, tensor_steps
 from treeclip.taxonomy import TRAIN_TEXT_TYPES, Taxon, TextType
 
 log = logging.getLogger(__name__)
@@ -346,43 +343,30 @@ class _Prepare:
 
 class ImageTransform:
     """`transform` per image and `stack` per batch. A torchvision ``Compose`` that ends in ``ToTensor,
-    Normalize`` (open_clip's) stops before those two for RGB images, giving uint8 ``[3, H, W]`` pixels (its
-    geometry run on a tensor where torchvision can: module docstring); `stack` then does ``ToTensor`` +
-    ``Normalize`` in place in the batch tensor (the same float operations in the same order), or with
-    `normalize` False leaves them to the consumer and returns the uint8 batch (`benchmarks/loader.py`)."""
+    Normalize`` (open_clip's; `treeclip.pixels.split_steps`) stops before those two for RGB images, giving uint8
+    ``[3, H, W]`` pixels (its geometry run on a tensor where torchvision can: module docstring); `stack` then
+    does ``ToTensor`` + ``Normalize`` in place in the batch tensor (`treeclip.pixels.normalize_`: the same float
+    operations in the same order), or with `normalize` False leaves them to the consumer and returns the uint8
+    batch (`benchmarks/loader.py`)."""
 
     def __init__(self, transform: Callable[[Any], torch.Tensor], *, normalize: bool = True) -> None:
         self.transform, self.normalize = transform, normalize
-        steps = transform.transforms if isinstance(transform, tv.Compose) else []
-        fusable = len(steps) >= 2 and isinstance(steps[-2], tv.ToTensor) and isinstance(steps[-1], tv.Normalize) \
-            and not steps[-1].inplace and all(std != 0 for std in steps[-1].std)
-        self.head = tv.Compose(steps[:-2]) if fusable else None
-        self.tensor_head = tensor_steps(steps[:-2]) if fusable else None
-        self.tail = tv.Compose(steps[-2:]) if fusable else None
-        self.mean_std = (steps[-1].mean, steps[-1].std) if fusable else None
+        steps = split_steps(transform)
+        self.steps = steps if steps is not None and steps.uint8_exact else None
+        self.kernels = tensor_steps(self.steps.pil) if self.steps is not None else None
 
     def __call__(self, image: Any) -> torch.Tensor:
         """The transformed image (float), or its RGB pixels (uint8 ``[3, H, W]``) that `stack` finishes."""
-        if self.head is None:
+        if self.steps is None:
             return self.transform(image)
-        if self.tensor_head is not None and isinstance(image, Image.Image) and image.mode == "RGB":
-            pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-            for step in self.tensor_head:
-                pixels = step(pixels)
-            return pixels
-        image = self.head(image)
-        if not isinstance(image, Image.Image) or image.mode != "RGB":
-            return self.tail(image)
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return self.steps.to_uint8(image, self.kernels)
 
     def stack(self, images: list[torch.Tensor]) -> torch.Tensor:
         """The batch [B, C, H, W]: float, or uint8 pixels when `normalize` is False and all are pixels."""
-        if self.head is None:
+        if self.steps is None:
             return torch.stack(images)
         pixels_only = all(image.dtype == torch.uint8 for image in images)
         dtype = torch.uint8 if pixels_only and not self.normalize else torch.get_default_dtype()
-        mean, std = (torch.as_tensor(values, dtype=torch.get_default_dtype()).view(-1, 1, 1)
-                     for values in self.mean_std)
         shape = tuple(images[0].shape)
         out = torch.empty((len(images), *shape), dtype=dtype)
         for slot, image in zip(out, images):
@@ -390,37 +374,8 @@ class ImageTransform:
                 raise RuntimeError(f"images of one batch differ in shape: {shape} and {tuple(image.shape)}")
             slot.copy_(image)  # pixels as they are, or ToTensor's uint8 -> float (a finished image: as it is)
             if image.dtype == torch.uint8 and dtype != torch.uint8:
-                slot.div_(255).sub_(mean).div_(std)  # ToTensor's / 255, then Normalize
+                normalize_(slot.div_(255), self.steps.mean, self.steps.std)  # ToTensor's / 255, then Normalize
         return out
-
-
-ANTIALIASED = (tv.InterpolationMode.BILINEAR, tv.InterpolationMode.BICUBIC)  # PIL's filters torch matches
-
-
-def tensor_steps(steps: Sequence[Callable]) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
-    """The geometry `steps` as functions of a uint8 ``[3, H, W]`` RGB tensor (torchvision's tensor kernels,
-    antialiased as PIL always is; the step's own parameters and random draws), or None when a step has no
-    such equivalent (any other step or filter)."""
-    functions = []
-    for step in steps:
-        if isinstance(step, (tv.RandomResizedCrop, tv.Resize)) and step.interpolation not in ANTIALIASED:
-            return None
-        if isinstance(step, tv.RandomResizedCrop):
-            functions.append(functools.partial(_random_resized_crop, step))
-        elif isinstance(step, tv.Resize):
-            functions.append(functools.partial(tensor_ops.resize, size=step.size, interpolation=step.interpolation,
-                                               max_size=step.max_size, antialias=True))
-        elif isinstance(step, tv.CenterCrop):
-            functions.append(functools.partial(tensor_ops.center_crop, output_size=list(step.size)))
-        elif type(step).__name__ != "MaybeConvertMode":  # open_clip's convert("RGB"): RGB already
-            return None
-    return functions
-
-
-def _random_resized_crop(step: tv.RandomResizedCrop, pixels: torch.Tensor) -> torch.Tensor:
-    top, left, height, width = step.get_params(pixels, step.scale, step.ratio)
-    return tensor_ops.resized_crop(pixels, top, left, height, width, list(step.size),
-                                   interpolation=step.interpolation, antialias=True)
 
 
 def sample_lineage(sample: Mapping[str, Any]) -> tuple[str, ...]:

@@ -17,32 +17,34 @@ reference package does not (``PIL.Image.open(...).convert("RGB")``), so a photo 
 orientation tag is seen upright by treeclip and sideways by pybioclip. Transparent images are composited on
 white by treeclip, while ``convert("RGB")`` drops the alpha channel.
 
-Each transform is used in three ways, all from its one definition (the steps of the transform itself):
+Each transform is used in three ways, all from its one definition (the steps of the transform itself), split
+by `treeclip.pixels` (the same code splits the training loader's transform):
 
 - **float** (``preprocess(image)``): the transform as is, PIL image → normalised float tensor;
-- **uint8** (`Preprocess.to_uint8`, then `normalize_uint8` on the model's device): the steps before the
+- **uint8** (`Preprocess.to_uint8`, then `treeclip.pixels.normalize_uint8` on the model's device): the steps before the
   to-tensor step (resize and crop, on the PIL image) and those between it and ``Normalize`` (the BioCLIP
   family's resize, run on the 8-bit tensor), giving ``[3, H, W]`` uint8 pixels: 4× fewer bytes through
   worker pipes and pinned memory, and no float work on the decoding CPUs. It equals the float path exactly
   for open_clip geometry (PIL resizes in 8 bits either way), which is when predict uses it
-  (`PixelSteps.uint8_exact`); for the BioCLIP family's float-tensor resize it would round the resized pixels
+  (`treeclip.pixels.PixelSteps.uint8_exact`); for the BioCLIP family's float-tensor resize it would round the resized pixels
   to 8 bits (at most 0.5/255 per value, ~3e-3 relative in scores: too far from pybioclip's), so that family
   keeps float batches;
 - **on the device** (`Preprocess.from_decoded`): the same steps run by torch on an already decoded
   ``[3, H, W]`` uint8 tensor (a GPU-decoded JPEG): torchvision's resize of a tensor (antialiased, as PIL's)
-  and crop, then normalisation.
+  and crop (`treeclip.pixels.tensor_steps`, the training loader's kernels), then normalisation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
+
+from treeclip.pixels import PixelSteps, normalize_uint8, split_steps
 
 HF_HUB_PREFIX = "hf-hub:"
 BIOCLIP_FAMILY = frozenset({"imageomics/bioclip", "imageomics/bioclip-2"})
@@ -81,37 +83,20 @@ class Preprocess:
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """``[3, H, W]`` uint8 pixels of an RGB image, all of the transform but the float conversion and
-        ``Normalize`` (`normalize_uint8` does those, on the model's device)."""
-        steps = self._split()
-        for step in steps.pil:
-            image = step(image)
-        pixels = pil_to_tensor(image)
-        for step in steps.tensor:
-            pixels = step(pixels)
-        return pixels
+        ``Normalize`` (`normalize` does those, on the model's device): `treeclip.pixels.PixelSteps.to_uint8`."""
+        return self._split().to_uint8(image)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float pixels of a uint8 batch from `to_uint8`, normalised where the batch is (`normalize_uint8`)."""
+        """Float pixels of a uint8 batch from `to_uint8`, normalised where the batch is
+        (`treeclip.pixels.normalize_uint8`)."""
         steps = self._split()
         return normalize_uint8(pixels, steps.mean, steps.std)
 
     def from_decoded(self, image: torch.Tensor) -> torch.Tensor:
         """The transform of decoded uint8 RGB ``[3, H, W]`` (or a ``[N, 3, H, W]`` stack of same-size images;
-        e.g. JPEGs decoded on the GPU), run by torch where the tensor is: the resize/crop steps on float values in
-        0..255, rounded to 8 bits as PIL's resize would (a PIL crop or resize of the decoded image gives the same
-        numbers within a level or two), then the float steps and the normalisation. Float, normalised."""
-        steps = self._split()
-        if steps.pil_only:
-            raise ValueError(f"{', '.join(steps.pil_only)} runs on PIL images only, not on a decoded tensor")
-        pixels = image.float()
-        if steps.pil:
-            for step in steps.pil:
-                pixels = step(pixels)
-            pixels = pixels.clamp_(0, 255).round_()
-        pixels = pixels.div_(255)
-        for step in steps.tensor:
-            pixels = step(pixels)
-        return _normalized(pixels, steps.mean, steps.std)
+        e.g. JPEGs decoded on the GPU), run by torch where the tensor is (`treeclip.pixels.PixelSteps.from_decoded`:
+        a PIL crop or resize of the decoded image gives the same numbers within a level or two). Float, normalised."""
+        return self._split().from_decoded(image)
 
     def _split(self) -> PixelSteps:
         if self.steps is None:
@@ -122,72 +107,6 @@ class Preprocess:
         """One line for logs and reports, e.g. ``bioclip: squash to 224x224 (bilinear, antialiased)``."""
         how = "bilinear, antialiased, as pybioclip" if self.family == BIOCLIP else "open_clip"
         return f"{self.family}: {self.resize_mode} to {self.size[0]}x{self.size[1]} ({how})"
-
-
-@dataclass(frozen=True)
-class PixelSteps:
-    """A transform split around its to-tensor step: `pil` steps before it (geometry: resize, crop), `tensor`
-    steps after it but before ``Normalize``, and ``Normalize``'s mean and std."""
-
-    pil: tuple[Callable, ...]
-    tensor: tuple[Callable, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def uint8_exact(self) -> bool:
-        """Whether `Preprocess.to_uint8` + `normalize_uint8` equal the float transform bit for bit: no step
-        between the to-tensor step and ``Normalize`` (the BioCLIP family resizes there, on floats)."""
-        return not self.tensor
-
-    @property
-    def pil_only(self) -> list[str]:
-        """The geometry steps that take PIL images only (open_clip's ``ResizeKeepRatio``, of ``resize_mode``
-        "longest"): `Preprocess.from_decoded` cannot run them on a tensor."""
-        from torchvision import transforms  # noqa: PLC0415
-
-        return [type(step).__name__ for step in self.pil
-                if not isinstance(step, (transforms.Resize, transforms.CenterCrop))]
-
-
-def split_steps(transform: Transform) -> PixelSteps | None:
-    """`PixelSteps` of a torchvision ``Compose`` [geometry..., ToTensor, float steps..., Normalize] (open_clip's
-    and `reference_squash`'s shape); None for any other transform. A mode conversion step (PIL's
-    ``convert("RGB")``) is dropped: the images reaching the transform are RGB already."""
-    from torchvision import transforms  # noqa: PLC0415
-
-    steps = list(getattr(transform, "transforms", ()))
-    to_tensor = [i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor)]
-    if len(to_tensor) != 1 or not steps or not isinstance(steps[-1], transforms.Normalize):
-        return None
-    cut, normalize = to_tensor[0], steps[-1]
-    pil = tuple(step for step in steps[:cut] if not _converts_mode(step))
-    return PixelSteps(pil, tuple(steps[cut + 1 : -1]), _floats(normalize.mean), _floats(normalize.std))
-
-
-def normalize_uint8(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Float32 ``(pixels / 255 - mean) / std`` per channel of a uint8 ``[..., 3, H, W]`` batch, computed where
-    the batch is (on the model's device): the same operations, in the same order and precision, as torchvision's
-    ``ToTensor`` + ``Normalize``, so the result equals the float path's bit for bit."""
-    if pixels.dtype != torch.uint8:
-        raise TypeError(f"normalize_uint8 takes uint8 pixels, got {pixels.dtype}")
-    return _normalized(pixels.float().div_(255), mean, std)
-
-
-def _normalized(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    shape = (-1, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(shape)
-    return pixels.sub_(mean_t).div_(std_t)
-
-
-def _converts_mode(step: Callable) -> bool:
-    """A PIL mode conversion: open_clip's ``MaybeConvertMode`` (``_convert_to_rgb`` in older open_clip)."""
-    return type(step).__name__ == "MaybeConvertMode" or getattr(step, "__name__", "") == "_convert_to_rgb"
-
-
-def _floats(values: Any) -> tuple[float, ...]:
-    return tuple(float(value) for value in (values if isinstance(values, (tuple, list)) else [values] * 3))
 
 
 def family_of(model_id: str) -> str:

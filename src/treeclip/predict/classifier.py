@@ -114,7 +114,7 @@ class _ImageClassifier:
     @property
     def takes_uint8(self) -> bool:
         """Whether batches come as uint8 pixels, normalised here on the device (`embed`): when that gives the
-        float transform's pixels bit for bit (`treeclip.model.preprocess.PixelSteps.uint8_exact`)."""
+        float transform's pixels bit for bit (`treeclip.pixels.PixelSteps.uint8_exact`)."""
         steps = getattr(self.preprocess, "steps", None)
         return steps is not None and steps.uint8_exact
 

@@ -33,7 +33,7 @@ Choices worth knowing:
   memory. Every logged record carries samples/s (global and per device) and the model FLOPs utilisation
   (`treeclip.train.throughput`). With open_clip's transforms the loader hands over uint8 pixels (4x fewer
   bytes through worker pipes, pinned memory and the host-to-device copy) and the loop does ``ToTensor`` +
-  ``Normalize`` on the device (`treeclip.model.preprocess.normalize_uint8`: the same floats). The loss is
+  ``Normalize`` on the device (`treeclip.pixels.normalize_uint8`: the same floats). The loss is
   read on the host one step late (`StepValues`), so the device never idles while the host waits for it;
   steps that validate or checkpoint are read at once, before any later step changes the weights.
 * **Seeds.** The process seeds torch's RNG with ``train.seed`` before building the model (all processes
@@ -62,7 +62,7 @@ from treeclip.data.loader import make_loader
 from treeclip.errors import TreeclipError, UsageError
 from treeclip.taxonomy import Taxon
 from treeclip.model import create_model, model_config
-from treeclip.model.preprocess import normalize_uint8, split_steps
+from treeclip.pixels import normalize_uint8, split_steps
 from treeclip.train import checkpoint as ckpt
 from treeclip.train.config import CONFIG_FILE, Config, loader_workers, micro_batch_size, resolved_precision, to_yaml
 from treeclip.train.distributed import DistEnv, barrier, gather_objects, init_distributed, mean_across, shutdown
