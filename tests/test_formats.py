@@ -314,6 +314,32 @@ def test_row_numbers_match_a_python_csv_count_across_blocks(tmp_path: Path) -> N
     assert good == expected_good and bad == expected_bad
 
 
+@pytest.mark.parametrize("rows", [1, 2, 7, 1000])
+def test_table_parts_read_exactly_as_the_whole_table(tmp_path: Path, rows: int) -> None:
+    """`Table.parts` (a CSV/TSV staged to Arrow files, a Parquet file cut at row groups) read part after part
+    gives the whole table's rows, values, row numbers and problems, in the same order: malformed rows before,
+    between and after the rows, a non-UTF-8 value, a multi-line value, blank lines, CRLF."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    body = [RARE_HEADER, "x,y", *RARE_ROWS, "", '"5\nlines",' + RARE_ROWS[0].split(",", 1)[1], "bad,row", "",
+            *RARE_ROWS, RARE_ROWS[1] + ",extra", RARE_ROWS[0], "last,bad", "also,bad"]
+    text = ("\r\n".join(body) + "\r\n").encode().replace(b"purple wartyback", b"purple \xffwartyback", 1)
+    (tmp_path / "t.csv").write_bytes(text)
+    (tmp_path / "t.tsv").write_bytes(text.replace(b",", b"\t"))
+    pq.write_table(pa.table({"genus": [f"G{i}" for i in range(11)], "id": list(range(11))}), tmp_path / "t.parquet",
+                   row_group_size=3)
+    for name, columns in (("t.csv", {"g": "genus", "c": "common_name", "n": ""}), ("t.tsv", {"g": "genus"}),
+                          ("t.parquet", {"g": "genus", "id": "id"})):
+        table = open_table(tmp_path / name)
+        whole = list(table.rows(columns))
+        parts = open_table(tmp_path / name).parts(columns, rows=rows, prefix=str(tmp_path / f"{name}-{rows}"))
+        group_rows = -(-rows // 3) * 3  # Parquet: whole row groups of 3
+        assert len(parts) == (-(-11 // group_rows) if name == "t.parquet" else -(-table.read // rows))
+        assert [item for part in parts for item in open_table(tmp_path / name).rows(columns, part)] == whole, name
+        assert sum(isinstance(item, Problem) for item in whole) >= (0 if name == "t.parquet" else 5)
+
+
 def test_header_only_catalog_is_a_problem(tmp_path: Path) -> None:
     found, problems = records(f"csv:{write(tmp_path / 'c.csv', ['path,genus,species'])}")
     assert not found and [p.reason for p in problems] == ["no data rows (only a header)"]

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_build import (GANNET, HONEYEATER, MULBERRY, _kill_test_source, kill_once_shards_appear, read_samples, row,
                         shard_bytes, write_csv, write_jpeg)
+from test_plan_partitions import build_outputs, split_inputs  # noqa: F401 - split_inputs is a fixture
 from test_predict_fixtures import export_tiny_model, random_taxa, tiny_bank
 
 from treeclip.cli import main
@@ -190,3 +191,15 @@ def test_embed_on_ray_equals_local(ray_runtime: object, predict_setup: dict[str,
     assert main([*base, "--output", str(local)]) == 1
     assert main([*base, "--output", str(on_ray), "--engine", "ray"]) == 1
     assert pq.read_table(on_ray).to_pylist() == pq.read_table(local).to_pylist()
+
+
+def test_sources_in_parts_on_ray_equal_local(ray_runtime: object, split_inputs: list[str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A csv: and a Parquet source in 3-row parts (the csv staged by a Ray task), pass 1 and pass 2 one Ray
+    task per part (the part size and each part's first record index travel in the tasks' arguments), with
+    repeated ids and copies of bytes across parts: every output equals the one-part local build's."""
+    from treeclip.data import plan
+
+    local = build_outputs(split_inputs, tmp_path / "local", 1)
+    monkeypatch.setattr(plan, "_PART_ROWS", 3)
+    assert build_outputs(split_inputs, tmp_path / "ray", 2, "--engine", "ray") == local

@@ -626,3 +626,44 @@ def test_every_path_alias_is_read_by_csv_source_and_exclusions(tmp_path: Path, a
     found = load_exclusions([table])
     assert len(found.paths) == 1 and found.paths.get(str((tmp_path / "pics/a.jpg").resolve())) == "t.csv"
     assert [Path(image.path) for image in read_catalog(table)] == [tmp_path / "pics/a.jpg"]
+
+
+# --- sources read in parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_table_sources_read_in_parts_give_the_whole_sources_items(tmp_path: Path, rows: int) -> None:
+    """csv:, tol10m:, bioscan: and download: read part after part (`Source.parts`, `records(part)`) give the
+    items the whole source gives, in its order; download: keeps a retried URL's final row even when it lies
+    in a later part than the failed attempt (a per-part 'last row' would keep both or neither)."""
+    from treeclip.data.download.journal import STATUS_COLUMNS  # noqa: PLC0415
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        jpeg(tmp_path / "dl" / "images" / name)
+        jpeg(tmp_path / "images" / name)
+    status = [dict(zip(STATUS_COLUMNS, [""] * len(STATUS_COLUMNS))) for _ in range(5)]
+    for values, (key, outcome, image, genus) in zip(status, [
+            ("k1", "error", "", "Morus"), ("k2", "ok", "images/a.jpg", "Morus"), ("k3", "ok", "images/gone.jpg", "Pica"),
+            ("k1", "ok", "images/b.jpg", "Morus"), ("k4", "ok", "images/c.jpg", "Pica")]):
+        values.update(key=key, outcome=outcome, path=image, genus=genus, species="alba", source="table",
+                      source_id=key, reason="HTTP 500" if outcome == "error" else "")
+    write_table(tmp_path / "dl" / "status.csv", list(STATUS_COLUMNS), [list(v.values()) for v in status])
+    csv_rows = [["images/a.jpg", "Morus", "alba"], ["images/b.jpg", "Pica"], ["images/x.jpg", "Pica", "pica"],
+                ["images/c.jpg", "Pica", "pica"]]
+    tol_rows = [["a", "train", "Morus", "alba"], ["b", "train_small", "Pica", "pica"], ["c", "train", "Pica", "pica"],
+                ["zz", "train", "Pica", "pica"]]
+    bioscan_rows = [["P1", "a.jpg", "Diptera", "Aedes"], ["P2", "none.jpg", "Diptera", ""],
+                    ["P3", "c.jpg", "Diptera", "phyMalaise01"]]
+    tol = write_table(tmp_path / "t.csv", ["treeoflife_id", "split", "genus", "species"], tol_rows)
+    bioscan = write_table(tmp_path / "m.tsv", ["processid", "image_file", "order", "genus"], bioscan_rows,
+                          delimiter="\t")
+    specs = [f"download:{tmp_path / 'dl'}", f"csv:{write_table(tmp_path / 'c.csv', ['path', 'genus', 'species'], csv_rows)}",
+             f"tol10m:{tol},{tmp_path / 'images'}", f"bioscan:{bioscan},{tmp_path / 'images'}"]
+    for index, spec in enumerate(specs):
+        whole = list(open_source(spec).records())
+        source = open_source(spec)
+        parts = source.parts(rows=rows, prefix=str(tmp_path / f"part-{index}-{rows}"))
+        assert len(parts) > 1 or rows == 3
+        assert [item for part in parts for item in open_source(spec).records(part)] == whole, spec
+    kept = [r.source_id for r in open_source(specs[0]).records() if isinstance(r, Record)]
+    assert kept == ["table:k2", "table:k1", "table:k4"]

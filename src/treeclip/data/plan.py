@@ -1,10 +1,14 @@
 """Planning a build: which images go into which shard, decided before any image is decoded.
 
-1. Pass 1 reads every source into an `Aligner` tally (and reports the sources' bad rows and files): one
-   `observe_source` job per source on the build's engine (in this process, a process pool or Ray tasks);
-   the per-source tallies (distinct lineage and source counts) are merged in source order.
-2. Pass 2, one `resolve_source` job per source (the alignment sent once to every worker), streams the source again and
-   resolves each record's taxon; records the alignment drops and records their source marks as held out
+0. Each source is cut into parts of about `_PART_ROWS` rows (`Source.parts`, one `split_source` job per
+   source: a CSV/TSV table is read once and staged to Arrow files, a Parquet table is cut at row groups;
+   folder trees, JSON and tar sources are one part).
+1. Pass 1 reads every source part into an `Aligner` tally (and reports the parts' bad rows and files): one
+   `observe_source` job per (source, part) on the build's engine (in this process, a process pool or Ray
+   tasks); the tallies (distinct lineage and source counts) are merged in (source, part) order.
+2. Pass 2, one `resolve_source` job per (source, part) (the alignment sent once to every worker; a part's
+   first record index is the sum of pass 1's record counts of the parts before it, so every record keeps its
+   position in its source), streams the part again and resolves each record's taxon; records the alignment drops and records their source marks as held out
    (``split=unseen``, as `treeclip synth` marks its unseen species) are left out. Rows whose source mended a
    gap in their lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks
    back (from the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest
@@ -35,8 +39,8 @@ sorted on its own and placed by the counts of the ranges before it. Each row car
 index, record index), so every rule is "first in source order" as in one pass. The process that plans holds
 the alignment, the partitions' row offsets, the shard jobs and the counts; the rows left out (``dropped.csv``)
 stay in sorted files merged when written (`Plan.dropped_rows`), and the problems met go to a `ProblemLog`
-file as they are read back (pass 1's from one file per source, in source order; then those of the id
-buckets, merged from their sorted files), so nothing the driver holds grows with the bad rows either.
+file as they are read back (pass 1's from one file per source part, in (source, part) order; then those of
+the id buckets, merged from their sorted files), so nothing the driver holds grows with the bad rows either.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import math
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +70,7 @@ from treeclip.data.records import Problem, Record
 from treeclip.data.shards import ITEM_COLUMNS, PLAN_DIR, ShardJob, items_path
 from treeclip.data.splits import SPLITS, VAL, assign_split, sample_key, shard_order, stable_id
 from treeclip.data.sources import Source
+from treeclip.errors import InputError
 from treeclip.formats.problems import ProblemLog, read_problems
 from treeclip.taxonomy import RANK_NAMES, Taxon
 
@@ -79,6 +84,7 @@ _BATCH = 16_384  # records per pass-2 batch
 _HASH_ROWS = 256  # files per `hash_batch` call
 _BUCKET_ROWS = 131_072  # target rows per partition (id, sha256 and shard-order buckets): a job's share
 _SPILL_ROWS = 32_768  # records per pass-2 output file (partitioned by id bucket)
+_PART_ROWS = 1 << 20  # rows per source part: a pass-1 and a pass-2 job each (`Source.parts`)
 _ROW_BITS = 40  # a position is (source index << _ROW_BITS) | record index within the source
 _HELD_OUT, _UNRESOLVED = 1, 2  # pass-2 status of a row (0: a candidate)
 _TAXON_COLUMNS = (*RANK_NAMES, "common")
@@ -158,14 +164,18 @@ def _plan(report: _Reporter, *, sources: Sequence[Source], aligner: Aligner, exc
           shard_size: int, image_size: int, resize_mode: str, quality: int, val_fraction: float, seed: int,
           workers: int, engine: str, ray_address: str | None) -> Plan:
     work = Path(out) / PLAN_DIR / WORK_DIR
-    per_source = _observe(sources, aligner, report, work=str(work), engine=engine, workers=workers,
-                          ray_address=ray_address)
+    read = _Runner(engine=engine, workers=workers, ray_address=ray_address)
+    parts = _split(sources, read, work=str(work))
+    observed = _observe(parts, aligner, report, read)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
-    plan.source_counts = [{"spec": src.spec, "kind": src.kind, **n} for src, n in zip(sources, per_source)]
-    plan.counts["records"] = sum(n["records"] for n in per_source)
+    plan.source_counts = [{"spec": src.spec, "kind": src.kind,
+                           **{name: sum(one.counts[name] for one in observed if one.index == i)
+                              for name in ("records", "problems")}} for i, src in enumerate(sources)]
+    plan.counts["records"] = sum(n["records"] for n in plan.source_counts)
     buckets = max(1, math.ceil(plan.counts["records"] / _BUCKET_ROWS))
-    local_workers = workers if buckets > 1 or engine != "local" else 1  # one bucket: no process pool to start
+    local_workers = workers if buckets > 1 or len(parts) > 1 or engine != "local" else 1  # else no pool to start
     run = _Runner(engine=engine, workers=local_workers, ray_address=ray_address)
+    _resolve(parts, observed, plan.alignment, run, buckets=buckets, work=str(work))
     _plan_images(plan, run, report, sources=sources, exclusions=exclusions, buckets=buckets, out=out,
                  shard_size=shard_size, image_size=image_size, resize_mode=resize_mode, quality=quality,
                  val_fraction=val_fraction, seed=seed)
@@ -191,9 +201,6 @@ def _plan_images(plan: Plan, run: _Runner, report: _Reporter, *, sources: Sequen
                  val_fraction: float, seed: int) -> None:
     work = Path(out) / PLAN_DIR / WORK_DIR
     dropped = Path(out) / PLAN_DIR / DROPPED_DIR
-    slim = Alignment(taxa=plan.alignment.taxa, dropped=plan.alignment.dropped, report={})
-    for _ in run(resolve_source, [_SourceJob(i, src, buckets, str(work)) for i, src in enumerate(sources)], slim):
-        pass
     specs = tuple(src.spec for src in sources)
     tally = _Tally()
     for result in run(settle_ids, [_IdsJob(b, specs, buckets, str(work), str(dropped)) for b in range(buckets)]):
@@ -265,24 +272,64 @@ class _Tally:
             counter[name] += number
 
 
+@dataclass(frozen=True)
+class _PartJob:
+    """One part of one source (`Source.parts`; `part` None: the whole source), read by a pass-1 and a pass-2
+    job; `first` is the source's record index of the part's first record (pass 2), `records` its count."""
+
+    index: int  # the source's, in --source order
+    number: int  # the part's, within its source
+    source: Source
+    part: Any
+    problems: str = ""  # pass 1's problem file
+    first: int = 0
+    records: int = 0
+    buckets: int = 0
+    work: str = ""
+
+
+@dataclass(frozen=True)
+class _SplitJob:
+    index: int
+    source: Source
+    rows: int
+    prefix: str
+
+
+def split_source(one: _SplitJob) -> tuple[int, list[Any]]:
+    """A source's parts (`Source.parts`, which may stage a CSV/TSV table to Arrow files: one read of it), a
+    job for any engine."""
+    return one.index, list(one.source.parts(rows=one.rows, prefix=one.prefix))
+
+
+def _split(sources: Sequence[Source], run: _Runner, *, work: str) -> list[_PartJob]:
+    """Every source's parts, in (source, part) order: the order of the build's records."""
+    jobs = [_SplitJob(index, source, _PART_ROWS, str(Path(work) / f"part-{index:06d}"))
+            for index, source in enumerate(sources)]
+    parts = dict(run(split_source, jobs))
+    return [_PartJob(index, number, source, part, str(Path(work) / f"problems-{index:06d}-{number:06d}.csv"))
+            for index, source in enumerate(sources) for number, part in enumerate(parts[index])]
+
+
 @dataclass
 class _Observed:
-    """Pass 1 over one source: its alignment tally (counts per distinct lineage and source), its problems'
-    file (``problems.csv`` format) and counts."""
+    """Pass 1 over one source part: its alignment tally (counts per distinct lineage and source), its
+    problems' file (``problems.csv`` format) and counts."""
 
     index: int
+    number: int
     aligner: Aligner
     problems: str
     counts: dict[str, int]
 
 
-def observe_source(job: tuple[int, Source, str]) -> _Observed:
-    """Pass 1 for one source, a job for any engine (`treeclip.data.engines.map_unordered`): its problems go to
-    the file `job[2]`; only its tally, which grows with its distinct lineages, not its records, comes back."""
-    index, source, problems_file = job
-    problems = ProblemLog(problems_file)
-    observed = _Observed(index, Aligner(), problems_file, {"records": 0, "problems": 0})
-    for item in source.records():
+def observe_source(job: _PartJob) -> _Observed:
+    """Pass 1 for one source part, a job for any engine (`treeclip.data.engines.map_unordered`): its problems
+    go to the file `job.problems`; only its tally, which grows with its distinct lineages, not its records,
+    comes back."""
+    problems = ProblemLog(job.problems)
+    observed = _Observed(job.index, job.number, Aligner(), job.problems, {"records": 0, "problems": 0})
+    for item in job.source.records(job.part):
         if isinstance(item, Problem):
             observed.counts["problems"] += 1
             problems.append(item)
@@ -293,29 +340,34 @@ def observe_source(job: tuple[int, Source, str]) -> _Observed:
     return observed
 
 
-def _observe(sources: Sequence[Source], aligner: Aligner, report: _Reporter, *, work: str, engine: str,
-             workers: int, ray_address: str | None) -> list[dict[str, int]]:
-    """Pass 1: one `observe_source` job per source on the engine; tallies merged (and problems reported,
-    read back from the jobs' files) in source order, so neither depends on which job finished first."""
-    jobs = [(index, source, str(Path(work) / f"problems-{index:06d}.csv")) for index, source in enumerate(sources)]
-    observed = sorted(map_unordered(observe_source, jobs, engine=engine, workers=workers, ray_address=ray_address),
-                      key=lambda o: o.index)
+def _observe(parts: Sequence[_PartJob], aligner: Aligner, report: _Reporter, run: _Runner) -> list[_Observed]:
+    """Pass 1: one `observe_source` job per source part on the engine; tallies merged (and problems reported,
+    read back from the jobs' files) in (source, part) order, so neither depends on which job finished first."""
+    observed = sorted(run(observe_source, parts), key=lambda o: (o.index, o.number))
     for one in observed:
         for problem in read_problems(one.problems):
             report(problem)
         Path(one.problems).unlink()
         aligner.absorb(one.aligner)
-    return [one.counts for one in observed]
+    return observed
 
 
-# ---- pass 2: one job per source -------------------------------------------------------------------------------
+# ---- pass 2: one job per source part --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _SourceJob:
-    index: int
-    source: Source
-    buckets: int
-    work: str
+def _resolve(parts: Sequence[_PartJob], observed: Sequence[_Observed], alignment: Alignment, run: _Runner, *,
+             buckets: int, work: str) -> None:
+    """Pass 2: one `resolve_source` job per source part, its first record index the sum of the pass-1 record
+    counts of the source's parts before it (so each record keeps its position in its source); then the
+    staged part files are deleted."""
+    slim = Alignment(taxa=alignment.taxa, dropped=alignment.dropped, report={})
+    jobs, first = [], Counter[int]()
+    for part, one in zip(parts, observed, strict=True):
+        jobs.append(replace(part, first=first[part.index], records=one.counts["records"], buckets=buckets,
+                            work=work))
+        first[part.index] += one.counts["records"]
+    for _ in run(resolve_source, jobs, slim):
+        pass
+    _remove(Path(work), "part-*")
 
 
 def _released(result: Result) -> Result:
@@ -332,25 +384,30 @@ def id_group(source: str, source_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def resolve_source(one: _SourceJob, alignment: Alignment) -> int:
-    """Pass 2 for one source: its records resolved by `alignment` (shared by every source's job), one row
-    each (`_ROW_SCHEMA`), written partitioned by id bucket, one ``resolved-SOURCE-PART.arrow`` file per
-    `_SPILL_ROWS` records; returns the record count."""
-    records = (item for item in one.source.records() if isinstance(item, Record))
-    count, part, held = 0, 0, []
+def resolve_source(one: _PartJob, alignment: Alignment) -> int:
+    """Pass 2 for one source part: its records resolved by `alignment` (shared by every job), one row each
+    (`_ROW_SCHEMA`, positions from the part's first record index), written partitioned by id bucket, one
+    ``resolved-SOURCE-PART-SPILL.arrow`` file per `_SPILL_ROWS` records; returns the record count, which
+    must be pass 1's (else the source changed between the passes and positions would collide)."""
+    records = (item for item in one.source.records(one.part) if isinstance(item, Record))
+    count, spill, held = 0, 0, []
     while True:
         batch = list(islice(records, _BATCH))
         if batch:
-            held.append(_resolved_rows(batch, alignment, (one.index << _ROW_BITS) + count))
+            held.append(_resolved_rows(batch, alignment, (one.index << _ROW_BITS) + one.first + count))
             count += len(batch)
         if held and (not batch or sum(t.num_rows for t in held) >= _SPILL_ROWS):
             table = pa.concat_tables(held)
             bucket = (table.column("group").to_numpy() % np.uint64(one.buckets)).astype(np.int64)
-            path = Path(one.work) / f"resolved-{one.index:06d}-{part:06d}.arrow"
+            path = Path(one.work) / f"resolved-{one.index:06d}-{one.number:06d}-{spill:06d}.arrow"
             write_partitioned(table, bucket, one.buckets, path)
-            part, held = part + 1, []
+            spill, held = spill + 1, []
         if not batch:
-            return _released(count)
+            break
+    if count != one.records:
+        raise InputError(f"source {one.source.spec!r} changed while the build was planning: {one.records} records "
+                         f"in its first reading, {count} in its second (part {one.number}); run the build again")
+    return _released(count)
 
 
 def _resolved_rows(records: list[Record], alignment: Alignment, first: int) -> pa.Table:

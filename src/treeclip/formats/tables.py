@@ -16,6 +16,7 @@ Memory is one batch (a 4 MiB block of CSV, 64k Parquet rows) at a time, whatever
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -72,6 +73,7 @@ class Table:
     header: list[str]
     delimiter: str = ""  # "" for Parquet
     problems: list[Problem] = field(default_factory=list)
+    read: int = 0  # data rows `rows` has read (well-formed, whatever their values)
 
     @property
     def keys(self) -> list[str]:
@@ -97,16 +99,19 @@ class Table:
             raise UsageError(f"{self.path}: column {doubled[0]!r} appears {counts[doubled[0]]} times in the header; "
                              "rename one (or choose one with --columns)")
 
-    def rows(self, columns: Mapping[str, str | None]) -> Iterator[Row | Problem]:
+    def rows(self, columns: Mapping[str, str | None], part: TablePart | None = None) -> Iterator[Row | Problem]:
         """(row number, {name: stripped text}) per row, for `columns` = {name: header column or None ("" always)};
-        a bad row's Problem comes in its place among the rows."""
+        a bad row's Problem comes in its place among the rows. With `part` (from `parts`), only that part's
+        rows, exactly as they come when the whole table is read."""
         used = sorted({c for c in columns.values() if c})
         self.check_unique(used)
-        for batch in self._batches(used):
-            data = dict(zip(used, batch.texts, strict=True))
+        for batch in self._batches(used, part):
+            numbers = batch.numbers.to_pylist()
+            data = dict(zip(used, (_texts(column) for column in batch.columns), strict=True))
+            self.read += len(numbers)
             problems = iter(batch.problems)
             problem = next(problems, None)
-            for offset, number in enumerate(batch.numbers):
+            for offset, number in enumerate(numbers):
                 while problem is not None and problem[0] < number:
                     yield Problem(self.where(problem[0]), problem[1])
                     problem = next(problems, None)
@@ -121,25 +126,53 @@ class Table:
         appended to `self.problems`."""
         used = sorted(set(names))
         self.check_unique(used)
-        for batch in self._batches(used):
+        for batch in self._batches(used, None):
             self.problems.extend(Problem(self.where(number), reason) for number, reason in batch.problems)
-            if batch.numbers:
-                yield batch.numbers[0], dict(zip(used, batch.texts, strict=True))
+            if len(batch.numbers):
+                yield batch.numbers[0].as_py(), {c: _texts(column) for c, column in zip(used, batch.columns, strict=True)}
 
-    def _batches(self, used: list[str]) -> Iterator[_Batch]:
+    def parts(self, columns: Mapping[str, str | None], *, rows: int, prefix: str) -> list[TablePart]:
+        """The table cut into parts of about `rows` rows that `rows(columns, part)` reads one by one, for
+        jobs of their own. Parquet: runs of whole row groups (nothing is written). CSV/TSV (which cannot be
+        cut at byte offsets: a quoted value may hold a line break): the used columns read once, streaming,
+        into Arrow IPC files ``{prefix}-NNNNNN.arrow`` of `rows` rows each, with their row numbers and the
+        problems met among them; a part never starts with a problem, so the last part holds the trailing ones."""
+        used = sorted({c for c in columns.values() if c})
+        self.check_unique(used)
+        if not self.delimiter:
+            return _row_group_parts(self.path, rows)
+        return _staged_parts(_csv_batches(self, used), used, rows=rows, prefix=prefix)
+
+    def _batches(self, used: list[str], part: TablePart | None) -> Iterator[_Batch]:
         if not used:
             return
-        reader = _parquet_batches if not self.delimiter else _csv_batches
-        yield from reader(self, used)
+        if part is not None and part.staged:
+            yield from _staged_batches(part.staged, used)
+        elif not self.delimiter:
+            yield from _parquet_batches(self, used, part or TablePart())
+        else:
+            yield from _csv_batches(self, used)
+
+
+@dataclass(frozen=True)
+class TablePart:
+    """A part of a table (`Table.parts`): Parquet row groups [first_group, end_group) whose first row is
+    `first_row`, or (`staged`) the Arrow IPC file holding a CSV/TSV part's used columns."""
+
+    first_group: int = 0
+    end_group: int | None = None  # None: to the last row group
+    first_row: int = 2
+    staged: str = ""
 
 
 @dataclass
 class _Batch:
-    """Consecutive rows of a table: their row numbers, the used columns' texts (`_texts`), and the problems
-    (row number, reason) met before the last of them (or, in a table's last batch, after it)."""
+    """Consecutive rows of a table: their row numbers (int64), the used columns as read (binary for CSV;
+    `_texts` turns them into text), and the problems (row number, reason) met before the last of them (or,
+    in a table's last batch, after it)."""
 
-    numbers: list[int]
-    texts: list[list[str | None]]
+    numbers: Any
+    columns: list[Any]
     problems: list[tuple[int, str]]
 
 
@@ -219,12 +252,12 @@ def _csv_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
             numbers = free[~np.isin(free, taken)][:block.num_rows]
             following = int(numbers[-1]) + 1 if block.num_rows else following
             skipped[:] = [problem for problem in pending if problem[0] >= following]
-            yield _Batch(numbers.tolist(), [_texts(block.column(w)) for w in wanted],
+            yield _Batch(pa.array(numbers), [block.column(w) for w in wanted],
                          [problem for problem in pending if problem[0] < following])
     except (OSError, ValueError) as exc:
         skipped.append((following, f"unreadable from here on: {exc}"))
     if skipped:
-        yield _Batch([], [[] for _ in used], sorted(skipped))
+        yield _Batch(pa.array([], pa.int64()), [pa.array([], pa.binary()) for _ in used], sorted(skipped))
 
 
 def _texts(column: Any) -> list[str | None]:
@@ -252,10 +285,82 @@ def _parquet_header(file: Path) -> list[str]:
     return list(pq.ParquetFile(file).schema_arrow.names)
 
 
-def _parquet_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
+def _parquet_batches(table: Table, used: list[str], part: TablePart) -> Iterator[_Batch]:
+    import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    following = 2
-    for batch in pq.ParquetFile(table.path).iter_batches(batch_size=BATCH_ROWS, columns=used):
-        yield _Batch(list(range(following, following + batch.num_rows)), [_texts(c) for c in batch.columns], [])
+    file = pq.ParquetFile(table.path)
+    groups = range(part.first_group, file.num_row_groups if part.end_group is None else part.end_group)
+    following = part.first_row
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=used):
+        yield _Batch(pa.array(range(following, following + batch.num_rows), pa.int64()), batch.columns, [])
         following += batch.num_rows
+
+
+def _row_group_parts(path: Path, rows: int) -> list[TablePart]:
+    """Runs of whole row groups of about `rows` rows (at least one group each; one part for an empty file)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    metadata = pq.ParquetFile(path).metadata
+    parts, first, first_row, held = [], 0, 2, 0
+    for group in range(metadata.num_row_groups):
+        held += metadata.row_group(group).num_rows
+        if held >= rows and group + 1 < metadata.num_row_groups:
+            parts.append(TablePart(first, group + 1, first_row))
+            first, first_row, held = group + 1, first_row + held, 0
+    return [*parts, TablePart(first, None, first_row)]
+
+
+_STAGED_USED = b"treeclip.staged_columns"  # schema metadata of a staged part: the used columns (JSON)
+_STAGED_PROBLEMS = b"problems"  # a staged batch's metadata: its problems (JSON)
+
+
+def _staged_parts(batches: Iterator[_Batch], used: list[str], *, rows: int, prefix: str) -> list[TablePart]:
+    """`batches` written to IPC files of `rows` rows each: a batch is cut where a part is full, and the
+    problems before the cut's last row go with the rows before it (the rest with the rows after it)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    schema = pa.schema([("row", pa.int64()), *((f"c{i}", pa.binary()) for i in range(len(used)))],
+                       metadata={_STAGED_USED: json.dumps(used)})
+    paths: list[str] = []
+    writer, held = None, 0
+    try:
+        for batch in batches:
+            count, start, problems = len(batch.numbers), 0, batch.problems
+            while True:
+                if writer is None or (held >= rows and start < count):
+                    if writer is not None:
+                        writer.close()
+                    paths.append(f"{prefix}-{len(paths):06d}.arrow")
+                    writer, held = pa.ipc.new_file(paths[-1], schema), 0
+                end = start + min(count - start, rows - held)
+                last = batch.numbers[end - 1].as_py() if end < count else None
+                mine = [problem for problem in problems if last is None or problem[0] < last]
+                problems = problems[len(mine):]
+                arrays = [batch.numbers.slice(start, end - start), *(c.slice(start, end - start) for c in batch.columns)]
+                writer.write_batch(pa.record_batch(arrays, schema=schema),
+                                   custom_metadata={_STAGED_PROBLEMS: json.dumps(mine)})
+                held, start = held + end - start, end
+                if start >= count:
+                    break
+        if writer is None:  # no rows and no problems: one empty part
+            paths.append(f"{prefix}-000000.arrow")
+            writer = pa.ipc.new_file(paths[-1], schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    return [TablePart(staged=path) for path in paths]
+
+
+def _staged_batches(path: str, used: list[str]) -> Iterator[_Batch]:
+    import pyarrow as pa  # noqa: PLC0415
+
+    with pa.OSFile(path) as source:
+        reader = pa.ipc.open_file(source)
+        staged = json.loads(reader.schema.metadata[_STAGED_USED])
+        if not set(used) <= set(staged):
+            raise ValueError(f"{path}: staged without the columns {sorted(set(used) - set(staged))}")
+        for index in range(reader.num_record_batches):
+            batch, metadata = reader.get_batch_with_custom_metadata(index)
+            problems = [(number, reason) for number, reason in json.loads(metadata[_STAGED_PROBLEMS])]
+            yield _Batch(batch.column(0), [batch.column(1 + staged.index(c)) for c in used], problems)

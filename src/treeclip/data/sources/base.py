@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from treeclip.errors import UsageError
 from treeclip.formats import Table, open_table
+from treeclip.formats.tables import TablePart
 from treeclip.formats.columns import taxon_of, without_repeated_common
 from treeclip.taxonomy import Taxon
 
@@ -43,8 +44,16 @@ class Source(ABC):
         """Check the spec's main path (and options) and return it absolute; UsageError when wrong."""
 
     @abstractmethod
-    def records(self) -> Iterator[Record | Problem]:
-        """Yield one Record per usable image and one Problem per bad row or file, streaming."""
+    def records(self, part: Any = None) -> Iterator[Record | Problem]:
+        """Yield one Record per usable image and one Problem per bad row or file, streaming: of the whole
+        source, or of one of its `parts`."""
+
+    def parts(self, *, rows: int, prefix: str) -> Sequence[Any]:
+        """The parts `records(part)` reads the source in, as separate jobs, each of about `rows` rows, their
+        records and problems in the whole source's order when taken part after part. This may read the source
+        once (a CSV/TSV table is staged to Arrow files ``{prefix}-*``); a source that cannot be cut is one
+        part, None (the whole source)."""
+        return [None]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
@@ -71,31 +80,48 @@ def open_source_table(path: Path, what: str) -> Table | Problem:
         return Problem(str(path), str(exc))
 
 
-def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str | None] | Problem]
-               ) -> Iterator[tuple[Table, int, dict[str, str]] | Problem]:
-    """(table, line, values) of every row of a source's table, for the columns `choose` picks from its header.
+def table_rows(path: Path, what: str, choose: Callable[[Table], Mapping[str, str | None] | Problem],
+               part: TablePart | None = None) -> Iterator[tuple[Table, int, dict[str, str]] | Problem]:
+    """(table, row number, values) of every row of a source's table (or of its `part`, from `table_parts`), for
+    the columns `choose` picks from its header.
 
     Problems: a table that cannot be read, a header `choose` refuses or that names a used column twice, each
-    bad row, and a table without data rows (a header-only file must not look like an empty successful source)."""
-    table = open_source_table(path, what)
+    bad row, and a table without data rows (a header-only file must not look like an empty successful source;
+    a part has no rows only when its table has none)."""
+    table = _chosen(path, what, choose)
     if isinstance(table, Problem):
         yield table
         return
+    table, columns = table
+    for item in table.rows(columns, part):
+        yield item if isinstance(item, Problem) else (table, *item)
+    if not table.read:
+        yield Problem(table.where(), "no data rows (only a header)")
+
+
+def table_parts(path: Path, what: str, choose: Callable[[Table], Mapping[str, str | None] | Problem], *,
+                rows: int, prefix: str) -> list[TablePart | None]:
+    """A source table's parts of about `rows` rows for `table_rows` (`Table.parts`: a CSV/TSV is staged to
+    ``{prefix}-NNNNNN.arrow`` files); one part, the whole table, when its header is refused (its problem is
+    then reported by reading it whole)."""
+    table = _chosen(path, what, choose)
+    return [None] if isinstance(table, Problem) else list(table[0].parts(table[1], rows=rows, prefix=prefix))
+
+
+def _chosen(path: Path, what: str, choose: Callable[[Table], Mapping[str, str | None] | Problem]
+            ) -> tuple[Table, Mapping[str, str | None]] | Problem:
+    """The table at `path` and the columns `choose` picks, or the Problem with either."""
+    table = open_source_table(path, what)
+    if isinstance(table, Problem):
+        return table
     columns = choose(table)
     if isinstance(columns, Problem):
-        yield columns
-        return
+        return columns
     try:
         table.check_unique([column for column in columns.values() if column])
     except UsageError as exc:  # a doubled column: which one is meant is unknowable
-        yield Problem(table.where(1), str(exc).removeprefix(f"{table.path}: "))
-        return
-    rows = 0
-    for item in table.rows(columns):
-        rows += not isinstance(item, Problem)
-        yield item if isinstance(item, Problem) else (table, *item)
-    if not rows:
-        yield Problem(table.where(), "no data rows (only a header)")
+        return Problem(table.where(1), str(exc).removeprefix(f"{table.path}: "))
+    return table, columns
 
 
 def contained_path(base: str, value: str, *, allow_absolute: bool) -> tuple[str, str]:

@@ -15,7 +15,7 @@ Images are looked up under IMAGE_ROOT (default: the table's folder), first match
 Interim names (BOLD placeholders such as ``phyMalaise01``, ``eulophMalaise01``, ``ChrysSA``, ``AlticinaeGEN``,
 the epithet of ``Dalbominus Malaise5255``: digits, inner capitals, ``GEN``/``Malaise``) are not taxa: the
 record is cut back to the deepest valid rank (genus, family or order), never dropped and never given an
-invented genus; `BioscanSource.interim` counts such rows and the end of the file logs the count.
+invented genus; `BioscanSource.interim` counts such rows and the end of the file (or part) logs the count.
 Licence and holder go into the catalog: pre-release ``licence``/``licence_holder``, released
 ``copyright_license``/``copyright_holder`` (or ``copyright_institution``).
 ``split_hint``: the ``split`` column, else BIOSCAN-1M's default partition ``large_diptera_family`` (values
@@ -30,9 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from treeclip.formats import Table, resolve, taxon_of
+from treeclip.formats.tables import TablePart
 
 from ..records import Problem, Record
-from .base import Source, first_existing, int_text, table_rows
+from .base import Source, first_existing, int_text, table_parts, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,18 @@ class BioscanSource(Source):
         table = self.existing(path, "metadata table", directory=False)
         images = self.options.get("images")
         self.image_root = self.existing(images, "image root", directory=True) if images else table.parent
-        self.interim = 0
         return table
 
-    def records(self) -> Iterator[Record | Problem]:
-        for item in table_rows(self.path, "bioscan: metadata table", self._columns):
+    def records(self, part: TablePart | None = None) -> Iterator[Record | Problem]:
+        self.interim = 0
+        for item in table_rows(self.path, "bioscan: metadata table", self._columns, part):
             yield item if isinstance(item, Problem) else self._record(*item)
         if self.interim:
             log.warning("%s: %d rows name an interim (placeholder) genus or species; kept at their deepest valid "
                         "rank", self.path, self.interim)
+
+    def parts(self, *, rows: int, prefix: str) -> list[TablePart | None]:
+        return table_parts(self.path, "bioscan: metadata table", self._columns, rows=rows, prefix=prefix)
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         found = {name: table.find(name) for name in ("image_file", "processid", "chunk_number", "chunk")}

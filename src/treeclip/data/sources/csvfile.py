@@ -21,9 +21,10 @@ from pathlib import Path
 
 from treeclip.formats import PATH_ALIASES, Table, has_ranks, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES, lineage_gap
+from treeclip.formats.tables import TablePart
 
 from ..records import Problem, Record
-from .base import Source, contained_path, table_rows
+from .base import Source, contained_path, table_parts, table_rows
 
 LICENSE_COLUMNS = ("license", "license_name", "licence", "copyright_license", "licence_name")
 OWNER_COLUMNS = ("owner", "copyright_owner", "rights_holder", "rightsholder", "licence_holder", "license_holder",
@@ -40,10 +41,13 @@ class CsvSource(Source):
     def locate(self, path: str) -> Path:
         return self.existing(path, "CSV", directory=False)
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: TablePart | None = None) -> Iterator[Record | Problem]:
         self._folder = os.path.abspath(self.path.parent)
-        for item in table_rows(self.path, "csv: table", self._columns):
+        for item in table_rows(self.path, "csv: table", self._columns, part):
             yield item if isinstance(item, Problem) else self._record(*item)
+
+    def parts(self, *, rows: int, prefix: str) -> list[TablePart | None]:
+        return table_parts(self.path, "csv: table", self._columns, rows=rows, prefix=prefix)
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.path))

@@ -8,18 +8,29 @@ unless a later row of the table (``--retry-failed``) got it; a missing image fil
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from treeclip.formats import Table, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES
+from treeclip.formats.tables import TablePart
 
 from ..records import Problem, Record
-from .base import Source, contained_path, table_rows
+from .base import Source, contained_path, table_parts, table_rows
 
 STATUS_FILE = "status.csv"  # the name `treeclip.data.download.journal` writes
 COLUMNS = ("key", "outcome", "reason", "path", "source", "source_id", "license", "owner", "url")
+
+
+@dataclass(frozen=True)
+class DownloadPart:
+    """A part of the status table, and the file naming the final row of each retried URL key."""
+
+    table: TablePart | None
+    retried: str
 
 
 class DownloadSource(Source):
@@ -34,24 +45,36 @@ class DownloadSource(Source):
         self.existing(str(self.status), "status table (run treeclip download first)", directory=False)
         return folder
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: DownloadPart | None = None) -> Iterator[Record | Problem]:
         self._folder = str(self.path)
-        last = self._last_rows()
-        for item in table_rows(self.status, "download: status table", self._columns):
+        retried = self._retried([None]) if part is None else json.loads(Path(part.retried).read_text())
+        for item in table_rows(self.status, "download: status table", self._columns, part and part.table):
             if isinstance(item, Problem):
                 yield item
                 continue
             table, line, row = item
-            if last.get(row["key"]) == line:
+            if retried.get(row["key"], line) == line:
                 yield self._record(table, line, row)
 
-    def _last_rows(self) -> dict[str, int]:
-        """The line of each URL key's final row (a retried URL has several)."""
-        rows: dict[str, int] = {}
-        for item in table_rows(self.status, "download: status table", lambda table: {"key": table.find("key")}):
-            if not isinstance(item, Problem):
-                rows[item[2]["key"]] = item[1]
-        return rows
+    def parts(self, *, rows: int, prefix: str) -> list[DownloadPart]:
+        """The status table's parts, with the last row of each retried URL key in ``{prefix}-retried.json``."""
+        parts = table_parts(self.status, "download: status table", self._columns, rows=rows, prefix=prefix)
+        retried = Path(f"{prefix}-retried.json")
+        retried.write_text(json.dumps(self._retried(parts)))
+        return [DownloadPart(part, str(retried)) for part in parts]
+
+    def _retried(self, parts: list[TablePart | None]) -> dict[str, int]:
+        """The row of the final attempt of each URL key with several rows (``--retry-failed``)."""
+        last: dict[str, int] = {}
+        again: set[str] = set()
+        for part in parts:
+            for item in table_rows(self.status, "download: status table", lambda t: {"key": t.find("key")}, part):
+                if not isinstance(item, Problem):
+                    key = item[2]["key"]
+                    if key in last:
+                        again.add(key)
+                    last[key] = item[1]
+        return {key: last[key] for key in again}
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         found = {name: table.find(name) for name in COLUMNS}

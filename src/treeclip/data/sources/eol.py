@@ -80,7 +80,7 @@ class EolSource(Source):
         self.taxonomy = self.existing(self.options["taxonomy"], "taxonomy", directory=False)
         return manifest
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: None = None) -> Iterator[Record | Problem]:
         pages = yield from self.page_taxa()
         table = open_source_table(self.path, "eol: media manifest")
         if isinstance(table, Problem):

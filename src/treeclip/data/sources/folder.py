@@ -42,7 +42,7 @@ class FolderSource(Source):
             self.options["taxonomy"] = str(self.existing(self.options["taxonomy"], "taxonomy CSV", directory=False))
         return self.existing(path, "image", directory=True)
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: None = None) -> Iterator[Record | Problem]:
         mapping: dict[str, Taxon] = {}
         if self.options.get("taxonomy"):
             yield from self._read_mapping(Path(self.options["taxonomy"]), mapping)

@@ -65,7 +65,7 @@ class INat21Source(Source):
             )
         return root
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: None = None) -> Iterator[Record | Problem]:
         categories = _Categories()
         json_files = {split: self.path / f"{split}.json" for split in SPLITS}
         for json_path in json_files.values():

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from treeclip.formats import Table, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES, lineage_gap
+from treeclip.formats.tables import TablePart
 
 from ..records import Problem, Record
-from .base import Source, first_existing, int_text, table_rows
+from .base import Source, first_existing, int_text, table_parts, table_rows
 
 SKIPPED_SPLITS = frozenset({"train_small"})
 OTHER_COLUMNS = ("treeoflife_id", "split", "eol_content_id", "eol_page_id", "bioscan_part", "bioscan_filename",
@@ -45,12 +46,15 @@ class Tol10mSource(Source):
         self.image_root = self.existing(self.options["images"], "image root", directory=True)
         return self.existing(path, "catalog", directory=False)
 
-    def records(self) -> Iterator[Record | Problem]:
-        for item in table_rows(self.path, "tol10m: catalog", self._columns):
+    def records(self, part: TablePart | None = None) -> Iterator[Record | Problem]:
+        for item in table_rows(self.path, "tol10m: catalog", self._columns, part):
             if isinstance(item, Problem):
                 yield item
             elif item[2]["split"] not in SKIPPED_SPLITS:
                 yield self._record(*item)
+
+    def parts(self, *, rows: int, prefix: str) -> list[TablePart | None]:
+        return table_parts(self.path, "tol10m: catalog", self._columns, rows=rows, prefix=prefix)
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         if table.find("treeoflife_id") is None:

@@ -56,7 +56,7 @@ class WdsSource(Source):
             raise UsageError(f"source {self.spec!r}: no shard files match {path} (syntax: {self.usage})")
         return Path(path)
 
-    def records(self) -> Iterator[Record | Problem]:
+    def records(self, part: None = None) -> Iterator[Record | Problem]:
         for shard in self.shards:
             split = shard.parent.name if shard.parent.name in SPLIT_NAMES else ""
             for sample in read_samples(shard):
