@@ -284,3 +284,27 @@ def test_sources_split_in_parts_build_the_same_bytes(split_inputs: list[str], tm
     assert build_outputs(split_inputs, tmp_path / "parts", workers) == whole
     assert split_into == [Counter({0: 4, 1: 3})]  # 10 csv rows, 9 Parquet rows in row groups of 2
     assert not list((tmp_path / "parts").rglob("part-*.arrow"))  # the staged parts are deleted
+
+
+def test_a_source_changed_between_the_passes_stops_the_plan(split_inputs: list[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """An image deleted after pass 1 counted its part: pass 2 would give the later parts' records positions
+    the next part also uses, so the build stops with one line (exit 1) instead of resolving them wrongly."""
+    import shutil  # noqa: PLC0415
+
+    from treeclip.cli import main  # noqa: PLC0415
+
+    folder = tmp_path / "copy"
+    shutil.copytree(Path(split_inputs[0].removeprefix("csv:")).parent, folder)
+    real_resolve = plan_module._resolve
+
+    def deleting_resolve(*args: Any, **kwargs: Any) -> None:
+        (folder / "img" / "3.jpg").unlink()
+        real_resolve(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "_PART_ROWS", 3)
+    monkeypatch.setattr(plan_module, "_resolve", deleting_resolve)
+    assert main(["build", "--source", f"csv:{folder / 'cat.csv'}", "--out", str(tmp_path / "out")]) == 1
+    assert "changed while the build was planning: 2 records in its first reading, 1 in its second (part 1)" in \
+        capsys.readouterr().err
