@@ -1,12 +1,13 @@
 """Pass 1 and pass 2 of a build's plan with a big one-file catalog cut into parts, on 1 and 2 workers.
 
-A generated ``csv:`` catalog of N rows (`benchmarks.catalog_memory`'s layout: 50,000 species, a sha256 per row,
-so no image is hashed) whose rows name 20 real tiny images, reused, so every row costs the real
-``os.path.isfile`` of the ``csv:`` source (the stat that is slow on a cluster's shared filesystem) in every
-worker. Each run plans the build (`treeclip.data.plan.plan_build`, the local engine) up to pass 2 (the later
-stages are `benchmarks.catalog_memory`'s) in a fresh process and reports, per phase, wall seconds and CPU seconds (that process plus its finished pool
-processes): the split (the CSV staged to Arrow part files), pass 1 and pass 2; and the planning process's
-peak resident memory (with 2 workers the jobs run in pool processes, so that peak is the driver's own).
+A generated ``csv:`` catalog of N rows (`benchmarks.catalog_memory`'s layout: 50,000 species) whose rows name
+20 real tiny images, reused, so every row costs the real ``os.path.isfile`` of the ``csv:`` source (the stat
+that is slow on a cluster's shared filesystem) in every worker. Each run plans the build
+(`treeclip.data.plan.plan_build`, the local engine) up to pass 2 (the later stages are measured by
+`benchmarks.catalog_memory`) in a fresh process and reports, per phase, wall seconds and CPU seconds (that
+process plus its finished pool processes): the split (the CSV staged to Arrow part files), pass 1 and pass 2;
+and the planning process's peak resident memory (with 2 workers the jobs run in pool processes, so that peak
+is the driver's own, plus the split job's, which runs in it).
 
     python -m benchmarks.plan_parts [--rows 1000000] [--part-rows 131072] [--workers 1,2]
 

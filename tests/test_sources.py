@@ -643,8 +643,9 @@ def test_table_sources_read_in_parts_give_the_whole_sources_items(tmp_path: Path
         jpeg(tmp_path / "images" / name)
     status = [dict(zip(STATUS_COLUMNS, [""] * len(STATUS_COLUMNS))) for _ in range(5)]
     for values, (key, outcome, image, genus) in zip(status, [
-            ("k1", "error", "", "Morus"), ("k2", "ok", "images/a.jpg", "Morus"), ("k3", "ok", "images/gone.jpg", "Pica"),
-            ("k1", "ok", "images/b.jpg", "Morus"), ("k4", "ok", "images/c.jpg", "Pica")]):
+            ("k1", "error", "", "Morus"), ("k2", "ok", "images/a.jpg", "Morus"),
+            ("k3", "ok", "images/gone.jpg", "Pica"), ("k1", "ok", "images/b.jpg", "Morus"),
+            ("k4", "ok", "images/c.jpg", "Pica")]):
         values.update(key=key, outcome=outcome, path=image, genus=genus, species="alba", source="table",
                       source_id=key, reason="HTTP 500" if outcome == "error" else "")
     write_table(tmp_path / "dl" / "status.csv", list(STATUS_COLUMNS), [list(v.values()) for v in status])
@@ -657,8 +658,8 @@ def test_table_sources_read_in_parts_give_the_whole_sources_items(tmp_path: Path
     tol = write_table(tmp_path / "t.csv", ["treeoflife_id", "split", "genus", "species"], tol_rows)
     bioscan = write_table(tmp_path / "m.tsv", ["processid", "image_file", "order", "genus"], bioscan_rows,
                           delimiter="\t")
-    specs = [f"download:{tmp_path / 'dl'}", f"csv:{write_table(tmp_path / 'c.csv', ['path', 'genus', 'species'], csv_rows)}",
-             f"tol10m:{tol},{tmp_path / 'images'}", f"bioscan:{bioscan},{tmp_path / 'images'}"]
+    table = write_table(tmp_path / "c.csv", ["path", "genus", "species"], csv_rows)
+    specs = [f"download:{tmp_path / 'dl'}", f"csv:{table}", f"tol10m:{tol},{tmp_path / 'images'}", f"bioscan:{bioscan},{tmp_path / 'images'}"]
     for index, spec in enumerate(specs):
         whole = list(open_source(spec).records())
         source = open_source(spec)

@@ -8,8 +8,9 @@
    tasks); the tallies (distinct lineage and source counts) are merged in (source, part) order.
 2. Pass 2, one `resolve_source` job per (source, part) (the alignment sent once to every worker; a part's
    first record index is the sum of pass 1's record counts of the parts before it, so every record keeps its
-   position in its source), streams the part again and resolves each record's taxon; records the alignment drops and records their source marks as held out
-   (``split=unseen``, as `treeclip synth` marks its unseen species) are left out. Rows whose source mended a
+   position in its source), streams the part again and resolves each record's taxon; records the alignment
+   drops and records their source marks as held out (``split=unseen``, as `treeclip synth` marks its unseen
+   species) are left out. Rows whose source mended a
    gap in their lineage (`Record.gap`) are counted: ``gap_filled`` when the alignment gave the emptied ranks
    back (from the backbone or other records of the taxon), ``gap_kept`` when they stay at their deepest
    unbroken run.

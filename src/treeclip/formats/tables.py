@@ -129,7 +129,8 @@ class Table:
         for batch in self._batches(used, None):
             self.problems.extend(Problem(self.where(number), reason) for number, reason in batch.problems)
             if len(batch.numbers):
-                yield batch.numbers[0].as_py(), {c: _texts(column) for c, column in zip(used, batch.columns, strict=True)}
+                texts = {c: _texts(column) for c, column in zip(used, batch.columns, strict=True)}
+                yield batch.numbers[0].as_py(), texts
 
     def parts(self, columns: Mapping[str, str | None], *, rows: int, prefix: str) -> list[TablePart]:
         """The table cut into parts of about `rows` rows that `rows(columns, part)` reads one by one, for
@@ -337,8 +338,8 @@ def _staged_parts(batches: Iterator[_Batch], used: list[str], *, rows: int, pref
                 last = batch.numbers[end - 1].as_py() if end < count else None
                 mine = [problem for problem in problems if last is None or problem[0] < last]
                 problems = problems[len(mine):]
-                arrays = [batch.numbers.slice(start, end - start), *(c.slice(start, end - start) for c in batch.columns)]
-                writer.write_batch(pa.record_batch(arrays, schema=schema),
+                arrays = [batch.numbers, *batch.columns]
+                writer.write_batch(pa.record_batch([a.slice(start, end - start) for a in arrays], schema=schema),
                                    custom_metadata={_STAGED_PROBLEMS: json.dumps(mine)})
                 held, start = held + end - start, end
                 if start >= count:
