@@ -269,21 +269,27 @@ def test_sources_split_in_parts_build_the_same_bytes(split_inputs: list[str], tm
     assert 'cat.csv,5,"malformed row skipped' in text and "cat.csv,7," in text and "more.parquet,5," in text
     dropped = whole["dropped.csv"].decode()
     assert dropped.count("repeated source id") == 3 and dropped.count("exact duplicate") == 6
-    split_into = []
-    real_split = plan_module._split
+    split_into, staged = [], []
+    real_split, real_resolve = plan_module._split, plan_module._resolve
 
     def recording_split(*args: Any, **kwargs: Any) -> list[Any]:
         parts = real_split(*args, **kwargs)
         split_into.append(Counter(part.index for part in parts))
         return parts
 
+    def recording_resolve(*args: Any, **kwargs: Any) -> None:
+        staged.append(len(list((tmp_path / "parts").rglob("staged-*"))))
+        real_resolve(*args, **kwargs)
+        staged.append(len(list((tmp_path / "parts").rglob("staged-*"))))
+
     monkeypatch.setattr(plan_module, "_PART_ROWS", 3)
     monkeypatch.setattr(plan_module, "_split", recording_split)
+    monkeypatch.setattr(plan_module, "_resolve", recording_resolve)
     monkeypatch.setattr(plan_module, "_BATCH", 1)  # in this process (1 worker): a pass-2 file per record,
     monkeypatch.setattr(plan_module, "_SPILL_ROWS", 1)  # so a part's files must be read in their order too
     assert build_outputs(split_inputs, tmp_path / "parts", workers) == whole
     assert split_into == [Counter({0: 4, 1: 3})]  # 10 csv rows, 9 Parquet rows in row groups of 2
-    assert not list((tmp_path / "parts").rglob("part-*.arrow"))  # the staged parts are deleted
+    assert staged == [4, 0]  # the csv's 4 staged parts, deleted once pass 2 has read them
 
 
 def test_a_source_changed_between_the_passes_stops_the_plan(split_inputs: list[str], tmp_path: Path,

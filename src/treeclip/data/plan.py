@@ -305,7 +305,7 @@ def split_source(one: _SplitJob) -> tuple[int, list[Any]]:
 
 def _split(sources: Sequence[Source], run: _Runner, *, work: str) -> list[_PartJob]:
     """Every source's parts, in (source, part) order: the order of the build's records."""
-    jobs = [_SplitJob(index, source, _PART_ROWS, str(Path(work) / f"part-{index:06d}"))
+    jobs = [_SplitJob(index, source, _PART_ROWS, str(Path(work) / f"staged-{index:06d}"))
             for index, source in enumerate(sources)]
     parts = dict(run(split_source, jobs))
     return [_PartJob(index, number, source, part, str(Path(work) / f"problems-{index:06d}-{number:06d}.csv"))
@@ -368,7 +368,7 @@ def _resolve(parts: Sequence[_PartJob], observed: Sequence[_Observed], alignment
         first[part.index] += one.counts["records"]
     for _ in run(resolve_source, jobs, slim):
         pass
-    _remove(Path(work), "part-*")
+    _remove(Path(work), "staged-*")
 
 
 def _released(result: Result) -> Result:
