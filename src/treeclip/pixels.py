@@ -117,12 +117,19 @@ def normalize_uint8(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[f
     return normalize_(pixels.float().div_(255), mean, std)
 
 
-def normalize_(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize_(pixels: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+               std: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """``Normalize``'s ``(pixels - mean) / std`` per channel, in place on float ``[..., C, H, W]`` in 0..1."""
-    shape = (-1, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(shape)
-    return pixels.sub_(mean_t).div_(std_t)
+    return pixels.sub_(per_channel(mean, pixels)).div_(per_channel(std, pixels))
+
+
+def per_channel(values: Sequence[float] | torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """`values` as a ``[C, 1, 1]`` tensor of `pixels`' dtype and device (returned as is when it is one already:
+    a caller normalising image by image makes it once)."""
+    if isinstance(values, torch.Tensor) and values.dim() == 3 and values.dtype == pixels.dtype \
+            and values.device == pixels.device:
+        return values
+    return torch.as_tensor(values, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
 
 
 def tensor_steps(steps: Sequence[Callable]) -> list[Kernel] | None:

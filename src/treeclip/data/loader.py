@@ -65,7 +65,7 @@ from treeclip.data.images import ImageError, decode_image
 from treeclip.data.sources.wds import NAME_KEYS, sample_taxon
 from treeclip.errors import UsageError
 from treeclip.formats.shards import MANIFEST, TAXON_JSON, TarReader, read_manifest, shard_counts, split_member
-from treeclip.pixels import normalize_, split_steps, tensor_steps
+from treeclip.pixels import normalize_, per_channel, split_steps, tensor_steps
 from treeclip.taxonomy import TRAIN_TEXT_TYPES, Taxon, TextType
 
 log = logging.getLogger(__name__)
@@ -369,12 +369,13 @@ class ImageTransform:
         dtype = torch.uint8 if pixels_only and not self.normalize else torch.get_default_dtype()
         shape = tuple(images[0].shape)
         out = torch.empty((len(images), *shape), dtype=dtype)
+        mean, std = (per_channel(values, out) for values in (self.steps.mean, self.steps.std))
         for slot, image in zip(out, images):
             if tuple(image.shape) != shape:
                 raise RuntimeError(f"images of one batch differ in shape: {shape} and {tuple(image.shape)}")
             slot.copy_(image)  # pixels as they are, or ToTensor's uint8 -> float (a finished image: as it is)
             if image.dtype == torch.uint8 and dtype != torch.uint8:
-                normalize_(slot.div_(255), self.steps.mean, self.steps.std)  # ToTensor's / 255, then Normalize
+                normalize_(slot.div_(255), mean, std)  # ToTensor's / 255, then Normalize
         return out
 
 
