@@ -54,7 +54,8 @@ from benchmarks.results import write_section  # noqa: E402
 from treeclip.data.images import decode_image  # noqa: E402
 from treeclip.model import create_model, export_model  # noqa: E402
 from treeclip.model.bank import LabelBank, load_bank, save_bank  # noqa: E402
-from treeclip.model.onnx import IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX, export_onnx  # noqa: E402
+from treeclip.model.onnx import (FOLDER_RUNTIMES, IMAGE_INT8_ONNX, IMAGE_ONNX, ONNX_CONFIG, TEXT_ONNX,  # noqa: E402
+                                 export_onnx)
 from treeclip.predict.classifier import TreeOfLifeClassifier  # noqa: E402
 from treeclip.predict.quantize import bank_agreement, synthetic_queries  # noqa: E402
 from treeclip.predict.inputs import expand_inputs  # noqa: E402
@@ -64,8 +65,9 @@ DRAFT_NOTE = ("Draft mode scales a JPEG down by 1/2, 1/4 or 1/8 only while both 
               "1024x768 photo (half: 512x384 < 448) decodes in full either way: its two rows measure the same work, "
               "and their gap is this shared machine's noise.")
 NEAR_TIE = 1e-3  # fp32 probability gap between top-1 and top-2 under which an answer is a near-tie
-VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"),
-            ("openvino", "int8"))
+# every (runtime, precision) treeclip offers: torch's two, then each exported folder runtime's
+VARIANTS = (("torch", "fp32"), ("torch", "int8"),
+            *((runtime, precision) for runtime, precisions in FOLDER_RUNTIMES.items() for precision in precisions))
 Tower = Callable[[torch.Tensor], torch.Tensor]  # preprocessed pixels -> image features
 
 
@@ -225,7 +227,7 @@ def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: i
             top2 = probabilities.topk(2, dim=1).values
             fp32 = (features, top1, top2[:, 0] - top2[:, 1])
         same = top1 == fp32[1]
-        results.append({"model": Path(model).name, "runtime": runtime, "precision": precision, "images": len(paths),
+        results.append({"model": "/".join(Path(model).resolve().parts[-2:]), "runtime": runtime, "precision": precision, "images": len(paths),
                         "agree": int(same.sum()), "interval": wilson_interval(int(same.sum()), len(paths)),
                         "near_tie_flips": int((~same & (fp32[2] < NEAR_TIE)).sum()),
                         "cosine": float((features * fp32[0]).sum(dim=1).mean()),
