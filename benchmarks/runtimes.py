@@ -227,7 +227,8 @@ def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: i
             top2 = probabilities.topk(2, dim=1).values
             fp32 = (features, top1, top2[:, 0] - top2[:, 1])
         same = top1 == fp32[1]
-        results.append({"model": "/".join(Path(model).resolve().parts[-2:]), "runtime": runtime, "precision": precision, "images": len(paths),
+        name = "/".join(Path(model).resolve().parts[-2:])
+        results.append({"model": name, "runtime": runtime, "precision": precision, "images": len(paths),
                         "agree": int(same.sum()), "interval": wilson_interval(int(same.sum()), len(paths)),
                         "near_tie_flips": int((~same & (fp32[2] < NEAR_TIE)).sum()),
                         "cosine": float((features * fp32[0]).sum(dim=1).mean()),
