@@ -314,3 +314,26 @@ def test_a_source_changed_between_the_passes_stops_the_plan(split_inputs: list[s
     assert main(["build", "--source", f"csv:{folder / 'cat.csv'}", "--out", str(tmp_path / "out")]) == 1
     assert "changed while the build was planning: 2 records in its first reading, 1 in its second (part 1)" in \
         capsys.readouterr().err
+
+
+def test_pass_one_merges_parts_in_order_whatever_order_they_finish(split_inputs: list[str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass-1 results that come back in reverse (as a pool or Ray may return them) give the problems, counts
+    and alignment tally of results in (source, part) order (a merge in arrival order fails)."""
+    monkeypatch.setattr(plan_module, "_PART_ROWS", 2)
+    local = plan_module._Runner(engine="local", workers=1, ray_address=None)
+
+    def reversed_runner(fn: Any, jobs: list[Any], shared: Any = None) -> list[Any]:
+        return [fn(job) for job in jobs][::-1]
+
+    results = []
+    for name, run in (("in order", local), ("reversed", reversed_runner)):
+        work = tmp_path / name
+        work.mkdir()
+        parts = plan_module._split([open_source(spec) for spec in split_inputs], local, work=str(work))
+        problems, aligner = [], Aligner(require_kingdom=False)
+        counts = plan_module._observe(parts, aligner, problems.append, run)
+        tally = [(lineage, dict(sources)) for lineage, sources in aligner._tally.items()]
+        results.append(([(p.origin.rsplit("/", 1)[1], p.reason) for p in problems], counts, tally))
+    assert len(parts) == 10 and len(results[0][0]) == 3
+    assert results[1] == results[0]

@@ -167,16 +167,16 @@ def _plan(report: _Reporter, *, sources: Sequence[Source], aligner: Aligner, exc
     work = Path(out) / PLAN_DIR / WORK_DIR
     read = _Runner(engine=engine, workers=workers, ray_address=ray_address)
     parts = _split(sources, read, work=str(work))
-    observed = _observe(parts, aligner, report, read)
+    counts = _observe(parts, aligner, report, read)
     plan = Plan(jobs=[], alignment=aligner.finalize(), problems=report.problems)
     plan.source_counts = [{"spec": src.spec, "kind": src.kind,
-                           **{name: sum(one.counts[name] for one in observed if one.index == i)
+                           **{name: sum(n[name] for part, n in zip(parts, counts) if part.index == i)
                               for name in ("records", "problems")}} for i, src in enumerate(sources)]
     plan.counts["records"] = sum(n["records"] for n in plan.source_counts)
     buckets = max(1, math.ceil(plan.counts["records"] / _BUCKET_ROWS))
     local_workers = workers if buckets > 1 or len(parts) > 1 or engine != "local" else 1  # else no pool to start
     run = _Runner(engine=engine, workers=local_workers, ray_address=ray_address)
-    _resolve(parts, observed, plan.alignment, run, buckets=buckets, work=str(work))
+    _resolve(parts, counts, plan.alignment, run, buckets=buckets, work=str(work))
     _plan_images(plan, run, report, sources=sources, exclusions=exclusions, buckets=buckets, out=out,
                  shard_size=shard_size, image_size=image_size, resize_mode=resize_mode, quality=quality,
                  val_fraction=val_fraction, seed=seed)
@@ -341,31 +341,37 @@ def observe_source(job: _PartJob) -> _Observed:
     return observed
 
 
-def _observe(parts: Sequence[_PartJob], aligner: Aligner, report: _Reporter, run: _Runner) -> list[_Observed]:
+def _observe(parts: Sequence[_PartJob], aligner: Aligner, report: _Reporter, run: _Runner) -> list[dict[str, int]]:
     """Pass 1: one `observe_source` job per source part on the engine; tallies merged (and problems reported,
-    read back from the jobs' files) in (source, part) order, so neither depends on which job finished first."""
-    observed = sorted(run(observe_source, parts), key=lambda o: (o.index, o.number))
-    for one in observed:
-        for problem in read_problems(one.problems):
-            report(problem)
-        Path(one.problems).unlink()
-        aligner.absorb(one.aligner)
-    return observed
+    read back from the jobs' files) in (source, part) order, so neither depends on which job finished first:
+    a result that comes early waits, the others are merged as they come. Returns each part's counts."""
+    place = {(part.index, part.number): k for k, part in enumerate(parts)}
+    early: dict[int, _Observed] = {}
+    counts: list[dict[str, int]] = []
+    for observed in run(observe_source, parts):
+        early[place[observed.index, observed.number]] = observed
+        while len(counts) in early:
+            one = early.pop(len(counts))
+            for problem in read_problems(one.problems):
+                report(problem)
+            Path(one.problems).unlink()
+            aligner.absorb(one.aligner)
+            counts.append(one.counts)
+    return counts
 
 
 # ---- pass 2: one job per source part --------------------------------------------------------------------------
 
-def _resolve(parts: Sequence[_PartJob], observed: Sequence[_Observed], alignment: Alignment, run: _Runner, *,
+def _resolve(parts: Sequence[_PartJob], counts: Sequence[dict[str, int]], alignment: Alignment, run: _Runner, *,
              buckets: int, work: str) -> None:
     """Pass 2: one `resolve_source` job per source part, its first record index the sum of the pass-1 record
     counts of the source's parts before it (so each record keeps its position in its source); then the
     staged part files are deleted."""
     slim = Alignment(taxa=alignment.taxa, dropped=alignment.dropped, report={})
     jobs, first = [], Counter[int]()
-    for part, one in zip(parts, observed, strict=True):
-        jobs.append(replace(part, first=first[part.index], records=one.counts["records"], buckets=buckets,
-                            work=work))
-        first[part.index] += one.counts["records"]
+    for part, n in zip(parts, counts, strict=True):
+        jobs.append(replace(part, first=first[part.index], records=n["records"], buckets=buckets, work=work))
+        first[part.index] += n["records"]
     for _ in run(resolve_source, jobs, slim):
         pass
     _remove(Path(work), "staged-*")
