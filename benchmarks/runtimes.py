@@ -20,7 +20,7 @@
 4. **Decoding** — JPEG decode + preprocess per CPU-second (one thread) at 1024x768 and 4000x3000, with and
    without JPEG draft mode (DCT scaling to >= 2x the model input before the resize).
 
-Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only] [--jpegs 100]
+Usage: ``python benchmarks/runtimes.py --trained M --bank B --images DIR [--agreement-only | --skip-agreement] [--jpegs 100]
 [--rounds 3]`` (needs the onnx and openvino extras; the NNCF row is skipped, with a note, without the bench extra).
 """
 
@@ -370,14 +370,17 @@ def main() -> None:
     parser.add_argument("--archs", default="ViT-B-16,treeclip-tiny")
     parser.add_argument("--agreement-only", action="store_true",
                         help="measure and write only the agreement section (no speed, bank or decoding runs)")
+    parser.add_argument("--skip-agreement", action="store_true",
+                        help="leave the agreement section as it is; measure speed, banks and decoding only")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="treeclip-onnx-bench-") as tmp:
         root = Path(tmp)
-        agreement = [row for model in args.trained
-                     for row in bench_agreement(model, args.bank, args.images, root, args.batch)]
-        print(agreement, flush=True)
-        write_section("runtimes.py: agreement", agreement_markdown(agreement, _settings(load, args)))
+        if not args.skip_agreement:
+            agreement = [row for model in args.trained
+                         for row in bench_agreement(model, args.bank, args.images, root, args.batch)]
+            print(agreement, flush=True)
+            write_section("runtimes.py: agreement", agreement_markdown(agreement, _settings(load, args)))
         if args.agreement_only:
             return
         jpegs = write_jpegs(root / "photos", args.jpegs, (640, 480))
