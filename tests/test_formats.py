@@ -17,6 +17,7 @@ from treeclip.data.sources import open_source
 from treeclip.errors import UsageError
 from treeclip.eval.benchmarks import load_task, split_task_specs
 from treeclip.formats import open_table, parse_column_map, resolve, taxon_of
+from treeclip.formats import tables
 from treeclip.formats.columns import TAXON_ROLES
 from treeclip.formats.shards import read_taxon_json
 from treeclip.predict.taxa import read_taxa
@@ -288,7 +289,7 @@ def test_row_numbers_are_exact_after_malformed_multiline_and_blank_rows(tmp_path
 
 
 def test_row_numbers_match_a_python_csv_count_across_blocks(tmp_path: Path) -> None:
-    """A table of several 4 MiB blocks with malformed, multi-line and blank rows: every good row's number and
+    """A table of several CSV blocks with malformed, multi-line and blank rows: every good row's number and
     every malformed row's number is its record number as Python's csv module counts them."""
     import csv  # noqa: PLC0415
     import random  # noqa: PLC0415
@@ -310,7 +311,7 @@ def test_row_numbers_match_a_python_csv_count_across_blocks(tmp_path: Path) -> N
             bad.append(int(item.origin.rsplit(":", 1)[1]))
         else:
             good[item[0]] = item[1]["id"]
-    assert path.stat().st_size > (1 << 22) and len(expected_bad) > 200
+    assert path.stat().st_size > 4 * tables._BLOCK_BYTES and len(expected_bad) > 200
     assert good == expected_good and bad == expected_bad
 
 
