@@ -14,10 +14,13 @@ memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
   (the images do not exist), so the figure is the plan's own memory; images "exist" for every row. With one
   worker every plan job (one per source, then one per bucket of ~131k rows) runs in this process, so the
   peak is the driver's state plus the largest job's;
-- ``catalog-write``: a build's last step, `treeclip.data.catalog.write_catalog` streaming ``catalog.parquet``
-  from per-shard parts (as `treeclip.data.build` reads them back from the journal, 1,000 rows each: here one
-  shard's rows, made once from the catalog's first rows and written N/1,000 times), so the figure is the
-  writer's own memory; before issue 15 the build gathered every shard's rows as Python dicts first;
+- ``catalog-write``: a build's last step on the driver, as `treeclip.data.build` runs it: ``catalog.parquet``
+  concatenated from the shards' catalog parts (Arrow IPC, 1,000 rows each: the catalog's rows as a shard job
+  makes them, written beforehand by `treeclip.data.catalog.write_catalog_part` in a child process, whose
+  time is reported as ``worker_seconds``); ``seconds``/``peak_mb`` are the driver's step alone;
+- ``catalog-json``: the same step as it was before (issue 15): every shard's rows read back from a JSON
+  journal entry (written beforehand in a child process, as the shard jobs wrote them) and turned into Arrow
+  on the driver; the baseline for ``catalog-write``;
 - ``baseline``: what the old readers did, the whole catalog as Python dicts (``csv.DictReader`` into a list).
 
     python -m benchmarks.catalog_memory [--rows N] [--stages read,make-benchmark,plan,baseline]
@@ -36,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("read", "make-benchmark", "plan", "catalog-write", "baseline")
+STAGES = ("read", "make-benchmark", "plan", "catalog-write", "catalog-json", "baseline")
+SHARD_ROWS = 1000  # rows per shard part (treeclip build's default --shard-size)
 LIMIT_MB = 2048
 LISTED = 5
 _GENERA = 2_000
@@ -173,21 +178,83 @@ def _plan(catalog: Path, species: Path, work: Path) -> dict[str, float]:
             "problems": problems[0]}
 
 
-def _catalog_write(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+def shard_rows(catalog: Path) -> Iterator[list[dict[str, object]]]:
+    """The catalog's rows as shard jobs make their catalog rows (`treeclip.data.shards.catalog_row`'s
+    columns, an absolute path), `SHARD_ROWS` at a time."""
     import pyarrow.csv as pacsv  # noqa: PLC0415
 
-    from treeclip.data.catalog import write_catalog as write_parquet_catalog  # noqa: PLC0415
+    with pacsv.open_csv(catalog, read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
+        held: list[dict[str, object]] = []
+        for batch in reader:
+            for row in batch.to_pylist():
+                held.append(dict(row, id=f"{int(row['id']):024x}", path=f"/data/treeoflife/{row['path']}",
+                                 width=1024, height=768, license="cc-by-4.0", owner="A. Photographer"))
+                if len(held) == SHARD_ROWS:
+                    yield held
+                    held = []
+        if held:
+            yield held
 
-    shard = 1000
-    with pacsv.open_csv(catalog) as reader:
-        first = reader.read_next_batch().slice(0, shard).to_pylist()
-    rows = [dict(r, id=f"{i:024x}", split="train", source="csv", source_id=r["path"], width=4, height=4,
-                 license="", owner="") for i, r in enumerate(first)]
-    total = sum(1 for _ in open(catalog, "rb")) - 1  # noqa: SIM115 - the catalog's row count
-    work.mkdir(parents=True, exist_ok=True)
-    written = write_parquet_catalog((rows[: total - start] for start in range(0, total, shard)),
-                                    work / "catalog.parquet")
-    return {"rows": written, "bytes": (work / "catalog.parquet").stat().st_size}
+
+def write_parts(catalog: Path, folder: Path, kind: str) -> None:
+    """Each shard's catalog rows as the shard jobs write them (atomically, synced): an Arrow part (`kind`
+    "arrow") or, as before issue 15, a JSON journal entry holding the rows ("json")."""
+    from treeclip.atomic import atomic_write  # noqa: PLC0415
+    from treeclip.data.catalog import catalog_table, write_catalog_part  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, rows in enumerate(shard_rows(catalog)):
+        if kind == "arrow":
+            write_catalog_part(catalog_table(rows), folder / f"train-{index:06d}.arrow")
+        else:
+            entry = {"shard": f"train/shard-{index:06d}.tar", "fingerprint": "0" * 64, "rows": rows, "skipped": []}
+            atomic_write(folder / f"train-{index:06d}.json", json.dumps(entry, ensure_ascii=False))
+
+
+def _parts_in_child(catalog: Path, folder: Path, kind: str) -> float:
+    """`write_parts` in a spawned process (its memory is not the driver's); its wall seconds."""
+    import multiprocessing  # noqa: PLC0415
+
+    start = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(target=write_parts, args=(catalog, folder, kind))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise RuntimeError(f"writing the {kind} parts failed (exit {child.exitcode})")
+    return time.perf_counter() - start
+
+
+def _catalog_write(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    from treeclip.data.catalog import read_catalog_part, write_catalog as write_parquet  # noqa: PLC0415
+
+    worker_seconds = _parts_in_child(catalog, work / "parts", "arrow")
+    start, cpu = time.perf_counter(), time.process_time()
+    written = write_parquet((read_catalog_part(p) for p in sorted((work / "parts").glob("*.arrow"))),
+                            work / "catalog.parquet")
+    return _catalog_figures(work / "catalog.parquet", written, (time.perf_counter() - start,
+                                                                time.process_time() - cpu), worker_seconds)
+
+
+def _catalog_json(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    from treeclip.data.catalog import catalog_table, write_catalog as write_parquet  # noqa: PLC0415
+
+    worker_seconds = _parts_in_child(catalog, work / "parts", "json")
+    start, cpu = time.perf_counter(), time.process_time()
+    entries = sorted((work / "parts").glob("*.json"))
+    written = write_parquet((catalog_table(json.loads(p.read_text(encoding="utf-8"))["rows"]) for p in entries),
+                            work / "catalog.parquet")
+    return _catalog_figures(work / "catalog.parquet", written, (time.perf_counter() - start,
+                                                                time.process_time() - cpu), worker_seconds)
+
+
+def _catalog_figures(path: Path, rows: int, driver: tuple[float, float], worker_seconds: float) -> dict[str, object]:
+    """A catalog stage's figures: rows, the driver's wall and CPU seconds, the parts' writing (wall), size and
+    the file's sha256 prefix (the same in both stages)."""
+    from treeclip.data.images import sha256_file  # noqa: PLC0415
+
+    return {"rows": rows, "driver_seconds": round(driver[0], 2), "driver_cpu_seconds": round(driver[1], 2),
+            "worker_seconds": round(worker_seconds, 2), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)[:16]}
 
 
 def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
@@ -199,7 +266,7 @@ def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
 
 
 STAGE_FUNCTIONS = {"read": _read, "make-benchmark": _make_benchmark, "plan": _plan, "catalog-write": _catalog_write,
-                   "baseline": _baseline}
+                   "catalog-json": _catalog_json, "baseline": _baseline}
 
 
 def run_stage(name: str, catalog: Path, species: Path, work: Path) -> dict[str, float]:
@@ -226,7 +293,8 @@ def markdown(rows: int, figures: dict[str, dict[str, float]]) -> str:
     """A results table: stage, rows, peak MB, within 2 GB, seconds, what it found; with the machine's load."""
     lines = ["| stage | rows | peak MB | within 2 GB | seconds | found |", "|---|---:|---:|---|---:|---|"]
     for name, f in figures.items():
-        found = ", ".join(f"{k} {v:,}" for k, v in f.items() if k not in ("peak_mb", "seconds", "error"))
+        found = ", ".join(f"{k} {v:,}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in f.items()
+                          if k not in ("peak_mb", "seconds", "error"))
         lines.append(f"| {name} | {rows:,} | {f.get('peak_mb', float('nan')):,.0f} | "
                      f"{'yes' if f.get('peak_mb', LIMIT_MB + 1) <= LIMIT_MB else 'NO'} | "
                      f"{f.get('seconds', float('nan')):,.0f} | {f.get('error', found)} |")

@@ -7,12 +7,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from PIL import Image
 from treeclip.cli import main
 from treeclip.data.build import build_dataset
 from treeclip.data.splits import TRAIN, VAL, assign_split, sample_key, stable_id
-from treeclip.formats.problems import ProblemLog
+from treeclip.formats.problems import Problem, ProblemLog
 
 HONEYEATER = ("Animalia", "Chordata", "Aves", "Passeriformes", "Meliphagidae", "Ptilotula", "penicillata")
 GANNET = ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus")
@@ -592,3 +594,116 @@ def test_problems_stream_to_problems_csv_in_source_order_across_buckets_and_batc
         result.manifest["problems"]["first"]
     assert result.counts["repeated_id"] == 2 and result.counts["bad_images"] == 3
     assert not (tmp_path / "out/.build/problems.csv").exists()
+
+
+def _source_with_bad_images(root: Path, n: int, *, size: tuple[int, int] = (40, 30)) -> Path:
+    """A csv: source of `n` images over three species, with a bad image (truncated, or not an image at all)
+    after every fifth, so that the bad images fall in several shards of both splits."""
+    lineages = [(HONEYEATER, "White-plumed Honeyeater"), (GANNET, "Northern Gannet"), (MULBERRY, "White Mulberry")]
+    rows = []
+    for i in range(n):
+        good = write_jpeg(root / "img" / f"{i:04d}.jpg", seed=2000 + i, size=size)
+        rows.append(row(f"img/{i:04d}.jpg", *lineages[i % 3]))
+        if i % 5 == 2:
+            bad = root / "img" / f"bad{i:04d}.jpg"
+            bad.write_bytes(good.read_bytes()[: 100 + i] if i % 10 == 2 else f'not an image {i}, "quoted"\n'.encode())
+            rows.append(row(f"img/bad{i:04d}.jpg", *lineages[i % 3]))
+    return write_csv(root / "catalog.csv", rows)
+
+
+def _changed_after_planning(image: Path) -> Callable[[int, int], None]:
+    """A `progress` callback that changes `image`'s bytes when shard writing starts (after planning hashed it)."""
+    original = image.read_bytes()
+
+    def progress(done: int, total: int) -> None:
+        if done == 0:
+            image.write_bytes(original[:-2] + b"\0\0")
+
+    progress.restore = lambda: image.write_bytes(original)  # type: ignore[attr-defined]
+    return progress
+
+
+OUTPUTS = ("catalog.parquet", "dropped.csv", "problems.csv", "manifest.json")
+
+
+def test_bad_images_in_several_shards_listed_once_in_shard_order(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad images met while writing shards (undecodable, or changed since planning) are read back from the
+    shards' journal entries: dropped.csv and problems.csv end with them in shard order (the order a one-worker
+    build meets them), each once, whether shards finish in order, in 2 processes or in reverse order. Then a
+    resume after a lost catalog part, a corrupted one (same size: only its sha256 tells) and a lost journal
+    entry rewrites exactly those shards and gives the same bytes. Catches bad images merged in completion
+    order, lost or listed twice, and a missing or corrupt catalog part skipped or trusted on resume."""
+    from treeclip.data import build
+
+    source = _source_with_bad_images(tmp_path / "src", 36)
+    progress = _changed_after_planning(tmp_path / "src/img/0007.jpg")
+    common = dict(sources=[f"csv:{source}"], image_size=16, shard_size=3, val_fraction=0.3, progress=progress)
+    met: list[Problem] = []
+    try:
+        one = build_dataset(out=tmp_path / "one", workers=1, on_problem=met.append, **common)
+        progress.restore()
+        build_dataset(out=tmp_path / "two", workers=2, **common)
+        progress.restore()
+        monkeypatch.setattr(build, "map_unordered", lambda fn, jobs, **_: (fn(job) for job in reversed(jobs)))
+        build_dataset(out=tmp_path / "reversed", workers=1, **common)
+    finally:
+        progress.restore()
+    bad = [(p.origin, p.reason) for p in met if p.reason.startswith("bad image")]
+    assert len(bad) == one.counts["bad_images"] == 8 and sum("file changed" in reason for _, reason in bad) == 1
+    journals = [json.loads(p.read_text()) for p in (tmp_path / "one/.build/journal").glob("*.json")]
+    assert len({j["shard"].split("/")[0] for j in journals if j["skipped"]}) == 2  # in train and val shards
+    assert sum(1 for j in journals if j["skipped"]) >= 5
+    dropped = list(csv.DictReader((tmp_path / "one/dropped.csv").open(encoding="utf-8")))
+    assert [(d["origin"], d["reason"]) for d in dropped[-len(bad):]] == bad
+    assert not any(d["reason"].startswith("bad image") for d in dropped[: -len(bad)])
+    problems = [(p.origin, p.reason) for p in one.problems]
+    assert problems == [(p.origin, p.reason) for p in met] and problems[-len(bad):] == bad
+    for other in ("two", "reversed"):
+        assert shard_bytes(tmp_path / other) == shard_bytes(tmp_path / "one")
+        for name in OUTPUTS:
+            assert (tmp_path / other / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (other, name)
+
+    out = tmp_path / "reversed"
+    entries = sorted((out / ".build/journal").glob("*.json"))
+    with_bad = [p for p in entries if json.loads(p.read_text())["skipped"]]
+    lost_part = with_bad[0]
+    corrupt_part = next(p for p in with_bad[1:] if json.loads(p.read_text())["samples"])
+    lost_journal = next(p for p in reversed(entries) if p not in (lost_part, corrupt_part))
+    lost_part.with_suffix(".arrow").unlink()
+    data = corrupt_part.with_suffix(".arrow").read_bytes()
+    phylum = re.search(rb"Chordata|Tracheophyta", data)  # a taxon, not an id (those are checked against the tar)
+    corrupt_part.with_suffix(".arrow").write_bytes(data[: phylum.end() - 1] + b"X" + data[phylum.end():])
+    lost_journal.unlink()
+    redo = {out / json.loads(p.read_text())["shard"] for p in (lost_part, corrupt_part)}
+    redo.add(out / lost_journal.name.replace("-", "/shard-").replace(".json", ".tar"))
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.tar")}
+    (out / "manifest.json").unlink()
+    try:
+        build_dataset(out=out, workers=1, resume=True, **common)
+    finally:
+        progress.restore()
+    assert {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime} == redo
+    assert shard_bytes(out) == shard_bytes(tmp_path / "one")
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_sigkill_with_bad_images_then_resume_lists_each_bad_image_once(tmp_path: Path) -> None:
+    """A build with bad images in many shards, SIGKILLed once shards exist, then resumed: the kept shards'
+    bad images come from their journal entries, the others' from the shards written again, so dropped.csv,
+    problems.csv and the catalog equal an uninterrupted build's (a bad image lost or listed twice fails)."""
+    source = _source_with_bad_images(tmp_path / "src", 200, size=(320, 300))
+    common = ["--source", f"csv:{source}", "--image-size", "160", "--shard-size", "12", "--val-fraction", "0.1"]
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    args = ["build", *common, "--out", str(out), "--workers", "2"]
+    survivors = kill_once_shards_appear(args, out, timeout=60)
+    assert survivors
+    assert main([*args, "--resume"]) == 1  # the bad images
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items()), "complete shards were rewritten"
+    assert main(["build", *common, "--out", str(reference), "--workers", "1"]) == 1
+    assert shard_bytes(out) == shard_bytes(reference)
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    bad = [d for d in csv.DictReader((out / "dropped.csv").open(encoding="utf-8")) if d["reason"].startswith("bad")]
+    assert len(bad) == len({d["id"] for d in bad}) == 40

@@ -203,3 +203,37 @@ def test_sources_in_parts_on_ray_equal_local(ray_runtime: object, split_inputs: 
     local = build_outputs(split_inputs, tmp_path / "local", 1)
     monkeypatch.setattr(plan, "_PART_ROWS", 3)
     assert build_outputs(split_inputs, tmp_path / "ray", 2, "--engine", "ray") == local
+
+
+def test_bad_images_in_several_shards_on_ray_equal_local(ray_runtime: object, tmp_path: Path) -> None:
+    """Bad images met by the Ray shard tasks (undecodable, or changed after planning) in several shards of
+    both splits: dropped.csv and problems.csv (read back from the journal entries in shard order), the catalog
+    (from the tasks' catalog parts) and the manifest equal a one-worker local build's byte for byte; a resume
+    on Ray after a lost catalog part rewrites that shard and gives the same bytes again (catches bad images
+    merged in the order the tasks finish, or a shard's part not written by the Ray task)."""
+    from test_build import OUTPUTS, _changed_after_planning, _source_with_bad_images
+
+    from treeclip.data.build import build_dataset
+
+    source = _source_with_bad_images(tmp_path / "src", 30)
+    progress = _changed_after_planning(tmp_path / "src/img/0012.jpg")
+    common = dict(sources=[f"csv:{source}"], image_size=16, shard_size=2, val_fraction=0.3, progress=progress)
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    try:
+        expected = build_dataset(out=local, workers=1, **common)
+        progress.restore()
+        got = build_dataset(out=on_ray, workers=2, engine="ray", **common)
+        progress.restore()
+        assert got.counts["bad_images"] == expected.counts["bad_images"] == 7
+        assert shard_bytes(on_ray) == shard_bytes(local)
+        for name in OUTPUTS:
+            assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
+        parts = sorted((on_ray / ".build/journal").glob("*.arrow"))
+        assert len(parts) == len(expected.manifest["shards"])
+        parts[len(parts) // 2].unlink()
+        (on_ray / "manifest.json").unlink()
+        build_dataset(out=on_ray, workers=2, engine="ray", resume=True, **common)
+    finally:
+        progress.restore()
+    for name in OUTPUTS:
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name

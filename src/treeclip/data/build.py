@@ -12,9 +12,11 @@ line, before it touches any file.
 Engines (`treeclip.data.engines`, ``--engine local|ray``): the same stage functions run in this process, a
 process pool, or as Ray tasks (every planning stage over disk-backed partitions, and shard writing), under
 one Ray session per build; every output is byte-identical either way. The driver never holds per-image
-rows: shard workers return a summary, ``catalog.parquet`` is streamed from the journal entries one shard at
-a time (rows in shard order: train shards, then val, each in tar order) and ``dropped.csv`` from the plan's
-sorted files.
+rows: shard workers return a summary (sample count and that shard's bad images, reported then dropped),
+``catalog.parquet`` is concatenated from the shards' Arrow catalog parts one shard at a time (rows in shard
+order: train shards, then val, each in tar order), ``dropped.csv`` is streamed from the plan's sorted files,
+and the bad images met while writing shards are read back from the journal entries, in shard order, for
+``problems.csv`` and ``dropped.csv``.
 
 Resume: the plan (`treeclip.data.plan`) is a pure function of the inputs, so a resumed build recomputes it,
 removes temporary files and shards that are not in it, keeps every shard whose tar and journal match the
@@ -36,7 +38,7 @@ from treeclip import __version__
 from treeclip.data.align import Aligner, write_report
 from treeclip.atomic import OutputLock, atomic_write, fsync_path, is_temp_file
 from treeclip.data.backbone import read_backbones
-from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, write_catalog, write_dropped
+from treeclip.data.catalog import CATALOG, DROPPED, MANIFEST, read_catalog_part, write_catalog, write_dropped
 from treeclip.data.engines import check_engine, engine_session, map_unordered
 from treeclip.data.exclude import load_exclusions
 from treeclip.formats.shards import manifest as make_manifest
@@ -44,8 +46,8 @@ from treeclip.formats.shards import manifest_text, shard_entry, shard_name
 from treeclip.data.images import RESIZE_MODES
 from treeclip.data.plan import Plan, plan_build
 from treeclip.data.records import Problem
-from treeclip.data.shards import (JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, completed_shard, journal_path,
-                                  journal_rows, write_shard)
+from treeclip.data.shards import (JOURNAL_DIR, PLAN_DIR, ShardJob, ShardResult, catalog_part_path, completed_shard,
+                                  journal_path, journal_skipped, write_shard)
 from treeclip.data.sources import open_source
 from treeclip.formats.problems import PROBLEMS, ProblemLog
 from treeclip.data.splits import SPLITS
@@ -58,17 +60,17 @@ Progress = Callable[[int, int], None]  # (images just finished, total images)
 
 @dataclass(frozen=True)
 class _Written:
-    """A finished shard as the driver keeps it: its place, sample count and skipped images (its catalog rows
-    stay in its journal entry, read back one shard at a time by `_finish`)."""
+    """A finished shard as the driver keeps it: its place, sample count and number of bad images (its catalog
+    rows stay in its catalog part and its bad images in its journal entry, read back one shard at a time)."""
 
     split: str
     index: int
     samples: int
-    skipped: list[dict[str, str]]
+    bad_images: int
 
     @classmethod
     def of(cls, result: ShardResult) -> _Written:
-        return cls(result.split, result.index, len(result.rows), result.skipped)
+        return cls(result.split, result.index, result.samples, len(result.skipped))
 
     @property
     def name(self) -> str:
@@ -146,7 +148,7 @@ def build_dataset(
                   "val_fraction": val_fraction,
                   "seed": seed, "quality": quality, "exclude": [str(p) for p in exclude],
                   "backbone": [str(b) for b in backbones] or None}
-        for skipped in (s for r in results for s in r.skipped):
+        for skipped in _bad_images(out, results):
             problems.append(_skipped_problem(skipped))
         manifest = _finish(out, plan, results, params, problems)
         shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # the jobs' items files: rewritten by any resume
@@ -192,9 +194,10 @@ def _clean_for_resume(out: Path) -> None:
 
 
 def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
-    """Delete shards and journal entries that a previous, different plan left behind."""
+    """Delete shards, journal entries and catalog parts that a previous, different plan left behind."""
     jobs = list(jobs)
-    wanted = {out / job.name for job in jobs} | {journal_path(out, job.split, job.index) for job in jobs}
+    wanted = {out / job.name for job in jobs} | {journal_path(out, job.split, job.index) for job in jobs} \
+        | {catalog_part_path(out, job.split, job.index) for job in jobs}
     for folder in [out / split for split in SPLITS] + [out / JOURNAL_DIR]:
         for path in folder.glob("*") if folder.is_dir() else ():
             if path not in wanted:
@@ -203,20 +206,21 @@ def _remove_stale(out: Path, jobs: Iterable[ShardJob]) -> None:
 
 def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Problem], None] | None,
               progress: Progress | None, engine: str, ray_address: str | None) -> Iterator[_Written]:
-    """Yield every shard's result: kept ones first, then the newly written ones as they finish."""
+    """Yield every shard's summary: kept ones first, then the newly written ones as they finish; each
+    shard's bad images are reported as it comes, then only their number is kept."""
     total = sum(job.count for job in jobs)
     if progress:
         progress(0, total)
-    kept: list[_Written] = []
+    kept: list[ShardResult] = []
     todo: list[ShardJob] = []
     for job in jobs:
         done = completed_shard(job)
         if done is None:
             todo.append(job)
         else:
-            kept.append(_Written.of(done))
+            kept.append(done)
     log.info("%d complete shards kept, %d to write", len(kept), len(todo))
-    written = map_unordered(_write, todo, engine=engine, workers=workers, ray_address=ray_address)
+    written = map_unordered(write_shard, todo, engine=engine, workers=workers, ray_address=ray_address)
     for result in itertools.chain(kept, written):
         for skipped in result.skipped:
             problem = _skipped_problem(skipped)
@@ -226,12 +230,14 @@ def _run_jobs(jobs: list[ShardJob], *, workers: int, on_problem: Callable[[Probl
                 log.warning("%s: %s", problem.origin, problem.reason)
         if progress:
             progress(result.samples + len(result.skipped), total)
-        yield result
+        yield _Written.of(result)
 
 
-def _write(job: ShardJob) -> _Written:
-    """`write_shard` on a worker, returning only what the driver keeps: the rows stay in the journal entry."""
-    return _Written.of(write_shard(job))
+def _bad_images(out: Path, results: Iterable[_Written]) -> Iterator[dict[str, str]]:
+    """The images skipped while writing shards, in shard order, read back from the journal entries."""
+    for result in results:
+        if result.bad_images:
+            yield from journal_skipped(out, result.split, result.index)
 
 
 def _skipped_problem(skipped: dict[str, str]) -> Problem:
@@ -240,10 +246,11 @@ def _skipped_problem(skipped: dict[str, str]) -> Problem:
 
 def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, Any],
             problems: ProblemLog) -> dict[str, Any]:
-    """Write the catalog (streamed from the journal, one shard at a time), dropped list, problem list and
-    alignment report, then the manifest (last)."""
-    samples = write_catalog((journal_rows(out, r.split, r.index) for r in results), out / CATALOG)
-    bad = [dict(s, id=s["key"]) for result in results for s in result.skipped]
+    """Write the catalog (the shards' catalog parts, one at a time), dropped list (the plan's, then the bad
+    images, streamed), problem list and alignment report, then the manifest (last)."""
+    samples = write_catalog((read_catalog_part(catalog_part_path(out, r.split, r.index)) for r in results),
+                            out / CATALOG)
+    bad = (dict(s, id=s["key"]) for s in _bad_images(out, results))
     write_dropped(itertools.chain(plan.dropped_rows(), bad), out / DROPPED)
     problems.flush()
     fsync_path(problems.path)
@@ -251,7 +258,8 @@ def _finish(out: Path, plan: Plan, results: list[_Written], params: dict[str, An
     fsync_path(out)
     write_report(plan.alignment, out / "alignment.json")
     atomic_write(out / "alignment.txt", plan.alignment.summary())
-    manifest = _manifest(plan, results, params, problems, bad_images=len(bad), samples=samples)
+    manifest = _manifest(plan, results, params, problems, bad_images=sum(r.bad_images for r in results),
+                         samples=samples)
     atomic_write(out / MANIFEST, manifest_text(manifest))
     return manifest
 

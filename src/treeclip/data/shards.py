@@ -11,10 +11,13 @@ A job names its images by a small Parquet file (``.build/plan/{split}-NNNNNN.par
 `WorkItem`, written by `treeclip.data.plan`), so a job is a few bytes to send to a worker process or a Ray
 task, and the `WorkItem`s of one shard exist only while that shard is written or checked.
 
-Each finished shard has a journal entry (``.build/journal/{split}-NNNNNN.json``), written *before* the tar
-is moved into place, that holds the job's fingerprint, its catalog rows and the images it had to skip.
-A resumed build keeps a shard only when its tar lists exactly the journal's samples and the journal's
-fingerprint equals the new plan's (same images, same bytes, same taxa, same parameters).
+Each finished shard has, written in this order *before* the tar is moved into place, a catalog part
+(``.build/journal/{split}-NNNNNN.arrow``: its catalog rows, `treeclip.data.catalog.write_catalog_part`) and a
+journal entry (``.build/journal/{split}-NNNNNN.json``) holding the job's fingerprint, the part's sha256 and
+the images it had to skip (bad images: the build reads them back from here, in shard order, for
+``problems.csv`` and ``dropped.csv``). A resumed build keeps a shard only when the journal's fingerprint
+equals the new plan's (same images, same bytes, same taxa, same parameters), the part's bytes have the
+journalled sha256 and the tar lists exactly the part's samples; otherwise the shard is written again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from PIL import Image
 
 from treeclip import __version__
 from treeclip.atomic import atomic_path, atomic_write
-from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes
+from treeclip.data.catalog import catalog_table, read_catalog_part, write_catalog_part
+from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes, sha256_file
 from treeclip.formats.shards import TAXON_JSON, TarReader, read_member, shard_name, taxon_json
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
@@ -116,11 +120,12 @@ def _work_item(row: dict[str, Any]) -> WorkItem:
 
 @dataclass
 class ShardResult:
-    """What a written (or verified) shard holds: catalog rows, and the images skipped with their reason."""
+    """What a written (or verified) shard holds: its sample count (the rows are in its catalog part), and the
+    images skipped with their reason (at most one shard's)."""
 
     split: str
     index: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)  # key, source, source_id, path, origin, reason
 
     @property
@@ -130,6 +135,11 @@ class ShardResult:
 
 def journal_path(out: str | Path, split: str, index: int) -> Path:
     return Path(out) / JOURNAL_DIR / f"{split}-{index:06d}.json"
+
+
+def catalog_part_path(out: str | Path, split: str, index: int) -> Path:
+    """Where shard `index` of `split` keeps its catalog rows (an Arrow IPC file, beside its journal entry)."""
+    return Path(out) / JOURNAL_DIR / f"{split}-{index:06d}.arrow"
 
 
 def sample_members(key: str, taxon: Taxon, jpeg: bytes) -> list[tuple[str, bytes]]:
@@ -232,8 +242,10 @@ def skipped_entry(item: WorkItem, reason: str) -> dict[str, str]:
 
 
 def write_shard(job: ShardJob) -> ShardResult:
-    """Write one shard atomically (journal first, then the tar); bad images are skipped and listed."""
+    """Write one shard atomically (catalog part, then journal, then the tar); bad images are skipped and
+    listed."""
     result = ShardResult(job.split, job.index)
+    rows: list[dict[str, Any]] = []
     target = Path(job.out) / job.name
     items = job.load_items()
     with atomic_path(target) as tmp:
@@ -248,14 +260,16 @@ def write_shard(job: ShardJob) -> ShardResult:
                     continue
                 for name, data in sample_members(item.key, item.taxon, jpeg):
                     tar.add(name, data)
-                result.rows.append(catalog_row(item, job.split, width, height))
-        _write_journal(job, result, items)
+                rows.append(catalog_row(item, job.split, width, height))
+        result.samples = len(rows)
+        part_sha256 = write_catalog_part(catalog_table(rows), catalog_part_path(job.out, job.split, job.index))
+        _write_journal(job, result, items, part_sha256)
     return result
 
 
-def _write_journal(job: ShardJob, result: ShardResult, items: tuple[WorkItem, ...]) -> None:
-    entry = {"shard": job.name, "fingerprint": job.fingerprint(items), "rows": result.rows,
-             "skipped": result.skipped}
+def _write_journal(job: ShardJob, result: ShardResult, items: tuple[WorkItem, ...], part_sha256: str) -> None:
+    entry = {"shard": job.name, "fingerprint": job.fingerprint(items), "samples": result.samples,
+             "catalog_sha256": part_sha256, "skipped": result.skipped}
     atomic_write(journal_path(job.out, job.split, job.index), json.dumps(entry, ensure_ascii=False))
 
 
@@ -269,21 +283,26 @@ def list_samples(path: str | Path) -> dict[str, list[str]]:
     return samples
 
 
-def journal_rows(out: str | Path, split: str, index: int) -> list[dict[str, Any]]:
-    """The catalog rows a finished shard's journal entry holds, in tar order."""
-    return json.loads(journal_path(out, split, index).read_text(encoding="utf-8"))["rows"]
+def journal_skipped(out: str | Path, split: str, index: int) -> list[dict[str, str]]:
+    """The images a finished shard skipped (its journal entry's list), in tar order."""
+    return json.loads(journal_path(out, split, index).read_text(encoding="utf-8"))["skipped"]
 
 
 def completed_shard(job: ShardJob) -> ShardResult | None:
-    """The journalled result of `job` if its shard is complete and matches the plan, else None."""
+    """The journalled result of `job` if its shard is complete and matches the plan (journal fingerprint,
+    catalog part sha256, tar samples = the part's ids), else None: the shard is then written again."""
     tar_path, journal = Path(job.out) / job.name, journal_path(job.out, job.split, job.index)
-    if not (tar_path.is_file() and journal.is_file()):
+    part = catalog_part_path(job.out, job.split, job.index)
+    if not (tar_path.is_file() and journal.is_file() and part.is_file()):
         return None
     try:
         entry = json.loads(journal.read_text(encoding="utf-8"))
+        if entry.get("fingerprint") != job.fingerprint() or entry.get("catalog_sha256") != sha256_file(part):
+            return None
+        ids = read_catalog_part(part).column("id").to_pylist()
         samples = list_samples(tar_path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return None
-    if entry.get("fingerprint") != job.fingerprint() or list(samples) != [row["id"] for row in entry["rows"]]:
+    if list(samples) != ids or entry.get("samples") != len(ids):
         return None
-    return ShardResult(job.split, job.index, entry["rows"], entry["skipped"])
+    return ShardResult(job.split, job.index, len(ids), entry["skipped"])
