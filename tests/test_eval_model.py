@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from test_eval_benchmarks import write_synth
+from test_predict_fixtures import odd_photos
 from treeclip.cli import main
 from treeclip.eval.benchmarks import load_task
 from treeclip.eval.features import FeatureCache, encode_images, model_fingerprint
@@ -40,6 +41,15 @@ def test_image_features_are_normalised_and_batch_independent(tiny: tuple, tmp_pa
     assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
     single = encode_images(model, preprocess, [Image.open(paths[3])], batch_size=1)
     assert np.allclose(single[0], features[3], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "i16", "palette", "la", "rotated"])
+def test_features_of_a_pil_image_equal_its_files(tiny: tuple, tmp_path: Path, kind: str) -> None:
+    """Transparency on white, 16-bit scaled, EXIF orientation: as the decoder does for the file."""
+    model, preprocess, _ = tiny
+    path = odd_photos(tmp_path)[kind]
+    from_file, from_pil = encode_images(model, preprocess, [path, Image.open(path)], batch_size=2)
+    assert np.allclose(from_pil, from_file, atol=1e-5)
 
 
 def test_class_embeddings_average_normalised_templates(tiny: tuple) -> None:

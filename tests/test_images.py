@@ -8,8 +8,10 @@ import pathlib
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
+from test_predict_fixtures import odd_photos
 
 from treeclip.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -17,6 +19,7 @@ from treeclip.data.images import (
     decode_image,
     encode_jpeg,
     resize,
+    rgb_image,
     sha256_bytes,
     sha256_file,
 )
@@ -113,6 +116,21 @@ def test_grayscale_and_bilevel(mode: str, value: int) -> None:
 def test_alpha_composited_on_white(mode: str, colour: tuple[int, ...], expected: tuple[int, int, int]) -> None:
     image = decode_image(encode(Image.new(mode, (8, 8), colour), "PNG"))
     assert image.mode == "RGB" and close(image.getpixel((4, 4)), expected, tol=1)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "i16", "palette", "la", "rotated"])
+def test_pil_image_converts_to_the_pixels_of_its_file(kind: str, tmp_path: pathlib.Path) -> None:
+    """`rgb_image` of the PIL image opened from a file equals `decode_image` of the file, where a bare
+    ``convert("RGB")`` does not (transparent areas keep the colour under them, 16-bit clips to 255, the EXIF
+    orientation is ignored); the caller's image is left as it was."""
+    path = odd_photos(tmp_path)[kind]
+    opened = Image.open(path)
+    mode, size = opened.mode, opened.size
+    from_file = np.asarray(decode_image(path))
+    assert np.array_equal(np.asarray(rgb_image(opened)), from_file)
+    assert (opened.mode, opened.size) == (mode, size)
+    bare = np.asarray(opened.convert("RGB"))
+    assert bare.shape != from_file.shape or np.abs(bare.astype(int) - from_file).mean() > 20
 
 
 def test_sixteen_bit_png_scaled_to_eight_bits() -> None:

@@ -64,7 +64,7 @@ def decode_image(
                 if draft_size and image.format == "JPEG":
                     image.draft(None, (draft_size, draft_size))
                 image.load()
-                return _to_rgb(_orient(image))
+                return rgb_image(image)
         except ImageError:
             raise
         except Image.UnidentifiedImageError:
@@ -107,6 +107,13 @@ def _broken_reason(exc: Exception) -> str:
     if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
         return f"truncated or corrupt image data ({text or type(exc).__name__})"
     return f"cannot decode: {text or type(exc).__name__}"
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """An image as `decode_image` returns it: EXIF orientation applied, any mode → 8-bit RGB (see the module
+    docstring). Callers given an in-memory PIL image (predict, embed, eval) use this, so a PIL image gives the
+    same pixels as the file it was decoded from; the image itself is not changed."""
+    return _to_rgb(_orient(image))
 
 
 def _orient(image: Image.Image) -> Image.Image:

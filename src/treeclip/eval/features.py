@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from treeclip.atomic import atomic_path, atomic_write
-from treeclip.data.images import ImageError, decode_image
+from treeclip.data.images import ImageError, decode_image, rgb_image
 from treeclip.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ ImageInput = str | os.PathLike[str] | Image.Image
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes (with the project's decoder) and preprocesses one image per item."""
+    """Decodes (with the project's decoder) and preprocesses one image per item; a PIL image is converted as
+    the decoder converts a file (`treeclip.data.images.rgb_image`)."""
 
     def __init__(self, images: Sequence[ImageInput], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
         self.images, self.preprocess = images, preprocess
@@ -44,7 +45,7 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.images[index]
         if isinstance(item, Image.Image):
-            return self.preprocess(item.convert("RGB"))
+            return self.preprocess(rgb_image(item))
         try:
             return self.preprocess(decode_image(item))
         except ImageError as error:
@@ -65,7 +66,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def encode_images(model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
                   images: Sequence[ImageInput], *, batch_size: int = 64, device: str | torch.device = "cpu",
                   num_workers: int = 0, progress: Progress | None = None) -> np.ndarray:
-    """L2-normalised image features, float32 ``[len(images), dim]``, in input order."""
+    """L2-normalised image features, float32 ``[len(images), dim]``, in input order; a PIL image gives the same
+    features as the file it was decoded from."""
     loader = torch.utils.data.DataLoader(_ImageDataset(images, preprocess), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers)
     chunks = []

@@ -276,7 +276,10 @@ class TreeOfLifeClassifier(_ImageClassifier):
         """Rows for paths or PIL images: the top-k taxa at `rank` per image, or with `rollup` one row per
         image at the deepest rank whose probability reaches it (with `abstain`, or "not-an-organism" /
         "not-in-bank"). `location` (used with a prior): one `Location` for all images, a path → Location
-        table, or ``"auto"`` for each photo's EXIF GPS. Unreadable files give error rows. `workers` decode
+        table, or ``"auto"`` for each photo's EXIF GPS. A PIL image (named by its position) gives the same pixels
+        as the file it was decoded from: EXIF orientation applied, transparency composited on white, 16-bit
+        scaled to 8 (`treeclip.data.images.rgb_image`); only a large JPEG given as a file may be decoded at
+        reduced scale first (`Preprocess.draft_size`). Unreadable files give error rows. `workers` decode
         ahead of the model as threads or worker processes (`decoder`: threads, processes or auto, see
         `treeclip.predict.runner.use_processes`)."""
         return self._predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup, abstain=abstain,
@@ -456,7 +459,8 @@ class ImageEmbedder(_ImageClassifier):
 
     def predict(self, images: ImageItem | Sequence[ImageItem], *, batch_size: int = 32,
                 workers: int = 2, decoder: str = "auto") -> list[Row]:
-        """One row per image: path, L2-normalised embedding, model id (or an error row)."""
+        """One row per image: path, L2-normalised embedding, model id (or an error row). PIL images are
+        converted as their files would be (see `TreeOfLifeClassifier.predict`)."""
         return self._predict(images, batch_size=batch_size, workers=workers, decoder=decoder)
 
     def rows(self, pixels: torch.Tensor, names: list[str], **_: Any) -> list[Row]:

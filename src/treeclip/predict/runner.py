@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from treeclip.data.engines import check_engine
-from treeclip.data.images import ImageError, check_geometry, decode_image
+from treeclip.data.images import ImageError, check_geometry, decode_image, rgb_image
 from treeclip.errors import UsageError
 
 ImageItem = str | os.PathLike[str] | Image.Image
@@ -59,11 +59,12 @@ class Batch:
 
 def load_pixels(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
                 draft_size: int | None) -> torch.Tensor | str:
-    """Preprocessed pixels, or the reason the image cannot be used."""
+    """Preprocessed pixels, or the reason the image cannot be used; a PIL image gives the pixels of the file it
+    was decoded from (`treeclip.data.images.rgb_image`)."""
     try:
         if isinstance(item, Image.Image):
             check_geometry(item.size)
-            return preprocess(item.convert("RGB"))
+            return preprocess(rgb_image(item))
         return preprocess(decode_image(item, draft_size=draft_size))
     except ImageError as error:
         return str(error)
