@@ -341,6 +341,23 @@ def test_table_parts_read_exactly_as_the_whole_table(tmp_path: Path, rows: int) 
         assert sum(isinstance(item, Problem) for item in whole) >= (0 if name == "t.parquet" else 5)
 
 
+def test_parquet_parts_never_end_on_empty_row_groups(tmp_path: Path) -> None:
+    """A Parquet file whose last row group is empty (other writers make them): no part is left without rows,
+    so reading it part by part gives no 'no data rows' problem that the whole file does not give."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from treeclip.data.sources.base import table_rows  # noqa: PLC0415
+
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, pa.schema([("genus", pa.string())])) as writer:
+        for names in (["Aedes", "Morus", "Pica"], ["Corvus", "Passer"], []):
+            writer.write_table(pa.table({"genus": pa.array(names, pa.string())}))
+    parts = open_table(path).parts({"g": "genus"}, rows=2, prefix="")
+    items = [item for part in parts for item in table_rows(path, "t", lambda t: {"g": "genus"}, part)]
+    assert len(parts) == 2 and [item[1] for item in items] == [2, 3, 4, 5, 6]
+
+
 def test_header_only_catalog_is_a_problem(tmp_path: Path) -> None:
     found, problems = records(f"csv:{write(tmp_path / 'c.csv', ['path,genus,species'])}")
     assert not found and [p.reason for p in problems] == ["no data rows (only a header)"]

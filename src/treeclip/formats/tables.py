@@ -302,14 +302,16 @@ def _parquet_batches(table: Table, used: list[str], part: TablePart) -> Iterator
 
 
 def _row_group_parts(path: Path, rows: int) -> list[TablePart]:
-    """Runs of whole row groups of about `rows` rows (at least one group each; one part for an empty file)."""
+    """Runs of whole row groups of about `rows` rows, each with at least one row (one part for an empty
+    file; empty row groups join the part before them)."""
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     metadata = pq.ParquetFile(path).metadata
-    parts, first, first_row, held = [], 0, 2, 0
-    for group in range(metadata.num_row_groups):
-        held += metadata.row_group(group).num_rows
-        if held >= rows and group + 1 < metadata.num_row_groups:
+    sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    parts, first, first_row, held, left = [], 0, 2, 0, sum(sizes)
+    for group, size in enumerate(sizes):
+        held, left = held + size, left - size
+        if held >= rows and left:
             parts.append(TablePart(first, group + 1, first_row))
             first, first_row, held = group + 1, first_row + held, 0
     return [*parts, TablePart(first, None, first_row)]
