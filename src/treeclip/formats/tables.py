@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,6 @@ def _csv_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
     """The used columns of a CSV/TSV file, one block at a time. The malformed rows' numbers come from
     pyarrow (`InvalidRow.number`, single-threaded reading); every other row takes the next number that is not
     a malformed row's, so the numbers are exact whatever was skipped before."""
-    import numpy as np  # noqa: PLC0415
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.csv as pacsv  # noqa: PLC0415
 
@@ -242,7 +242,8 @@ def _csv_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
     skipped: list[tuple[int, str]] = []
     reader = pacsv.open_csv(
         table.path,
-        read_options=pacsv.ReadOptions(column_names=positions, skip_rows=1, block_size=_BLOCK_BYTES, use_threads=False),
+        read_options=pacsv.ReadOptions(column_names=positions, skip_rows=1, block_size=_BLOCK_BYTES,
+                                       use_threads=False),
         parse_options=_parse_options(table.delimiter, skipped),
         convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=dict.fromkeys(wanted, pa.binary()),
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
@@ -251,12 +252,11 @@ def _csv_batches(table: Table, used: list[str]) -> Iterator[_Batch]:
     try:
         for block in reader:
             pending = sorted(skipped)
-            taken = np.array([number for number, _ in pending], np.int64)
-            free = np.arange(following, following + block.num_rows + len(taken), dtype=np.int64)
-            numbers = free[~np.isin(free, taken)][:block.num_rows]
-            following = int(numbers[-1]) + 1 if block.num_rows else following
+            taken = {number for number, _ in pending}
+            numbers = list(islice((n for n in count(following) if n not in taken), block.num_rows))
+            following = numbers[-1] + 1 if numbers else following
             skipped[:] = [problem for problem in pending if problem[0] >= following]
-            yield _Batch(pa.array(numbers), [block.column(w) for w in wanted],
+            yield _Batch(pa.array(numbers, pa.int64()), [block.column(w) for w in wanted],
                          [problem for problem in pending if problem[0] < following])
     except (OSError, ValueError) as exc:
         skipped.append((following, f"unreadable from here on: {exc}"))
