@@ -21,6 +21,12 @@ memory (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` elsewhere):
 - ``catalog-json``: the same step as it was before (issue 15): every shard's rows read back from a JSON
   journal entry (written beforehand in a child process, as the shard jobs wrote them) and turned into Arrow
   on the driver; the baseline for ``catalog-write``;
+- ``bad-images``: `treeclip.data.build.build_dataset` (one worker: every job in this process) over a ``csv:``
+  source of N files that exist but are no image (N = the catalog's rows, each file's bytes distinct), so every
+  image is skipped while its shard is written: the driver's memory as the bad images grow (before issue 15
+  the driver held every bad image's row until ``dropped.csv`` was written); ``peak_mb`` is the peak from the
+  start of shard writing (Linux: the peak is restarted through ``/proc/self/clear_refs`` when planning
+  ends), ``plan_peak_mb`` the peak until then;
 - ``baseline``: what the old readers did, the whole catalog as Python dicts (``csv.DictReader`` into a list).
 
     python -m benchmarks.catalog_memory [--rows N] [--stages read,make-benchmark,plan,baseline]
@@ -45,7 +51,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("read", "make-benchmark", "plan", "catalog-write", "catalog-json", "baseline")
+STAGES = ("read", "make-benchmark", "plan", "catalog-write", "catalog-json", "bad-images", "baseline")
 SHARD_ROWS = 1000  # rows per shard part (treeclip build's default --shard-size)
 LIMIT_MB = 2048
 LISTED = 5
@@ -257,6 +263,31 @@ def _catalog_figures(path: Path, rows: int, driver: tuple[float, float], worker_
             "sha256": sha256_file(path)[:16]}
 
 
+def _bad_images(catalog: Path, species: Path, work: Path) -> dict[str, float]:
+    from treeclip.data.build import build_dataset  # noqa: PLC0415
+
+    rows = sum(1 for _ in open(catalog, "rb")) - 1  # noqa: SIM115 - the catalog's row count
+    (work / "src" / "img").mkdir(parents=True)
+    with (work / "src" / "bad.csv").open("w", encoding="utf-8") as table:
+        table.write("path,kingdom,genus,species\n")
+        for index in range(rows):
+            (work / "src" / "img" / f"{index}.jpg").write_bytes(b"not an image %d\n" % index)
+            table.write(f"img/{index}.jpg,Animalia,Morus,bassanus\n")
+    plan_peak: list[float] = []
+
+    def after_planning(done: int, total: int) -> None:  # shard writing starts: restart the peak (Linux)
+        if done == 0:
+            plan_peak.append(peak_rss_mb())
+            Path("/proc/self/clear_refs").write_text("5")
+
+    start = time.perf_counter()
+    result = build_dataset(sources=[f"csv:{work / 'src' / 'bad.csv'}"], out=work / "out", workers=1,
+                           on_problem=lambda problem: None, progress=after_planning)  # not logged one by one
+    dropped = sum(1 for _ in open(work / "out" / "dropped.csv", "rb")) - 1  # noqa: SIM115
+    return {"bad_images": result.counts["bad_images"], "dropped_rows": dropped, "plan_peak_mb": round(plan_peak[0]),
+            "build_seconds": round(time.perf_counter() - start, 1)}
+
+
 def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
     import csv  # noqa: PLC0415
 
@@ -266,7 +297,7 @@ def _baseline(catalog: Path, species: Path, work: Path) -> dict[str, float]:
 
 
 STAGE_FUNCTIONS = {"read": _read, "make-benchmark": _make_benchmark, "plan": _plan, "catalog-write": _catalog_write,
-                   "catalog-json": _catalog_json, "baseline": _baseline}
+                   "catalog-json": _catalog_json, "bad-images": _bad_images, "baseline": _baseline}
 
 
 def run_stage(name: str, catalog: Path, species: Path, work: Path) -> dict[str, float]:
