@@ -263,7 +263,7 @@ def test_determinism_across_worker_counts(inputs: dict[str, Path], tmp_path: Pat
                   shard_size=2, val_fraction=0.3)
     one = build_dataset(out=tmp_path / "one", workers=1, **common)
     two = build_dataset(out=tmp_path / "two", workers=2, **common)
-    assert not one.problems and one.counts["samples"] == 8
+    assert not one.problems and one.counts["samples"] == 8 and two.counts == one.counts
     assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
     assert len(shard_bytes(tmp_path / "one")) >= 4
     assert (tmp_path / "one/manifest.json").read_bytes() == (tmp_path / "two/manifest.json").read_bytes()
@@ -457,7 +457,7 @@ def test_plan_batches_and_buckets_do_not_change_the_output(inputs: dict[str, Pat
     small = build_dataset(out=tmp_path / "small", **common)
     assert whole.counts["repeated_id"] == 2 and whole.counts["excluded"] >= 1 and whole.counts["duplicates"] >= 1
     assert len(shard_bytes(tmp_path / "whole")) >= 3
-    assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "small")
+    assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "small") and small.counts == whole.counts
     for name in ("manifest.json", "catalog.parquet", "dropped.csv"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "small" / name).read_bytes(), name
     assert not (tmp_path / "small/.build/plan").exists()  # the items files go once the build is complete

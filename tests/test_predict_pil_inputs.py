@@ -3,8 +3,6 @@ decoded from (transparency on white, 16-bit scaled, EXIF orientation applied), n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
