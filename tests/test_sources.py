@@ -668,3 +668,119 @@ def test_table_sources_read_in_parts_give_the_whole_sources_items(tmp_path: Path
         assert [item for part in parts for item in open_source(spec).records(part)] == whole, spec
     kept = [r.source_id for r in open_source(specs[0]).records() if isinstance(r, Record)]
     assert kept == ["table:k2", "table:k1", "table:k4"]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (i * 37 % 256, i * 91 % 256, i * 53 % 256)
+
+
+def wds_spec(root: Path) -> str:
+    """Four shards: samples with a repeated key and copied bytes across shards, a sample without an image, a
+    shard cut inside a member (unreadable), one under val/."""
+    lineage = json.dumps({"lineage": MORUS_PLANT}).encode()
+    bird = json.dumps({"lineage": MORUS_BIRD}).encode()
+    write_shard(root / "train" / "shard-000000.tar", [("w0", {"jpg": jpeg_bytes(colour(0)), "taxon.json": lineage}),
+                                                      ("w1", {"jpg": jpeg_bytes(colour(1)), "taxon.json": bird})])
+    write_shard(root / "train" / "shard-000001.tar", [("w2", {"taxon.json": bird}),
+                                                      ("w1", {"jpg": jpeg_bytes(colour(2)), "taxon.json": bird}),
+                                                      ("w3", {"jpg": jpeg_bytes(colour(0)), "taxon.json": lineage})])
+    broken = write_shard(root / "train" / "shard-000002.tar",
+                         [(f"w{i}", {"jpg": jpeg_bytes(colour(i)) + bytes(3000), "taxon.json": bird}) for i in (4, 5)])
+    with tarfile.open(broken) as tar:
+        cut = tar.getmember("w5.jpg").offset_data + 100
+    broken.write_bytes(broken.read_bytes()[:cut])
+    write_shard(root / "val" / "shard-000000.tar", [("v0", {"png": jpeg_bytes(colour(6)), "taxon.json": lineage})])
+    return f"wds:{root}"
+
+
+def folder_spec(root: Path) -> str:
+    """Class folders (images in sub-folders, hidden files and folders, a text file), a folder that is no taxon
+    name, a mapping table with an unusable row, and the same bytes in two class folders."""
+    jpeg(root / "Pica pica" / "a.jpg", colour(0))
+    jpeg(root / "Pica pica" / "sub" / "b.jpg", colour(1))
+    jpeg(root / "Pica pica" / ".hidden.jpg", colour(2))
+    (root / "Pica pica" / "notes.txt").write_text("not an image")
+    jpeg(root / ".cache" / "Pica pica" / "c.jpg", colour(3))
+    jpeg(root / "Tomato___Late_blight" / "d.jpg", colour(4))
+    jpeg(root / "Morus alba" / "e.jpg", colour(0))
+    jpeg(root / "Morus alba" / "f.png", colour(5))
+    jpeg(root / "Sula sula" / "g.jpg", colour(6))
+    jpeg(root / "white mulberry" / "h.jpg", colour(7))
+    mapping = write_table(root.parent / f"{root.name}-map.csv", ["folder", "genus", "species"],
+                          [["nothing mapped", "", ""], ["White_Mulberry", "Morus", "alba"]])
+    return f"folder:{root},{mapping}"
+
+
+def eol_spec(root: Path) -> str:
+    """A manifest (missing page, missing image, empty ids, copied bytes) and a rank taxonomy with a bad row."""
+    pages = [("100", "1"), ("101", "2"), ("102", "999"), ("103", "1"), ("104", "2"), ("105", "1")]
+    manifest = eol_manifest(root, pages)
+    (root / "media" / "103.98765.jpg").unlink()
+    (root / "media" / "105.98765.jpg").write_bytes((root / "media" / "100.jpg").read_bytes())
+    for i, content in enumerate(("101", "104")):
+        jpeg(root / "media" / f"{content}.98765.jpg", colour(10 + i))
+    with manifest.open("a", encoding="utf-8") as handle:
+        handle.write(",2,,,cc-by,nobody\n")
+    taxonomy = write_table(root / "ranks.csv", ["eol_page_id", "kingdom", "phylum", "class", "order", "family",
+                                                "genus", "species"],
+                           [["1", *MORUS_PLANT], ["7", "", "", "", "", "", "", ""], ["2", *MORUS_BIRD]])
+    return f"eol:{manifest},{root / 'media'},{taxonomy}"
+
+
+SPLIT_SOURCES = {"wds": wds_spec, "folder": folder_spec, "eol": eol_spec}
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("kind", list(SPLIT_SOURCES))
+def test_tar_folder_and_eol_sources_read_in_parts_give_the_whole_sources_items(tmp_path: Path, kind: str,
+                                                                               rows: int) -> None:
+    """wds: (a part per shard), folder: (runs of class folders) and eol: (manifest parts) read part after part
+    give the whole source's records and problems in its order: a shard, folder or row read twice or skipped, or
+    the taxonomy's / mapping table's problems reported by every part (or by none), fail."""
+    spec = SPLIT_SOURCES[kind](tmp_path / kind)
+    whole = list(open_source(spec).records())
+    parts = open_source(spec).parts(rows=rows, prefix=str(tmp_path / "staged"))
+    assert len(parts) == {"wds": 4, "folder": 6 - rows, "eol": 10 - 3 * rows}[kind]  # 5 class folders, 7 rows
+    assert [item for part in parts for item in open_source(spec).records(part)] == whole
+    problems = reasons([item for item in whole if isinstance(item, Problem)])
+    expected = {"wds": ["unreadable shard", "no image"],
+                "folder": ["not a taxon name", "no taxonomic names"],
+                "eol": ["page 999 is not in the taxonomy", "not found", "empty content id", "no taxonomic names"]}
+    assert all(text in problems for text in expected[kind]), problems
+    records = [item.source_id for item in whole if isinstance(item, Record)]
+    assert {"wds": ["w0", "w1", "w1", "w3", "w4", "v0"],
+            "folder": ["Morus alba/e.jpg", "Morus alba/f.png", "Pica pica/a.jpg", "Pica pica/sub/b.jpg",
+                       "Sula sula/g.jpg", "white mulberry/h.jpg"],
+            "eol": ["100", "101", "104", "105"]}[kind] == records
+
+
+@pytest.mark.parametrize("kind", list(SPLIT_SOURCES))
+def test_tar_folder_and_eol_sources_in_parts_build_the_same_bytes(tmp_path: Path, kind: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build with parts of 1 row (a part per shard, per class folder, per manifest row) gives the one-part
+    build's shards, catalog, dropped.csv, problems.csv and manifest byte for byte: a part's records placed at a
+    wrong offset flip which of a repeated id or of a copy of bytes is kept."""
+    from test_plan_partitions import build_outputs  # noqa: PLC0415
+
+    from treeclip.data import plan as plan_module  # noqa: PLC0415
+
+    from treeclip.data.sources.base import Source  # noqa: PLC0415
+
+    spec = SPLIT_SOURCES[kind](tmp_path / kind)
+    split_into = []
+    real_split = plan_module._split
+
+    def recording_split(*args: object, **kwargs: object) -> list[object]:
+        parts = real_split(*args, **kwargs)
+        split_into.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(plan_module, "_split", recording_split)
+    with monkeypatch.context() as one_part:  # the reference: the source read whole, as before it had parts
+        one_part.setattr(type(open_source(spec)), "parts", Source.parts)
+        whole = build_outputs([spec], tmp_path / "whole", 1)
+    dropped = whole["dropped.csv"].decode()
+    assert "exact duplicate" in dropped and (kind != "wds" or "repeated source id" in dropped)
+    monkeypatch.setattr(plan_module, "_PART_ROWS", 1)
+    assert build_outputs([spec], tmp_path / "parts", 1) == whole
+    assert split_into == [1, {"wds": 4, "folder": 5, "eol": 7}[kind]]

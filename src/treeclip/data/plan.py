@@ -2,7 +2,7 @@
 
 0. Each source is cut into parts of about `_PART_ROWS` rows (`Source.parts`, one `split_source` job per
    source: a CSV/TSV table is read once and staged to Arrow files, a Parquet table is cut at row groups;
-   folder trees, JSON and tar sources are one part).
+   `wds:` is a part per tar, `folder:` runs of class folders; a JSON source is one part).
 1. Pass 1 reads every source part into an `Aligner` tally (and reports the parts' bad rows and files): one
    `observe_source` job per (source, part) on the build's engine (in this process, a process pool or Ray
    tasks); the tallies (distinct lineage and source counts) are merged in (source, part) order.

@@ -20,8 +20,8 @@ Each module's docstring describes its layout. Every reader streams (memory grows
 never with the number of images), sets `Record.origin` to ``file:row`` (the table row as a spreadsheet numbers
 it, `treeclip.formats.tables`; ``file:images[i]`` for JSON, ``shard:key`` for tars), and turns every bad row or
 file into a `Problem` without stopping. The sources that read one main table row by row (csv, tol10m, bioscan,
-download) can be read in parts (`Source.parts`, then `records(part)` per part: the build's plan runs a job per
-part); the others are one part.
+download, eol's manifest) can be read in parts (`Source.parts`, then `records(part)` per part: the build's plan
+runs a job per part), and so can wds (a part per tar) and folder (runs of class folders); inat21 is one part.
 """
 
 from __future__ import annotations

@@ -37,10 +37,11 @@ from treeclip.taxonomy import RANK_NAMES, Taxon, parse_binomial, taxon_from_fiel
 
 from treeclip.formats import Table, has_ranks, resolve
 from treeclip.formats.columns import TAXON_ROLES
+from treeclip.formats.tables import TablePart
 
 from ..records import Problem, Record
 from .base import (IMAGE_EXTENSIONS, Source, checked_taxon, first_existing, int_text, open_source_table, subdirs,
-                   taxa_by_key)
+                   table_parts, table_rows, taxa_by_key)
 
 PAGE_COLUMNS = ("page_id", "eol_page_id", "eolid", "eol_id", "pageid")
 DWC_COLUMNS = ("taxonid", "parentnameusageid", "taxonrank", "scientificname", "canonicalname", "eolid",
@@ -50,6 +51,13 @@ RANK_INDEX = {**{name: index for index, name in enumerate(RANK_NAMES)}, "divisio
 MAX_DEPTH = 1_000  # no real taxonomy is this deep; stops a walk in a pathological file
 MANIFEST_COLUMNS = ("eol_content_id", "eol_page_id", "license_name", "copyright_owner", "eol_full_size_copy_url",
                     "medium_source_url")
+
+
+class EolPart(NamedTuple):
+    """A part of the media manifest (`rows`, from `table_parts`); `number` is its place."""
+
+    number: int
+    rows: TablePart | None
 
 
 class PageTaxa(Protocol):
@@ -80,19 +88,34 @@ class EolSource(Source):
         self.taxonomy = self.existing(self.options["taxonomy"], "taxonomy", directory=False)
         return manifest
 
-    def records(self, part: None = None) -> Iterator[Record | Problem]:
-        pages = yield from self.page_taxa()
-        table = open_source_table(self.path, "eol: media manifest")
-        if isinstance(table, Problem):
-            yield table
-            return
+    def records(self, part: EolPart | None = None) -> Iterator[Record | Problem]:
+        pages = yield from self._page_taxa(report=part is None or part.number == 0)
+        self._folders = [self.image_root, *subdirs(self.image_root)]
+        for item in table_rows(self.path, "eol: media manifest", self._columns, None if part is None else part.rows):
+            yield item if isinstance(item, Problem) else self._record(*item, pages)
+
+    def parts(self, *, rows: int, prefix: str) -> list[EolPart | None]:
+        """The manifest's parts (`table_parts`: a CSV/TSV staged to Arrow files, Parquet cut at row groups);
+        every part's job reads the whole taxonomy again, the first reports its problems."""
+        parts = table_parts(self.path, "eol: media manifest", self._columns, rows=rows, prefix=prefix)
+        return [None] if len(parts) < 2 else [EolPart(number, part) for number, part in enumerate(parts)]
+
+    def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         columns = {name: table.find(name, name.removeprefix("eol_")) for name in MANIFEST_COLUMNS}
         if columns["eol_content_id"] is None or columns["eol_page_id"] is None:
-            yield Problem(table.where(1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
-            return
-        self._folders = [self.image_root, *subdirs(self.image_root)]
-        for item in table.rows(columns):
-            yield item if isinstance(item, Problem) else self._record(table, *item, pages)
+            return Problem(table.where(1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
+        return columns
+
+    def _page_taxa(self, *, report: bool) -> Generator[Problem, None, PageTaxa]:
+        """`page_taxa`, its problems yielded only when `report`."""
+        taxa = self.page_taxa()
+        while True:
+            try:
+                problem = next(taxa)
+            except StopIteration as done:
+                return done.value
+            if report:
+                yield problem
 
     def _record(self, table: Table, line: int, row: dict[str, str], pages: PageTaxa) -> Record | Problem:
         where = table.where(line)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from treeclip.formats import Table, resolve, taxon_of
 from treeclip.formats.columns import TAXON_ROLES
@@ -23,6 +24,13 @@ from .base import Source, checked_taxon, iter_images, subdirs, table_rows
 
 SPLIT_NAMES = frozenset({"train", "train_mini", "val", "validation", "test"})
 KEY_COLUMNS = ("folder", "label", "name", "dirname", "directory", "class_name")
+
+
+class FolderPart(NamedTuple):
+    """A run of class folders ((split hint, path) each) of a folder source; `number` is its place."""
+
+    number: int
+    class_dirs: tuple[tuple[str, str], ...]
 
 
 def folder_key(name: str) -> str:
@@ -42,11 +50,14 @@ class FolderSource(Source):
             self.options["taxonomy"] = str(self.existing(self.options["taxonomy"], "taxonomy CSV", directory=False))
         return self.existing(path, "image", directory=True)
 
-    def records(self, part: None = None) -> Iterator[Record | Problem]:
+    def records(self, part: FolderPart | None = None) -> Iterator[Record | Problem]:
         mapping: dict[str, Taxon] = {}
         if self.options.get("taxonomy"):
-            yield from self._read_mapping(Path(self.options["taxonomy"]), mapping)
-        for split, class_dir in self._class_dirs():
+            for problem in self._read_mapping(Path(self.options["taxonomy"]), mapping):
+                if part is None or part.number == 0:  # every part reads the table; the first reports its rows
+                    yield problem
+        class_dirs = self._class_dirs() if part is None else ((split, Path(path)) for split, path in part.class_dirs)
+        for split, class_dir in class_dirs:
             taxon = mapping.get(folder_key(class_dir.name))
             taxon = taxon or checked_taxon(str(class_dir), parse_label, class_dir.name)
             if isinstance(taxon, Problem):
@@ -55,6 +66,23 @@ class FolderSource(Source):
             for image in iter_images(class_dir):
                 relative = image.relative_to(self.path).as_posix()
                 yield Record(self.kind, relative, str(image), taxon, split_hint=split, origin=str(image))
+
+    def parts(self, *, rows: int, prefix: str) -> list[FolderPart | None]:
+        """Runs of whole class folders of about `rows` images each, in the order `records` reads them. The split
+        job walks the tree once, counting each class folder's images (`iter_images`, one directory listing
+        held at a time); it holds the class folders' paths, never the images'. A class folder is never cut."""
+        parts: list[FolderPart] = []
+        run: list[tuple[str, str]] = []
+        count = 0
+        for split, class_dir in self._class_dirs():
+            run.append((split, str(class_dir)))
+            count += max(1, sum(1 for _ in iter_images(class_dir)))  # an unusable folder is one problem
+            if count >= rows:
+                parts.append(FolderPart(len(parts), tuple(run)))
+                run, count = [], 0
+        if run:
+            parts.append(FolderPart(len(parts), tuple(run)))
+        return [None] if len(parts) < 2 else parts
 
     def _class_dirs(self) -> Iterator[tuple[str, Path]]:
         top = subdirs(self.path)

@@ -56,14 +56,19 @@ class WdsSource(Source):
             raise UsageError(f"source {self.spec!r}: no shard files match {path} (syntax: {self.usage})")
         return Path(path)
 
-    def records(self, part: None = None) -> Iterator[Record | Problem]:
-        for shard in self.shards:
+    def records(self, part: tuple[int, int] | None = None) -> Iterator[Record | Problem]:
+        for shard in self.shards if part is None else self.shards[part[0]:part[1]]:
             split = shard.parent.name if shard.parent.name in SPLIT_NAMES else ""
             for sample in read_samples(shard):
                 if isinstance(sample, Problem):
                     yield sample
                 else:
                     yield self._record(shard, split, *sample)
+
+    def parts(self, *, rows: int, prefix: str) -> list[tuple[int, int] | None]:
+        """One part per shard, as [start, stop) into `shards` (a shard's sample count is unknown until it is
+        read, and the split job reads none; a shard is what a job reads in one stream)."""
+        return [(index, index + 1) for index in range(len(self.shards))] if len(self.shards) > 1 else [None]
 
     def _record(self, shard: Path, split: str, key: str, files: dict[str, Any]) -> Record | Problem:
         where = f"{shard}:{key}"
