@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -453,3 +454,80 @@ def test_download_then_ray_build_sigkilled_and_resumed(server: str, tmp_path: Pa
     rows = pq.read_table(on_ray / "catalog.parquet").to_pylist()
     assert len(rows) == len({row["id"] for row in rows}) == n
     assert {row["owner"] for row in rows} == {f"Owner of /photo/{i}.jpg" for i in range(n)}
+
+
+# --- download: retried URLs resolved without a per-URL map (issue 15) ------------------------------------------
+
+
+def status_table(folder: Path, rows: list[tuple[str, str]], torn: str = "") -> Path:
+    """A status.csv of (key, outcome) rows (row N+2 for rows[N]), the ok rows' images on disk, and optionally
+    a torn last line (no line end, too few fields) as a kill leaves it."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(STATUS_COLUMNS)
+    for number, (key, outcome) in enumerate(rows, start=2):
+        values = {"key": key, "outcome": outcome, "reason": "" if outcome == "ok" else "HTTP 500",
+                  "path": f"images/{number}.jpg", "source": "table", "source_id": key, "genus": "Morus",
+                  "species": "alba", "url": f"http://x/{key}"}
+        writer.writerow([values.get(name, "") for name in STATUS_COLUMNS])
+        if outcome == "ok":
+            (folder / "images" / f"{number}.jpg").write_bytes(b"jpeg")
+    (folder / "status.csv").write_text(buffer.getvalue() + torn)
+    return folder
+
+
+def final_rows(rows: list[tuple[str, str]]) -> list[int]:
+    """The rule, spelled out: each key's last row (its final attempt) is the one read, in table order."""
+    last = {key: number for number, (key, _) in enumerate(rows, start=2)}
+    return sorted(last.values())
+
+
+def origins(items: list[object]) -> list[tuple[str, int]]:
+    return [(type(item).__name__, int(item.origin.rsplit(":", 1)[1])) for item in items]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100])
+def test_download_source_reads_each_retried_urls_final_row(tmp_path: Path, rows: int) -> None:
+    """A key tried 3 times (final ok), a retry whose final row failed, attempts in different parts, and a torn
+    last line that repeats a key: only each key's final row is read (a failed final row is a problem, the ok
+    row before it is not a record), whole or part by part; the torn line is a problem and no attempt."""
+    from treeclip.data.sources import open_source
+
+    table = [("k1", "error"), ("k2", "ok"), ("k1", "error"), ("k3", "error"), ("k1", "ok"), ("k2", "error"),
+             ("k4", "ok"), ("k3", "ok")]
+    folder = status_table(tmp_path / "dl", table, torn="k4,error,HTTP 500")
+    whole = list(open_source(f"download:{folder}").records())
+    assert origins(whole) == [("Record", 6), ("Problem", 7), ("Record", 8), ("Record", 9), ("Problem", 10)]
+    assert "not downloaded: HTTP 500" in whole[1].reason and "malformed row" in whole[4].reason
+    source = open_source(f"download:{folder}")
+    parts = source.parts(rows=rows, prefix=str(tmp_path / "part"))
+    assert len(parts) == {1: 8, 3: 3, 100: 1}[rows]
+    assert [item for part in parts for item in open_source(f"download:{folder}").records(part)] == whole
+    assert json.loads(Path(parts[0].retried).read_text()) == {"k1": 6, "k2": 7, "k3": 9}
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_download_retried_keys_match_the_rule_even_when_digests_collide(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool) -> None:
+    """500 rows, keys tried 1-3 times with random outcomes, read in parts of 37 rows: the final rows read are
+    exactly those of a plain last-row-per-key map. With every key given the same digest (`collide`), keys
+    are still told apart by their text (a digest-only comparison would keep one row in all)."""
+    import random
+
+    from treeclip.data.sources import download, open_source
+
+    if collide:
+        monkeypatch.setattr(download, "_key_digest", lambda key: 7)
+    rng = random.Random(15)
+    table = [(f"{rng.randrange(300):032x}", rng.choice(["ok", "ok", "error"])) for _ in range(500)]
+    assert max(Counter(key for key, _ in table).values()) >= 3
+    folder = status_table(tmp_path / "dl", table)
+    expected = final_rows(table)
+    assert [line for _, line in origins(list(open_source(f"download:{folder}").records()))] == expected
+    parts = open_source(f"download:{folder}").parts(rows=37, prefix=str(tmp_path / "part"))
+    read = [item for part in parts for item in open_source(f"download:{folder}").records(part)]
+    assert [line for _, line in origins(read)] == expected
+    repeated = {key for key, n in Counter(key for key, _ in table).items() if n > 1}
+    last = {key: number for number, (key, _) in enumerate(table, start=2)}
+    assert json.loads(Path(parts[0].retried).read_text()) == {key: last[key] for key in repeated}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,17 +65,26 @@ class DownloadSource(Source):
         return [DownloadPart(part, str(retried)) for part in parts]
 
     def _retried(self, parts: list[TablePart | None]) -> dict[str, int]:
-        """The row of the final attempt of each URL key with several rows (``--retry-failed``)."""
+        """The row of the final attempt of each URL key with several rows (``--retry-failed``), without a
+        per-URL map: pass one keeps a 64-bit digest per row (an array, not a dict) and finds the digests met
+        more than once by sorting them in place; pass two keeps the rows of those digests only, by their
+        exact key, so keys sharing a digest are still told apart."""
+        repeated = _repeated_digests(self._keys(parts))
         last: dict[str, int] = {}
         again: set[str] = set()
+        for key, line in self._keys(parts) if repeated else ():
+            if _key_digest(key) in repeated:
+                if key in last:
+                    again.add(key)
+                last[key] = line
+        return {key: last[key] for key in again}
+
+    def _keys(self, parts: list[TablePart | None]) -> Iterator[tuple[str, int]]:
+        """(URL key, row number) of each readable row of the status table's `parts`, in order."""
         for part in parts:
             for item in table_rows(self.status, "download: status table", lambda t: {"key": t.find("key")}, part):
                 if not isinstance(item, Problem):
-                    key = item[2]["key"]
-                    if key in last:
-                        again.add(key)
-                    last[key] = item[1]
-        return {key: last[key] for key in again}
+                    yield item[2]["key"], item[1]
 
     def _columns(self, table: Table) -> dict[str, str | None] | Problem:
         found = {name: table.find(name) for name in COLUMNS}
@@ -95,3 +105,21 @@ class DownloadSource(Source):
             return taxon
         return Record(source=self.kind, source_id=f"{row['source']}:{row['source_id']}", path=image, taxon=taxon,
                       license=row["license"], owner=row["owner"], origin=where)
+
+
+def _key_digest(key: str) -> int:
+    """A URL key's 64-bit digest for pass one: Python's own string hash (fast, and cached on the string; salted
+    per process, which is fine as both passes run in one). Equal keys have equal digests; the converse is
+    checked in pass two."""
+    return hash(key)
+
+
+def _repeated_digests(keys: Iterator[tuple[str, int]]) -> set[int]:
+    """The digests of the keys that occur more than once: 8 bytes a row, sorted in place (an Arrow
+    `value_counts` hash table costs ~90 bytes a row more), then neighbours compared."""
+    import numpy as np  # noqa: PLC0415
+
+    digests = array("q", (_key_digest(key) for key, _ in keys))
+    ordered = np.frombuffer(digests, np.int64)
+    ordered.sort()
+    return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
