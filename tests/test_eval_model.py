@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from test_eval_benchmarks import write_synth
+from test_images import HEADER_CASES, REFUSAL, header_case_files, header_case_pil
 from test_predict_fixtures import odd_photos
 from treeclip.cli import main
+from treeclip.errors import UsageError
 from treeclip.eval.benchmarks import load_task
 from treeclip.eval.features import FeatureCache, encode_images, model_fingerprint
 from treeclip.eval.runner import EvalModel, EvalSettings, evaluate
@@ -137,3 +140,17 @@ def test_eval_command_bad_task_is_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     assert "metadata.csv not found" in capsys.readouterr().err
     assert main([*argv[:4], "mystery:x", *argv[5:]]) == 2
     assert main([*argv, "--shots", "one"]) == 2
+
+
+@pytest.mark.parametrize("name", list(HEADER_CASES))
+def test_eval_refuses_the_images_predict_refuses(tiny: tuple, tmp_path: Path, name: str) -> None:
+    """Files and PIL images: refused (one UsageError naming the image and why) exactly where the shard writer,
+    predict and the device decoder refuse them (tests/test_images.py); before, a PIL image skipped the check."""
+    model, preprocess, _ = tiny
+    path = header_case_files(tmp_path)[name]
+    for item, label in ((path, str(path)), (header_case_pil(path), "#0 (in-memory image)")):
+        if HEADER_CASES[name][3] is None:
+            with pytest.raises(UsageError, match=f"cannot read image {re.escape(label)}: ({REFUSAL})"):
+                encode_images(model, preprocess, [item])
+        else:
+            assert encode_images(model, preprocess, [item]).shape == (1, 32)

@@ -5,24 +5,33 @@ from __future__ import annotations
 import hashlib
 import io
 import pathlib
+import re
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from PIL import ExifTags, Image
 from test_predict_fixtures import odd_photos
 
 from treeclip.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
+    check_header,
     decode_image,
     encode_jpeg,
+    read_header,
     resize,
     rgb_image,
     sha256_bytes,
     sha256_file,
 )
+from treeclip.data.shards import WorkItem, encode_item
+from treeclip.predict.decode_device import BAD_HEADER, ROTATED, _check_header
+from treeclip.predict.runner import load_pixels
+from treeclip.taxonomy import Taxon
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -246,3 +255,117 @@ def test_sha256(tmp_path: pathlib.Path) -> None:
     (tmp_path / "blob").write_bytes(data)
     expected = hashlib.sha256(data).hexdigest()
     assert sha256_bytes(data) == expected == sha256_file(tmp_path / "blob")
+
+
+# --- one header check everywhere: build's shard writer, predict (files, PIL), device decoder, eval ---------
+
+# name: (stored width, stored height, EXIF orientation, size as displayed or None when refused)
+HEADER_CASES = {
+    "photo": (60, 40, 1, (60, 40)),
+    "wide_50": (500, 10, 1, (500, 10)),  # exactly 50:1 is kept
+    "wide_51": (510, 10, 1, None),  # over 50:1: too elongated
+    "rotated_6": (60, 20, 6, (20, 60)),
+    "rotated_8": (60, 20, 8, (20, 60)),
+    "rotated_wide": (10, 510, 8, None),
+    "oversized": (9500, 9500, 1, None),  # 90.25 MP, over the 89.48 MP bomb limit; only the header says so
+}
+REFUSAL = "too large|too elongated|decompression bomb"
+
+
+def header_case_jpeg(width: int, height: int, orientation: int) -> bytes:
+    """A JPEG whose header claims width×height (pixels encoded only up to 600 per side) and EXIF orientation."""
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[ExifTags.Base.Orientation] = orientation
+    data = bytearray(encode(halves((min(width, 600), min(height, 600))), "JPEG", quality=90, exif=exif))
+    sof = data.index(b"\xff\xc0")  # baseline SOF0: marker, length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def header_case_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    paths = {}
+    for name, (width, height, orientation, _) in HEADER_CASES.items():
+        paths[name] = folder / f"{name}.jpg"
+        paths[name].write_bytes(header_case_jpeg(width, height, orientation))
+    return paths
+
+
+def header_case_pil(path: pathlib.Path) -> Image.Image:
+    """The PIL image a caller would hand over: decoded in memory, or (too large to decode) opened lazily."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    if image.width * image.height <= DEFAULT_MAX_PIXELS:
+        image.load()
+    return image
+
+
+def tiny_preprocess(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32))
+
+
+def shard_writer_size(path: pathlib.Path) -> tuple[int, int] | str:
+    item = WorkItem(key="k", source="folder", source_id=path.name, path=str(path), taxon=Taxon(),
+                    sha256=sha256_file(path))
+    try:
+        _, width, height = encode_item(item, image_size=16, resize_mode="shorter", quality=90)
+    except ImageError as error:
+        return str(error)
+    return width, height
+
+
+@pytest.mark.parametrize("name", list(HEADER_CASES))
+def test_header_refused_or_accepted_alike_everywhere(name: str, tmp_path: pathlib.Path) -> None:
+    """The shard writer, predict (file and PIL), the device decoder's header check and `read_header` agree;
+    the catalog size is the displayed one (orientations 6/8 swap width and height)."""
+    width, height, orientation, shown = HEADER_CASES[name]
+    path = header_case_files(tmp_path)[name]
+    results = {"file": load_pixels(path, tiny_preprocess, None),
+               "pil": load_pixels(header_case_pil(path), tiny_preprocess, None)}
+    device_reason, device_bytes = _check_header(bytearray(path.read_bytes()))
+    if shown is None:
+        assert all(isinstance(result, str) and re.search(REFUSAL, result) for result in results.values()), results
+        assert re.search(REFUSAL, str(shard_writer_size(path)))
+        assert device_reason == BAD_HEADER
+        with pytest.raises(ImageError, match=REFUSAL):
+            read_header(path)
+        return
+    assert all(isinstance(result, torch.Tensor) for result in results.values()), results
+    assert shard_writer_size(path) == shown == read_header(path.read_bytes()).size
+    assert read_header(path).orientation == orientation
+    assert (device_reason, device_bytes) == ((None, 3 * width * height) if orientation == 1 else (ROTATED, 0))
+
+
+def test_pil_bomb_limit_applies_to_every_path(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lowered ``Image.MAX_IMAGE_PIXELS`` refuses a 60x40 photo in PIL form and at the device header check
+    too, not only when a file is decoded (before, both accepted it)."""
+    path = header_case_files(tmp_path)["photo"]
+    pil = header_case_pil(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for item in (path, pil):
+        assert re.search("too large|decompression bomb", str(load_pixels(item, tiny_preprocess, None)))
+    assert _check_header(bytearray(path.read_bytes()))[0] == BAD_HEADER
+    assert re.search("decompression bomb", str(shard_writer_size(path)))
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_header_size_of_a_rotated_jpeg_is_swapped(orientation: int) -> None:
+    data = encode(halves((48, 16)), "JPEG", exif=exif_with(orientation))
+    header = read_header(data)
+    assert header.size == (16, 48) and header.orientation == orientation and header.format == "JPEG"
+    assert decode_image(data).size == header.size
+    assert check_header(Image.open(io.BytesIO(data))).size == (16, 48)
+
+
+def test_unknown_orientation_reads_as_upright() -> None:
+    """Orientation 9 is no rotation for the CPU decoder, so the device decoder takes it (before: 'rotated')."""
+    unknown = encode(halves((48, 16)), "JPEG", exif=exif_with(9))
+    assert read_header(unknown).orientation == 1 and read_header(unknown).size == (48, 16)
+    assert _check_header(bytearray(unknown)) == (None, 3 * 48 * 16)
+
+
+def exif_with(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif

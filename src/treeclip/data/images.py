@@ -11,9 +11,13 @@
 - refused: empty, missing or non-image files, truncated data, images with more than `max_pixels`
   pixels and images whose long side is more than `max_aspect` times the short side (both checked from
   the header, before any pixel is decoded: a 4000×1 strip is tiny but any shorter-side resize of it to
-  model size is not). PIL's own decompression-bomb
-  warning/error (global ``Image.MAX_IMAGE_PIXELS``) is also turned into `ImageError`, so the effective
-  limit is the smaller of the two.
+  model size is not). PIL's own decompression-bomb limit (global ``Image.MAX_IMAGE_PIXELS``) applies
+  too, so the effective limit is the smaller of the two.
+
+`check_header` is the one implementation of these refusals and of the header's displayed size (EXIF
+orientations 5-8 swap width and height): the decoder, the shard writer's catalog sizes, predict's device
+decoder and in-memory PIL images given to predict/embed/eval all use it, so a given image is refused or
+accepted the same way everywhere.
 
 With ``draft_size=N`` a JPEG at least twice as large as N on both sides is decoded directly at 1/2, 1/4 or
 1/8 scale (libjpeg's DCT scaling), never below N on either side: the cheap way to make BioCLIP-sized
@@ -22,12 +26,15 @@ shards from multi-megapixel photos.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from PIL import ExifTags, Image, ImageOps
@@ -40,12 +47,24 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default bomb limit: 0.25 GiB of 24-bit pixels
 DEFAULT_MAX_ASPECT = 50  # long side / short side; panoramas are ~10, so only degenerate strips are refused
 WHITE = (255, 255, 255, 255)
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the stored image by 90 degrees
 ResizeMode = Literal["squash", "shorter"]
 RESIZE_MODES: tuple[str, ...] = ("squash", "shorter")
 
 
 class ImageError(ValueError):
     """An image that cannot be used; the message is a short human reason."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image's header says: `size` as displayed (EXIF orientation applied), the stored `orientation`
+    (1-8; 1 when absent, malformed or out of range), PIL's `format` (None for an in-memory image) and `mode`."""
+
+    size: tuple[int, int]
+    orientation: int
+    format: str | None
+    mode: str
 
 
 def decode_image(
@@ -56,15 +75,22 @@ def decode_image(
     max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> Image.Image:
     """Decode image bytes or a file into an oriented 8-bit RGB image; `ImageError` if unusable."""
+    with _opened(source) as image:
+        _refuse(image.size, max_pixels=max_pixels, max_aspect=max_aspect)  # orientation: after load (PNG EXIF)
+        if draft_size and image.format == "JPEG":
+            image.draft(None, (draft_size, draft_size))
+        image.load()
+        return rgb_image(image)
+
+
+@contextlib.contextmanager
+def _opened(source: bytes | str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """`source` opened lazily by PIL; any failure in the block (PIL's bomb warning included) → `ImageError`."""
     with _open_source(source) as fp, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(fp) as image:
-                check_geometry(image.size, max_pixels=max_pixels, max_aspect=max_aspect)
-                if draft_size and image.format == "JPEG":
-                    image.draft(None, (draft_size, draft_size))
-                image.load()
-                return rgb_image(image)
+                yield image
         except ImageError:
             raise
         except Image.UnidentifiedImageError:
@@ -87,6 +113,43 @@ def _open_source(source: bytes | str | os.PathLike[str]) -> io.BytesIO | io.Buff
         return open(source, "rb")
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def read_header(source: bytes | str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_aspect: float = DEFAULT_MAX_ASPECT) -> Header:
+    """`check_header` of an image's bytes or file, reading the header only; `ImageError` (with the reason
+    `decode_image` would give) for an unreadable or refused header."""
+    with _opened(source) as image:
+        return check_header(image, max_pixels=max_pixels, max_aspect=max_aspect)
+
+
+def check_header(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT) -> Header:
+    """The `Header` of an opened (not yet decoded) or in-memory image, or `ImageError` saying why it is refused:
+    a size that is not positive, more pixels than `max_pixels` or PIL's ``Image.MAX_IMAGE_PIXELS`` (the
+    smaller), or a long side over `max_aspect` times the short side. Reading a PNG's EXIF decodes it (its
+    eXIf chunk may follow the pixels), so the size is refused first."""
+    _refuse(image.size, max_pixels=max_pixels, max_aspect=max_aspect)
+    orientation = exif_orientation(image)
+    width, height = image.size
+    size = (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
+    return Header(size=size, orientation=orientation, format=image.format, mode=image.mode)
+
+
+def _refuse(size: tuple[int, int], *, max_pixels: int, max_aspect: float) -> None:
+    """`check_geometry` within the smaller of `max_pixels` and PIL's global bomb limit."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    check_geometry(size, max_pixels=min(max_pixels, pil_limit) if pil_limit else max_pixels, max_aspect=max_aspect)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (2-8 rotate or flip), 1 when absent, out of range or in a malformed EXIF block."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not lose the image
+        log.debug("ignoring malformed EXIF orientation: %s", exc)
+        return 1
+    return orientation if orientation in range(2, 9) else 1
 
 
 def check_geometry(size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -118,9 +181,9 @@ def rgb_image(image: Image.Image) -> Image.Image:
 
 def _orient(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored."""
+    if exif_orientation(image) == 1:
+        return image
     try:
-        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-            return image
         return ImageOps.exif_transpose(image)
     except Exception as exc:  # noqa: BLE001 - malformed EXIF must not lose the image
         log.debug("ignoring malformed EXIF orientation: %s", exc)

@@ -23,19 +23,16 @@ journalled sha256 and the tar lists exactly the part's samples; otherwise the sh
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from treeclip import __version__
 from treeclip.atomic import atomic_path, atomic_write
 from treeclip.data.catalog import catalog_table, read_catalog_part, write_catalog_part
-from treeclip.data.images import ImageError, decode_image, encode_jpeg, resize, sha256_bytes, sha256_file
+from treeclip.data.images import ImageError, decode_image, encode_jpeg, read_header, resize, sha256_bytes, sha256_file
 from treeclip.formats.shards import TAXON_JSON, TarReader, read_member, shard_name, taxon_json
 from treeclip.taxonomy import RANK_NAMES, Taxon, shard_texts
 
@@ -44,7 +41,6 @@ PLAN_DIR = ".build/plan"
 # the columns of a job's items file: one row per WorkItem (taxon as its seven ranks and common name)
 ITEM_COLUMNS = ("key", "source", "source_id", "path", "origin", "license", "owner", "sha256", "member_tar",
                 "member_offset", "member_size", *RANK_NAMES, "common")
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,16 +210,8 @@ def encode_item(item: WorkItem, *, image_size: int, resize_mode: str, quality: i
     """(JPEG bytes, source width, source height) of one image; `ImageError` when unusable."""
     data = _read_source(item)
     image = decode_image(data, draft_size=image_size)
-    width, height = _source_size(data)
+    width, height = read_header(data).size  # full resolution as displayed; the decoder may have used a draft
     return encode_jpeg(resize(image, image_size, resize_mode), quality=quality), width, height
-
-
-def _source_size(data: bytes) -> tuple[int, int]:
-    """The full-resolution size as displayed (EXIF-rotated); the decoder may have used a smaller draft."""
-    with Image.open(io.BytesIO(data)) as header:
-        width, height = header.size
-        rotated = header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    return (height, width) if rotated else (width, height)
 
 
 def catalog_row(item: WorkItem, split: str, width: int, height: int) -> dict[str, Any]:

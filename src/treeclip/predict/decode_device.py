@@ -23,7 +23,6 @@ draft scaling), so its pixels differ slightly from the CPU path's for JPEGs larg
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections import Counter, deque
@@ -31,10 +30,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
-from PIL import ExifTags, Image
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from treeclip.data.images import check_geometry
+from treeclip.data.images import ImageError, read_header
 from treeclip.model.preprocess import Preprocess
 from treeclip.predict.runner import Batch, ImageItem, load_pixels
 
@@ -97,19 +96,19 @@ def _read(item: ImageItem, preprocess: Preprocess, draft_size: int | None) -> Re
 
 def _check_header(data: bytearray) -> tuple[str | None, int]:
     """(None, RGB bytes once decoded) for a JPEG the device can decode as the CPU path would, else (why not,
-    0); from the header only."""
+    0); from the header only (`treeclip.data.images.read_header`, the decoder's own checks)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            check_geometry(image.size)
-            if image.format != "JPEG":
-                return NOT_JPEG, 0
-            if image.mode not in DEVICE_MODES:
-                return COLOUR, 0
-            if image.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None):
-                return ROTATED, 0
-            return None, 3 * image.width * image.height
-    except Exception:  # noqa: BLE001 - ImageError, PIL's bomb errors, broken headers: the CPU path reports them
+        header = read_header(data)
+    except ImageError:  # the CPU path reports it
         return BAD_HEADER, 0
+    if header.format != "JPEG":
+        return NOT_JPEG, 0
+    if header.mode not in DEVICE_MODES:
+        return COLOUR, 0
+    if header.orientation != 1:
+        return ROTATED, 0
+    width, height = header.size
+    return None, 3 * width * height
 
 
 def _assemble(start: int, futures: list[Future], items: Sequence[ImageItem], names: Sequence[str],

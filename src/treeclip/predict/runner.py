@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from treeclip.data.engines import check_engine
-from treeclip.data.images import ImageError, check_geometry, decode_image, rgb_image
+from treeclip.data.images import ImageError, check_header, decode_image, rgb_image
 from treeclip.errors import UsageError
 
 ImageItem = str | os.PathLike[str] | Image.Image
@@ -63,7 +63,7 @@ def load_pixels(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tenso
     was decoded from (`treeclip.data.images.rgb_image`)."""
     try:
         if isinstance(item, Image.Image):
-            check_geometry(item.size)
+            check_header(item)
             return preprocess(rgb_image(item))
         return preprocess(decode_image(item, draft_size=draft_size))
     except ImageError as error:
