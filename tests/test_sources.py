@@ -694,18 +694,24 @@ def wds_spec(root: Path) -> str:
 
 
 def folder_spec(root: Path) -> str:
-    """Class folders (images in sub-folders, hidden files and folders, a text file), a folder that is no taxon
-    name, a mapping table with an unusable row, and the same bytes in two class folders."""
+    """Class folders (images in nested sub-folders, hidden files and folders, a text file, a link to a folder,
+    which `os.walk` does not enter), a folder with sub-folders that is no taxon name, a mapping table with an
+    unusable row, and the same bytes in two class folders."""
     jpeg(root / "Pica pica" / "a.jpg", colour(0))
     jpeg(root / "Pica pica" / "sub" / "b.jpg", colour(1))
+    jpeg(root / "Pica pica" / "sub" / "deeper" / "c2.jpg", colour(8))
     jpeg(root / "Pica pica" / ".hidden.jpg", colour(2))
+    jpeg(root / "Pica pica" / ".thumbs" / "t.jpg", colour(2))
     (root / "Pica pica" / "notes.txt").write_text("not an image")
     jpeg(root / ".cache" / "Pica pica" / "c.jpg", colour(3))
     jpeg(root / "Tomato___Late_blight" / "d.jpg", colour(4))
+    jpeg(root / "Tomato___Late_blight" / "x" / "d2.jpg", colour(4))
+    jpeg(root / "Tomato___Late_blight" / "y" / "d3.jpg", colour(4))
     jpeg(root / "Morus alba" / "e.jpg", colour(0))
     jpeg(root / "Morus alba" / "f.png", colour(5))
     jpeg(root / "Sula sula" / "g.jpg", colour(6))
     jpeg(root / "white mulberry" / "h.jpg", colour(7))
+    (root / "Pica pica" / "link").symlink_to(root / "Sula sula", target_is_directory=True)
     mapping = write_table(root.parent / f"{root.name}-map.csv", ["folder", "genus", "species"],
                           [["nothing mapped", "", ""], ["White_Mulberry", "Morus", "alba"]])
     return f"folder:{root},{mapping}"
@@ -740,7 +746,8 @@ def test_tar_folder_and_eol_sources_read_in_parts_give_the_whole_sources_items(t
     spec = SPLIT_SOURCES[kind](tmp_path / kind)
     whole = list(open_source(spec).records())
     parts = open_source(spec).parts(rows=rows, prefix=str(tmp_path / "staged"))
-    assert len(parts) == {"wds": 4, "folder": 6 - rows, "eol": 10 - 3 * rows}[kind]  # 5 class folders, 7 rows
+    # 4 shards; 5 class folders, two of 3 images cut at sub-folders (one of them twice); 7 manifest rows
+    assert len(parts) == {"wds": 4, "folder": 13 - 4 * rows, "eol": 10 - 3 * rows}[kind]
     assert [item for part in parts for item in open_source(spec).records(part)] == whole
     problems = reasons([item for item in whole if isinstance(item, Problem)])
     expected = {"wds": ["unreadable shard", "no image"],
@@ -750,7 +757,7 @@ def test_tar_folder_and_eol_sources_read_in_parts_give_the_whole_sources_items(t
     records = [item.source_id for item in whole if isinstance(item, Record)]
     assert {"wds": ["w0", "w1", "w1", "w3", "w4", "v0"],
             "folder": ["Morus alba/e.jpg", "Morus alba/f.png", "Pica pica/a.jpg", "Pica pica/sub/b.jpg",
-                       "Sula sula/g.jpg", "white mulberry/h.jpg"],
+                       "Pica pica/sub/deeper/c2.jpg", "Sula sula/g.jpg", "white mulberry/h.jpg"],
             "eol": ["100", "101", "104", "105"]}[kind] == records
 
 
@@ -783,4 +790,4 @@ def test_tar_folder_and_eol_sources_in_parts_build_the_same_bytes(tmp_path: Path
     assert "exact duplicate" in dropped and (kind != "wds" or "repeated source id" in dropped)
     monkeypatch.setattr(plan_module, "_PART_ROWS", 1)
     assert build_outputs([spec], tmp_path / "parts", 1) == whole
-    assert split_into == [1, {"wds": 4, "folder": 5, "eol": 7}[kind]]
+    assert split_into == [1, {"wds": 4, "folder": 9, "eol": 7}[kind]]

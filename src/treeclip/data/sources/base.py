@@ -162,12 +162,16 @@ def subdirs(path: Path) -> list[Path]:
 
 
 def iter_images(folder: Path) -> Iterator[Path]:
-    """Image files (by extension) below `folder`, in a stable sorted depth-first order; hidden ones skipped."""
+    """Image files (by extension) below `folder`, in a stable sorted depth-first order (a folder's own images,
+    then each sub-folder's); hidden ones skipped."""
     for current, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(current) / name
+        yield from (Path(current) / name for name in sorted(files) if is_image_name(name))
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name is a visible image's (by extension), as `iter_images` takes it."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def one_line(exc: BaseException) -> str:
