@@ -108,7 +108,7 @@ class DownloadSource(Source):
 
 
 def _key_digest(key: str) -> int:
-    """A URL key's 64-bit digest for pass one: Python's own string hash (fast, and cached on the string; salted
+    """A URL key's 64-bit digest for pass one: Python's own string hash (fast; salted
     per process, which is fine as both passes run in one). Equal keys have equal digests; the converse is
     checked in pass two."""
     return hash(key)
