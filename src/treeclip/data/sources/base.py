@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -185,14 +185,16 @@ def int_text(value: str) -> str:
     return head if dot and head.isdigit() and set(tail) <= {"0"} else value
 
 
-def taxa_by_key(table: Table, columns: Mapping[str, str], key: str, *,
-                normalise: Callable[[str], str] = str) -> Generator[Problem, None, dict[str, Taxon]]:
+def taxa_by_key(table: Table, columns: Mapping[str, str], key: str, *, normalise: Callable[[str], str] = str,
+                keep: Container[str] | None = None) -> Generator[Problem, None, dict[str, Taxon]]:
     """Yield each unusable row's problem; return {normalise(row[key]): Taxon} for the rest (`columns`: the taxon
-    roles' columns plus `key`; lineages with a gap keep their deepest unbroken run)."""
+    roles' columns plus `key`; lineages with a gap keep their deepest unbroken run). With `keep`, only the rows
+    whose key is in it are parsed and reported (the others, and the table's bad rows, are skipped unread)."""
     taxa: dict[str, Taxon] = {}
     for item in table.rows(columns):
-        if isinstance(item, Problem):
-            yield item
+        if isinstance(item, Problem) or (keep is not None and normalise(item[1][key]) not in keep):
+            if keep is None:
+                yield item  # type: ignore[misc]
             continue
         line, row = item
         taxon = taxon_of(row, table.where(line), strict=False)

@@ -89,10 +89,20 @@ class EolSource(Source):
         return manifest
 
     def records(self, part: EolPart | None = None) -> Iterator[Record | Problem]:
-        pages = yield from self._page_taxa(report=part is None or part.number == 0)
+        """With a `part` after the first: only the taxonomy's rows of the part's pages are parsed (a rank table;
+        a parent-pointer table is read whole, every node may be an ancestor), and its problems are not reported."""
+        rows = None if part is None else part.rows
+        first = part is None or part.number == 0
+        pages = yield from self._page_taxa(report=first, keep=None if first else self._pages_of(rows))
         self._folders = [self.image_root, *subdirs(self.image_root)]
-        for item in table_rows(self.path, "eol: media manifest", self._columns, None if part is None else part.rows):
+        for item in table_rows(self.path, "eol: media manifest", self._columns, rows):
             yield item if isinstance(item, Problem) else self._record(*item, pages)
+
+    def _pages_of(self, rows: TablePart | None) -> set[str]:
+        """The page ids of the manifest's rows (of a part)."""
+        return {int_text(item[2]["eol_page_id"]) for item in table_rows(self.path, "eol: media manifest",
+                                                                         self._columns, rows)
+                if not isinstance(item, Problem)}
 
     def parts(self, *, rows: int, prefix: str) -> list[EolPart | None]:
         """The manifest's parts (`table_parts`: a CSV/TSV staged to Arrow files, Parquet cut at row groups);
@@ -106,9 +116,9 @@ class EolSource(Source):
             return Problem(table.where(1), "manifest needs 'EOL content ID' and 'EOL page ID' columns")
         return columns
 
-    def _page_taxa(self, *, report: bool) -> Generator[Problem, None, PageTaxa]:
-        """`page_taxa`, its problems yielded only when `report`."""
-        taxa = self.page_taxa()
+    def _page_taxa(self, *, report: bool, keep: set[str] | None) -> Generator[Problem, None, PageTaxa]:
+        """`page_taxa(keep=keep)`, its problems yielded only when `report`."""
+        taxa = self.page_taxa(keep=keep)
         while True:
             try:
                 problem = next(taxa)
@@ -150,8 +160,9 @@ class EolSource(Source):
                 yield root / name
         yield from (root / f"{content_id}{ext}" for ext in sorted(IMAGE_EXTENSIONS - {".jpg"}))
 
-    def page_taxa(self) -> Generator[Problem, None, PageTaxa]:
-        """Yield the taxonomy file's Problems; return its page id → taxon lookup."""
+    def page_taxa(self, *, keep: set[str] | None = None) -> Generator[Problem, None, PageTaxa]:
+        """Yield the taxonomy file's Problems; return its page id → taxon lookup (of the pages in `keep` only,
+        when given, for a rank table: see `taxa_by_key`)."""
         table = open_source_table(self.taxonomy, "eol: taxonomy")
         if isinstance(table, Problem):
             yield table
@@ -162,15 +173,16 @@ class EolSource(Source):
         ranks = resolve(table.header, TAXON_ROLES, self.columns, where=str(self.taxonomy))
         page = table.find(*PAGE_COLUMNS)
         if page is not None and has_ranks(ranks):
-            return (yield from _rank_table_pages(table, {**ranks, "page": page}))
+            return (yield from _rank_table_pages(table, {**ranks, "page": page}, keep))
         yield Problem(table.where(1), "taxonomy is neither a 7-rank table with a page_id column nor a parent-pointer "
                       "table (taxonID, parentNameUsageID, taxonRank, scientificName)")
         return {}
 
 
-def _rank_table_pages(table: Table, columns: dict[str, str]) -> Generator[Problem, None, PageTaxa]:
-    """page id → Taxon for every usable row of a 7-rank table."""
-    return (yield from taxa_by_key(table, columns, "page", normalise=int_text))
+def _rank_table_pages(table: Table, columns: dict[str, str], keep: set[str] | None
+                      ) -> Generator[Problem, None, PageTaxa]:
+    """page id → Taxon for every usable row of a 7-rank table (whose page is in `keep`, when given)."""
+    return (yield from taxa_by_key(table, columns, "page", normalise=int_text, keep=keep))
 
 
 class _ParentPointers:
