@@ -761,12 +761,14 @@ def test_tar_folder_and_eol_sources_read_in_parts_give_the_whole_sources_items(t
             "eol": ["100", "101", "104", "105"]}[kind] == records
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("kind", list(SPLIT_SOURCES))
-def test_tar_folder_and_eol_sources_in_parts_build_the_same_bytes(tmp_path: Path, kind: str,
+def test_tar_folder_and_eol_sources_in_parts_build_the_same_bytes(tmp_path: Path, kind: str, workers: int,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A build with parts of 1 row (a part per shard, per class folder, per manifest row) gives the one-part
-    build's shards, catalog, dropped.csv, problems.csv and manifest byte for byte: a part's records placed at a
-    wrong offset flip which of a repeated id or of a copy of bytes is kept."""
+    """A build with parts of 1 row (a part per shard, per class folder piece, per manifest row; in worker
+    processes too, the parts pickled) gives the one-part build's shards, catalog, dropped.csv, problems.csv and
+    manifest byte for byte: a part's records placed at a wrong offset flip which of a repeated id or of a copy
+    of bytes is kept."""
     from test_plan_partitions import build_outputs  # noqa: PLC0415
 
     from treeclip.data import plan as plan_module  # noqa: PLC0415
@@ -789,5 +791,5 @@ def test_tar_folder_and_eol_sources_in_parts_build_the_same_bytes(tmp_path: Path
     dropped = whole["dropped.csv"].decode()
     assert "exact duplicate" in dropped and (kind != "wds" or "repeated source id" in dropped)
     monkeypatch.setattr(plan_module, "_PART_ROWS", 1)
-    assert build_outputs([spec], tmp_path / "parts", 1) == whole
+    assert build_outputs([spec], tmp_path / "parts", workers) == whole
     assert split_into == [1, {"wds": 4, "folder": 9, "eol": 7}[kind]]
