@@ -360,7 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trained", required=True, action="append",
                         help="a trained small model (hub folder or checkpoint); repeat for several on the same bank")
-    parser.add_argument("--bank", required=True, help="its label bank")
+    parser.add_argument("--bank", required=True, action="append",
+                        help="its label bank; one per --trained, in the same order, or one for all")
     parser.add_argument("--images", required=True, help="folder of images of the bank's taxa")
     parser.add_argument("--jpegs", type=int, default=100)
     parser.add_argument("--taxa", type=int, default=400_000)
@@ -377,8 +378,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="treeclip-onnx-bench-") as tmp:
         root = Path(tmp)
         if not args.skip_agreement:
-            agreement = [row for model in args.trained
-                         for row in bench_agreement(model, args.bank, args.images, root, args.batch)]
+            if len(args.bank) not in (1, len(args.trained)):
+                parser.error("give one --bank, or one per --trained")
+            banks = args.bank * len(args.trained) if len(args.bank) == 1 else args.bank
+            agreement = [row for model, bank in zip(args.trained, banks, strict=True)
+                         for row in bench_agreement(model, bank, args.images, root, args.batch)]
             print(agreement, flush=True)
             write_section("runtimes.py: agreement", agreement_markdown(agreement, _settings(load, args)))
         if args.agreement_only:
