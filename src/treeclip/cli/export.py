@@ -47,7 +47,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     out = export_onnx(model, model_id=source, out_dir=args.out, preprocess=preprocess, tokenizer=tokenizer,
                       int8=not args.no_int8)
     print(f"exported {source} as ONNX to {out}: run it with `treeclip predict --model {out}` (ONNX Runtime, fp32: "
-          "torch's answers, faster on CPU) or add `--runtime openvino` (the same answers, faster still where OpenVINO "
-          "installs); `--precision int8` (ONNX Runtime) is faster again but changes some near-tie answers (see the "
-          "README's runtime advice)")
+          "torch's answers) or add `--runtime openvino` (the same answers; the faster fp32 runtime in our CPU "
+          "measurements); `--precision int8` (ONNX Runtime) is the fast CPU path but changes some near-tie answers "
+          "(see the README's runtime advice)")
     return 0
