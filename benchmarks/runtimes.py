@@ -199,8 +199,9 @@ def bench_agreement(model: str, bank_dir: str, images: str, root: Path, batch: i
     fast path on a trained model; plus ONNX int8 with every weight product quantised (the earlier export) and
     the OpenVINO candidates (NNCF calibrated on every 10th image)."""
     net, preprocess, tokenizer = load_for_inference(model)
-    onnx_dir = export_onnx(net, model_id=model, out_dir=root / f"trained-onnx-{Path(model).name}",
-                           preprocess=preprocess, tokenizer=tokenizer)
+    tag = "-".join(Path(model).resolve().parts[-2:])  # two models may share a folder name ("model")
+    onnx_dir = export_onnx(net, model_id=model, out_dir=root / f"trained-onnx-{tag}", preprocess=preprocess,
+                           tokenizer=tokenizer)
     every = onnx_dir.with_name(onnx_dir.name + "-every")  # the same folder, its int8 tower quantised throughout
     every.mkdir()
     for name in (IMAGE_ONNX, TEXT_ONNX, ONNX_CONFIG):
