@@ -294,3 +294,34 @@ def test_benchmark_runs_and_compares_the_decoders(tmp_path: Path) -> None:
                for line in done.stdout.splitlines()) == 2  # beside a busy Python thread
     predicted = [line for line in done.stdout.splitlines() if line.startswith(("| 8 |", "| 16 |", "| 24 |"))]
     assert len(predicted) == 3 and all(row.endswith("| True |") for row in predicted)
+
+
+_WORKER_CLEANING_UP = """
+import sys, time
+from treeclip.predict.runner import _stop_like_ctrl_c
+_stop_like_ctrl_c(0)
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+time.sleep(60)  # still cleaning up when the DataLoader's shutdown sends SIGTERM again
+"""
+
+
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_sigterm_ends_a_decoding_worker_without_a_traceback(first: int) -> None:
+    """The first signal is an interrupt the worker loop catches; the DataLoader's terminate() of a worker still
+    exiting must then end it quietly (it raised KeyboardInterrupt in multiprocessing's clean-up and printed a
+    traceback, seen once in the CLI signal test under load)."""
+    process = subprocess.Popen([sys.executable, "-c", _WORKER_CLEANING_UP], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(first)
+    assert process.stdout.readline().strip() == "interrupted"
+    process.send_signal(signal.SIGINT)  # the terminal's Ctrl-C again: left to the main process
+    time.sleep(0.2)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM and "Traceback" not in stderr, stderr

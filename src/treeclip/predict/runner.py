@@ -236,8 +236,19 @@ def _stop_like_ctrl_c(_: int) -> None:
     worker's fd-passing thread (multiprocessing's resource sharer, which hands batches' shared memory to the
     main process) reports a connection the main process dropped through `sys.excepthook`: on an interrupt that
     is expected, and the main process reports any real failure itself, so such errors stay quiet here."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, _interrupt_once)
     sys.excepthook = _quiet_dropped_connections(sys.excepthook)
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """The first SIGTERM or SIGINT raises KeyboardInterrupt (torch's worker loop catches it); later ones must
+    not: a worker still cleaning up after the first is sent SIGTERM again by the DataLoader's shutdown (it
+    terminates workers slow to exit), which raised in multiprocessing's clean-up and printed a traceback. So
+    after the first, SIGTERM ends the worker as by default and SIGINT is left to the main process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _quiet_dropped_connections(hook: Callable[..., Any]) -> Callable[..., Any]:
