@@ -68,13 +68,18 @@ class Header:
 
 
 def decode_image(
-    source: bytes | str | os.PathLike[str],
+    source: bytes | str | os.PathLike[str] | Image.Image,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
     max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> Image.Image:
-    """Decode image bytes or a file into an oriented 8-bit RGB image; `ImageError` if unusable."""
+    """Decode image bytes or a file into an oriented 8-bit RGB image; `ImageError` if unusable. An in-memory PIL
+    image is checked and converted the same way (`check_header`, `rgb_image`; `draft_size` does not apply), so
+    it gives the pixels of the file it was decoded from; the image itself is not changed."""
+    if isinstance(source, Image.Image):
+        check_header(source, max_pixels=max_pixels, max_aspect=max_aspect)
+        return rgb_image(source)
     with _opened(source) as image:
         _refuse(image.size, max_pixels=max_pixels, max_aspect=max_aspect)  # orientation: after load (PNG EXIF)
         if draft_size and image.format == "JPEG":

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from treeclip.atomic import atomic_path, atomic_write
-from treeclip.data.images import ImageError, check_header, decode_image, rgb_image
+from treeclip.data.images import ImageError, decode_image
 from treeclip.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ ImageInput = str | os.PathLike[str] | Image.Image
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes (with the project's decoder) and preprocesses one image per item; a PIL image is checked and
-    converted as the decoder checks and converts a file (`treeclip.data.images.check_header`, `rgb_image`)."""
+    """Decodes (with the project's decoder, which checks and converts a PIL image as it does a file) and
+    preprocesses one image per item."""
 
     def __init__(self, images: Sequence[ImageInput], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
         self.images, self.preprocess = images, preprocess
@@ -45,9 +45,6 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.images[index]
         try:
-            if isinstance(item, Image.Image):
-                check_header(item)
-                return self.preprocess(rgb_image(item))
             return self.preprocess(decode_image(item))
         except ImageError as error:
             raise UsageError(f"cannot read image {_describe(item, index)}: {error}; fix or remove it") from None

@@ -278,7 +278,7 @@ class TreeOfLifeClassifier(_ImageClassifier):
         "not-in-bank"). `location` (used with a prior): one `Location` for all images, a path → Location
         table, or ``"auto"`` for each photo's EXIF GPS. A PIL image (named by its position) gives the same pixels
         as the file it was decoded from: EXIF orientation applied, transparency composited on white, 16-bit
-        scaled to 8 (`treeclip.data.images.rgb_image`); only a large JPEG given as a file may be decoded at
+        scaled to 8 (`treeclip.data.images.decode_image`); only a large JPEG given as a file may be decoded at
         reduced scale first (`Preprocess.draft_size`). Unreadable files give error rows. `workers` decode
         ahead of the model as threads or worker processes (`decoder`: threads, processes or auto, see
         `treeclip.predict.runner.use_processes`)."""

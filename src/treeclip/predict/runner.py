@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from treeclip.data.engines import check_engine
-from treeclip.data.images import ImageError, check_header, decode_image, rgb_image
+from treeclip.data.images import ImageError, decode_image
 from treeclip.errors import UsageError
 
 ImageItem = str | os.PathLike[str] | Image.Image
@@ -60,11 +60,8 @@ class Batch:
 def load_pixels(item: ImageItem, preprocess: Callable[[Image.Image], torch.Tensor],
                 draft_size: int | None) -> torch.Tensor | str:
     """Preprocessed pixels, or the reason the image cannot be used; a PIL image gives the pixels of the file it
-    was decoded from (`treeclip.data.images.rgb_image`)."""
+    was decoded from (`treeclip.data.images.decode_image`)."""
     try:
-        if isinstance(item, Image.Image):
-            check_header(item)
-            return preprocess(rgb_image(item))
         return preprocess(decode_image(item, draft_size=draft_size))
     except ImageError as error:
         return str(error)
